@@ -1,0 +1,38 @@
+# mmln — front door. Every target depends on the virtualenv, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PY    ?= python3.11
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= conf/vicuna7b_ln.yaml
+
+.PHONY: help install test test-full demo bench ui sweep lint clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with the pinned stack (torch 2.14.1 + torchvision 0.29.1, see requirements.lock)
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v java >/dev/null || { echo "installing Java (pycocoevalcap's PTB tokenizer needs it)"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	grep -v '^deepspeed==' requirements.lock > $(VENV)/lock-no-ds.txt
+	$(BIN)/pip install -q -r $(VENV)/lock-no-ds.txt
+	# deepspeed ships only an sdist whose setup.py imports torch: build it against the installed torch
+	$(BIN)/pip install -q --no-build-isolation --no-deps $$(grep '^deepspeed==' requirements.lock)
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)  ## fast CPU test suite (skips tests marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+test-full: $(STAMP)  ## every test, including the slow end-to-end ones
+	$(BIN)/python -m pytest -q --durations=15
+
+lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
+	$(BIN)/python -m compileall -q mmln tests
+
+clean:  ## remove caches and outputs (keeps .venv)
+	rm -rf outputs .pytest_cache mlflow.db mlruns

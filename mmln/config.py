@@ -1,0 +1,292 @@
+"""Typed run configuration: dataclasses -> OmegaConf structured config, YAML presets, dotted overrides.
+
+A run config is one YAML file. It may list other YAML files under ``inherit:`` (paths relative to
+the file itself); they are merged in order, then the file's own keys, then ``key=value`` overrides
+from the command line. Every key is checked against the schema below: an unknown key is an error
+that names the key and the closest valid ones.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PAPER_LRS = [2e-3, 1e-3, 6e-4, 3e-4, 1e-4, 5e-5, 2e-5, 1e-5, 6e-6, 1e-6, 1e-7]
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message says what and where."""
+
+
+# --------------------------------------------------------------------------------------- model
+@dataclass
+class VisionConfig:
+    backend: str = "hf_clip"  # hf_clip (transformers CLIPVisionModel) | timm
+    name: str = "vit_large_patch14_clip_224.openai"  # timm architecture name (backend=timm)
+    path: Optional[str] = None  # local HF dir (hf_clip) or weights file / dir (timm); None = random init
+    image_size: int = 224
+    patch_size: int = 14
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    select_layer: int = -2  # hidden_states[-2]: output of the second-to-last block
+    select_feature: str = "patch"  # patch (CLS dropped) | cls_patch
+    preprocess: str = "clip"  # clip (CLIPImageProcessor) | timm (the model's own transforms)
+
+
+@dataclass
+class ConnectorConfig:
+    type: str = "linear"  # linear (LLaVA v1) | mlp2x_gelu (LLaVA-1.5)
+    path: Optional[str] = None  # stage-1 connector: this project's trainable.safetensors / .ckpt or LLaVA's mm_projector.bin
+
+
+@dataclass
+class LLMConfig:
+    path: Optional[str] = None  # local Hugging Face model dir; None = random init from the fields below
+    tokenizer: Optional[str] = None  # tokenizer dir; defaults to `path`
+    arch: str = "llama"  # transformers model_type used when building from the fields below
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: Optional[int] = None
+    vocab_size: int = 32000
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"  # preset name, used for run names and MLflow tags
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    dtype: str = "auto"  # frozen-weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    max_length: int = 2048  # after image expansion
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+
+
+# -------------------------------------------------------------------------------------- tuning
+@dataclass
+class LoraConfig:
+    r: int = 32  # paper text; LLaVA's TrainingArguments default is 64
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TuneConfig:
+    strategy: str = "layernorm"
+    train_connector: Optional[bool] = None  # None = the strategy's default
+    train_embeddings: Optional[bool] = None
+    train_head: Optional[bool] = None
+    final_norm: bool = True  # layernorm strategies: also tune the final norm
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class DataSplitConfig:
+    files: list[str] = field(default_factory=list)  # LLaVA-format JSON arrays; any mix
+    image_folder: Optional[str] = None
+    types: list[str] = field(default_factory=list)  # conversation | detail | complex_reasoning; [] = all
+    type_files: Optional[str] = None  # dir with conversation_58k.json etc.; default = dir of the first file
+    limit: Optional[int] = None  # sample this many records (seeded)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    template: str = "vicuna_v1"  # plain | vicuna_v1 | llava_llama_2
+    train: DataSplitConfig = field(default_factory=DataSplitConfig)
+    val: DataSplitConfig = field(default_factory=DataSplitConfig)
+    val_fraction: float = 0.0  # carve a seeded validation split out of train when val.files is empty
+    image_aspect: str = "square"  # square (center crop) | pad (pad to square with the mean colour)
+    on_bad_sample: str = "skip"  # skip (count + report) | error (stop, naming file, record and reason)
+    num_workers: int = 2
+
+
+# --------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    lr: float = 2e-5
+    connector_lr: Optional[float] = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    max_steps: int = -1
+    global_batch_size: int = 128
+    micro_batch_size: int = 4
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | any Lightning precision
+    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 | path to a DeepSpeed JSON
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    seed: int = 42
+    log_every_n_steps: int = 10
+    save_every_n_steps: int = 500
+    val_every_n_steps: Optional[int] = None
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+
+
+@dataclass
+class RunConfig:
+    stage: str = "instruct"  # pretrain (stage 1: connector) | instruct (stage 2: a tuning strategy)
+    run_name: Optional[str] = None
+    output_dir: str = "outputs"
+    resume: str = "never"  # never | auto | path to a checkpoint
+    quiet: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+CHOICES = {
+    "stage": ("pretrain", "instruct"),
+    "model.vision.backend": ("hf_clip", "timm"),
+    "model.vision.select_feature": ("patch", "cls_patch"),
+    "model.vision.preprocess": ("clip", "timm"),
+    "model.connector.type": ("linear", "mlp2x_gelu"),
+    "model.dtype": ("auto", "float32", "bfloat16"),
+    "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
+    "data.image_aspect": ("square", "pad"),
+    "data.on_bad_sample": ("skip", "error"),
+}
+
+
+# ------------------------------------------------------------------------------------- loading
+def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (leaves and groups)."""
+    out = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            out += valid_keys(type(default), key + ".")
+    return out
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(), n=3, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [k for k in valid_keys() if k.endswith("." + leaf) and k not in close][:3]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {where}.{hint}")
+
+
+def _walk_keys(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            yield key
+            yield from _walk_keys(v, key + ".")
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    raw = OmegaConf.to_container(other) if isinstance(other, DictConfig) else other
+    allowed = set(valid_keys())
+    for key in _walk_keys(raw):
+        generic = ".".join(p for p in key.split("."))
+        if generic not in allowed and not _inside_free_value(generic):
+            raise _unknown_key_error(key, where)
+    try:
+        return OmegaConf.merge(base, other)
+    except (ValidationError, ConfigKeyError, OmegaConfBaseException) as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"bad value for '{key}' in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def _inside_free_value(key: str) -> bool:
+    """Keys below a free-form value (e.g. train.devices: {..}) are not schema keys."""
+    return key.startswith("train.devices.")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Any, str]]:
+    """The YAML at `path` and everything it inherits, as (mapping, where) in merge order."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"config inheritance cycle: {' -> '.join(map(str, seen + (path,)))}")
+    raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(raw).__name__}")
+    parents = raw.pop("inherit", []) or []
+    out: list[tuple[Any, str]] = []
+    for parent in [parents] if isinstance(parents, str) else parents:
+        out += _read_yaml((path.parent / parent).resolve(), seen + (path,))
+    return out + [(raw, str(path))]
+
+
+def parse_overrides(overrides: list[str]) -> Any:
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override '{o}' is not of the form key=value (e.g. tune.strategy=lora)")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Schema defaults <- YAML (with its `inherit:` chain) <- `key=value` overrides, then validated."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        for raw, where in _read_yaml(Path(path).resolve()):
+            cfg = _merge(cfg, raw, where)
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(list(overrides)), "command-line overrides")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    t = cfg.train
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:
+        raise ConfigError(
+            f"model.vision.select_layer={cfg.model.vision.select_layer} must be negative and within "
+            f"the {cfg.model.vision.num_layers} vision layers (-2 = second-to-last, as LLaVA)"
+        )
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted key -> leaf value, e.g. for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def rec(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                rec(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    rec(OmegaConf.to_container(cfg, resolve=True), "")
+    return out

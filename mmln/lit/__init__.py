@@ -1,0 +1,1 @@
+"""Lightning layer: the DataModule, the two LightningModules and what they share."""

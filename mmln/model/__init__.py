@@ -1,0 +1,43 @@
+"""Model: vision encoders, connector, the MLLM, and building it from a config (local paths only)."""
+from __future__ import annotations
+
+import torch
+
+from mmln.config import ModelConfig
+from mmln.model.connector import build_connector, load_connector, save_mm_projector
+from mmln.model.errors import MissingWeightsError
+from mmln.model.llm import build_llm, llm_config
+from mmln.model.mllm import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MLLM, MLLMOutput
+from mmln.model.vision import VisionEncoder, build_vision
+
+__all__ = [
+    "IGNORE_INDEX", "IMAGE_TOKEN_INDEX", "MLLM", "MLLMOutput", "MissingWeightsError", "VisionEncoder",
+    "build_mllm", "frozen_dtype", "save_mm_projector",
+]
+
+
+def frozen_dtype(name: str) -> torch.dtype:
+    """dtype of the frozen weights: `auto` = bf16 where a GPU runs bf16, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> MLLM:
+    """Vision + connector + LLM. Frozen weights in `cfg.dtype`; the connector is built in fp32.
+
+    `load_weights=False` builds the architecture only (random init; under `torch.device("meta")`
+    no memory at all), which is how `mmln.params` counts 7B and 13B models on a laptop.
+    The tuning strategy decides what trains and upcasts it to fp32 (`mmln.tuning.apply_strategy`).
+    """
+    dtype = frozen_dtype(cfg.dtype)
+    vision = build_vision(cfg.vision, load_weights=load_weights).to(dtype)
+    llm = build_llm(cfg.llm, dtype=dtype, load_weights=load_weights, attn_implementation=cfg.attn_implementation)
+    connector = build_connector(cfg.connector.type, vision.hidden_size, llm.config.hidden_size)
+    if cfg.connector.path and load_weights:
+        load_connector(connector, cfg.connector.path)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: with frozen embeddings and connector, reentrant checkpointing drops the norms' grads
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    llm.config.use_cache = False
+    return MLLM(vision, connector, llm, max_length=cfg.max_length)

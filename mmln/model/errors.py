@@ -1,0 +1,14 @@
+"""Errors a user can act on without reading a traceback."""
+from __future__ import annotations
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A configured weights directory is missing or incomplete."""
+
+    def __init__(self, key: str, path: str | None, needs: str):
+        self.key, self.path = key, path
+        where = f"'{path}' does not exist or is incomplete" if path else "it is not set"
+        super().__init__(
+            f"{key}: {where}. Set {key}=/local/dir (in the YAML or as an override); the directory must "
+            f"contain {needs}. Nothing is downloaded: weights are read from local paths only."
+        )

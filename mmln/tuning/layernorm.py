@@ -1,0 +1,29 @@
+"""LayerNorm tuning (the paper's method) and its ablations.
+
+`tune.final_norm` (default on) adds the decoder's final norm to the per-block norms.
+"""
+from itertools import chain
+
+from mmln.tuning.parts import block_norm_params, final_norm_params
+from mmln.tuning.registry import Strategy, register
+
+
+def norms(mllm, tune):
+    return chain(block_norm_params(mllm), final_norm_params(mllm) if tune.final_norm else ())
+
+
+register(Strategy(
+    name="layernorm",
+    description="norms of every block (+ final norm) + connector, embeddings, head",
+    select=norms,
+))
+register(Strategy(
+    name="layernorm_simple",
+    description="norms only; connector, embeddings and head frozen",
+    select=norms, connector=False, embeddings=False, head=False,
+))
+register(Strategy(
+    name="layernorm_no_connector",
+    description="layernorm with the connector frozen (Table 4 ablation)",
+    select=norms, connector=False,
+))

@@ -1,0 +1,37 @@
+"""Locating the parts strategies train, by module type (norms) or by block structure (projections)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import nn
+from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the RMSNorm classes of Hugging Face architectures (by type, never by name)."""
+    norm_types = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, *ALL_LAYERNORM_LAYERS)
+    return isinstance(module, norm_types) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
+
+
+def _params(modules: Iterator[nn.Module]) -> Iterator[nn.Parameter]:
+    for m in modules:
+        yield from m.parameters()
+
+
+def block_norm_params(mllm) -> Iterator[nn.Parameter]:
+    """Every norm inside every decoder block (LLaMA: input_layernorm, post_attention_layernorm)."""
+    return _params(m for layer in mllm.decoder_layers() for m in layer.modules() if is_norm(m))
+
+
+def final_norm_params(mllm) -> Iterator[nn.Parameter]:
+    """Norms of the decoder outside its blocks (LLaMA: model.norm)."""
+    decoder = mllm.decoder_layers()
+    base = mllm.llm.get_base_model() if hasattr(mllm.llm, "get_base_model") else mllm.llm
+    return _params(m for m in base.get_decoder().children() if m is not decoder and is_norm(m))
+
+
+def block_linear_params(mllm, names: tuple[str, ...]) -> Iterator[nn.Parameter]:
+    """Full weights of the projections called `names` (e.g. q_proj, v_proj) in every decoder block."""
+    return _params(
+        m for layer in mllm.decoder_layers() for n, m in layer.named_modules() if n.rsplit(".", 1)[-1] in names
+    )
