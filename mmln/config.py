@@ -147,17 +147,58 @@ class TrackingConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    # LayerNorm gradient statistics (SPEC 6): norm modules by their path inside the LLM decoder, or ["all"]
+    grad_norms: list[str] = field(default_factory=lambda: [
+        "layers.10.input_layernorm", "layers.10.post_attention_layernorm",
+        "layers.20.input_layernorm", "layers.20.post_attention_layernorm",
+    ])
+    grad_every_n_steps: int = 10  # optimizer steps between recorded gradients; 0 = off
+    similarity: bool = True  # cross-layer similarity at the end of training
+    similarity_samples: int = 32  # fixed held-out samples (chosen by seed from the validation/training data)
+    similarity_seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    profile: str = "official"  # official (model template, greedy) | paper (v0 template, sampling, 3-shot text)
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    yes_no: str = "generate"  # generate | logits (score "Yes" vs "No" from the next-token logits)
+    limit: Optional[int] = None  # per benchmark: evaluate only the first N questions / images
+    seed: int = 0
+    mme_dir: Optional[str] = None  # MME_Benchmark_release_version/
+    pope_files: list[str] = field(default_factory=list)  # coco_pope_{random,popular,adversarial}.json
+    pope_images: Optional[str] = None  # COCO val2014 images
+    vqav2_questions: Optional[str] = None
+    vqav2_annotations: Optional[str] = None
+    vqav2_images: Optional[str] = None
+    coco_karpathy: Optional[str] = None  # dataset_coco.json
+    coco_images: Optional[str] = None  # folder holding val2014/ and train2014/
+    flickr30k_karpathy: Optional[str] = None  # dataset_flickr30k.json
+    flickr30k_images: Optional[str] = None
+
+
+@dataclass
+class DebugConfig:
+    fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
+
+
+@dataclass
 class RunConfig:
     stage: str = "instruct"  # pretrain (stage 1: connector) | instruct (stage 2: a tuning strategy)
     run_name: Optional[str] = None
     output_dir: str = "outputs"
-    resume: str = "never"  # never | auto | path to a checkpoint
+    resume: str = "auto"  # auto (continue from checkpoints/last.ckpt when present) | never | a checkpoint path
     quiet: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 CHOICES = {
@@ -170,6 +211,8 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "eval.profile": ("official", "paper"),
+    "eval.yes_no": ("generate", "logits"),
 }
 
 

@@ -12,3 +12,11 @@ class MissingWeightsError(FileNotFoundError):
             f"{key}: {where}. Set {key}=/local/dir (in the YAML or as an override); the directory must "
             f"contain {needs}. Nothing is downloaded: weights are read from local paths only."
         )
+
+    @classmethod
+    def from_problems(cls, problems: list[str]) -> "MissingWeightsError":
+        err = cls.__new__(cls)
+        FileNotFoundError.__init__(err, "missing inputs (nothing is downloaded; set the keys below):\n  - "
+                                   + "\n  - ".join(problems))
+        err.key, err.path = None, None
+        return err

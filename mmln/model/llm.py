@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from mmln.config import LLMConfig
 from mmln.model.errors import MissingWeightsError
@@ -49,3 +49,15 @@ def build_llm(cfg: LLMConfig, *, dtype: torch.dtype = torch.float32, load_weight
             path, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
         )
     return AutoModelForCausalLM.from_config(llm_config(cfg), dtype=dtype, attn_implementation=attn_implementation)
+
+
+def load_tokenizer(cfg: LLMConfig):
+    """The LLM's tokenizer from `tokenizer` (else `path`), local files only; pad = unk as LLaVA does for LLaMA."""
+    path = cfg.tokenizer or cfg.path
+    if not path or not Path(path).is_dir():
+        raise MissingWeightsError("model.llm.tokenizer", path,
+                                  "the tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok

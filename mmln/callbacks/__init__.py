@@ -1,0 +1,1 @@
+"""Lightning callbacks: efficiency (tokens/s, memory), analysis (gradients, layer similarity)."""

@@ -1,0 +1,68 @@
+"""Step time, tokens/s, samples/s and peak memory, logged as `perf/*` metrics and summarised per run."""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+from lightning.pytorch import Callback
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """GPU: max allocated since the last reset. CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
+
+
+class Efficiency(Callback):
+    """Counts tokens the LLM processed (after splicing, padding excluded) and supervised tokens."""
+
+    def __init__(self, warmup_steps: int = 1):
+        self.warmup_steps = warmup_steps
+        self.reset()
+
+    def reset(self):
+        self.t0 = None
+        self.tokens = self.samples = self.steps = 0
+        self.elapsed = 0.0
+        self.summary: dict[str, float] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self.reset()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        dt = time.perf_counter() - self.t0
+        stats = pl_module.last_batch
+        self.steps += 1
+        if self.steps <= self.warmup_steps:
+            return
+        self.elapsed += dt
+        self.tokens += stats["tokens"] * trainer.world_size
+        self.samples += stats["samples"] * trainer.world_size
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log_dict(self.metrics(pl_module.device), on_step=True, on_epoch=False, prog_bar=False)
+
+    def metrics(self, device) -> dict[str, float]:
+        t = max(self.elapsed, 1e-9)
+        measured = max(self.steps - self.warmup_steps, 1)
+        return {
+            "perf/tokens_per_s": self.tokens / t,
+            "perf/samples_per_s": self.samples / t,
+            "perf/micro_step_s": self.elapsed / measured,
+            "perf/peak_mem_gb": peak_memory_gb(device),
+        }
+
+    def on_train_end(self, trainer, pl_module):
+        self.summary = self.metrics(pl_module.device)

@@ -1,0 +1,272 @@
+"""python -m mmln.fit --config conf/<run>.yaml [key=value ...]
+
+Trains one run, stage 1 (`stage: pretrain`, the connector) or stage 2 (`stage: instruct`, a tuning
+strategy), into `outputs/<experiment>/<run>/`:
+
+    config.yaml               the resolved config
+    params.json               total / trainable parameters (the paper's accounting)
+    checkpoints/last.ckpt     trainable tensors + optimizer, scheduler, loop and RNG state (resume=auto)
+    trainable.safetensors     the trained tensors, at the end
+    mm_projector.bin          stage 1: the connector in LLaVA's format
+    efficiency.json           tokens/s, samples/s, step time, peak memory
+
+and tracks it in MLflow (params = the flattened config; metrics = loss, lr, perf/*; artifacts).
+A run that raises is recorded as FAILED with its error, and the logger is closed either way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mmln.config import ConfigError, flatten, load_config, to_yaml
+from mmln.model.errors import MissingWeightsError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    run_id: Optional[str]
+    experiment: str
+    run_name: str
+    metrics: dict
+
+
+class FailAt(__import__("lightning").pytorch.Callback):
+    """debug.fail_at_step: raise after that optimizer step, as a killed or crashing run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"debug.fail_at_step={self.step}: failing on purpose at step {trainer.global_step}")
+
+
+def preflight(cfg) -> None:
+    """Every local path the run needs, checked before anything heavy; all problems in one message."""
+    from mmln.model.llm import check_llm_dir
+
+    problems = []
+    v = cfg.model.vision
+    if v.path and not Path(v.path).exists():
+        problems.append(f"model.vision.path: '{v.path}' does not exist (a local CLIP / timm checkpoint directory)")
+    if cfg.model.llm.path:
+        try:
+            check_llm_dir(cfg.model.llm.path)
+        except MissingWeightsError as e:
+            problems.append(str(e))
+    tok = cfg.model.llm.tokenizer or cfg.model.llm.path
+    if not tok or not Path(tok).is_dir():
+        problems.append(f"model.llm.tokenizer: '{tok}' is not a directory with the tokenizer files "
+                        "(set model.llm.tokenizer, or model.llm.path to the LLM directory that holds them)")
+    c = cfg.model.connector.path
+    if c and not Path(c).is_file():
+        problems.append(f"model.connector.path: '{c}' not found (stage 1's mm_projector.bin or trainable.safetensors; "
+                        "run the stage-1 config first, or unset it to start from a random connector)")
+    for f in cfg.data.train.files:
+        if not Path(f).is_file():
+            problems.append(f"data.train.files: '{f}' not found")
+    if not cfg.data.train.files:
+        problems.append("data.train.files: no training file configured")
+    if problems:
+        raise MissingWeightsError.from_problems(problems)
+
+
+def experiment_name(cfg, config_path: Optional[str]) -> str:
+    return cfg.tracking.experiment or (Path(config_path).stem if config_path else "mmln")
+
+
+def run_name(cfg) -> str:
+    return cfg.run_name or f"{cfg.tune.strategy}-lr{cfg.train.lr:g}"
+
+
+def run_tags(cfg, experiment: str) -> dict[str, str]:
+    types = ",".join(cfg.data.train.types) or "all"
+    return {"model": cfg.model.name, "strategy": cfg.tune.strategy, "stage": cfg.stage, "lr": f"{cfg.train.lr:g}",
+            "data_subset": f"{types}:{cfg.data.train.limit or 'all'}", "config_family": experiment,
+            "sweep_id": os.environ.get("MMLN_SWEEP_ID", "")}
+
+
+def world_size(cfg) -> int:
+    import torch
+
+    t = cfg.train
+    if t.strategy in ("auto", "single") and (t.devices == "auto"):
+        return 1
+    if isinstance(t.devices, int):
+        n = t.devices
+    elif t.devices == "auto":
+        n = torch.cuda.device_count() if (t.accelerator != "cpu" and torch.cuda.is_available()) else 1
+    else:
+        n = len(t.devices) if not isinstance(t.devices, str) else len(t.devices.split(","))
+    return n * t.num_nodes
+
+
+def precision(cfg) -> str:
+    import torch
+
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "32-true"
+
+
+def lightning_strategy(cfg):
+    s = cfg.train.strategy
+    if s.endswith(".json"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(config=s)
+    if s.startswith("deepspeed"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        stage = int(s.split("_")[2])
+        return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=True)
+    if s == "ddp" and cfg.train.accelerator == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend="gloo")
+    return s
+
+
+def fit(cfg, config_path: Optional[str] = None) -> RunResult:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from mmln.callbacks.efficiency import Efficiency
+    from mmln.data import BadSampleLog
+    from mmln.lit.datamodule import MMLNDataModule
+    from mmln.lit.module import module_for
+    from mmln.model import build_mllm
+    from mmln.model.llm import load_tokenizer
+    from mmln.tracking import make_logger, tracking_uri
+    from mmln.tuning import apply_strategy, count_params
+
+    preflight(cfg)
+    # the DataModule, not the DataLoader, carries the mid-epoch position (see mmln.lit.datamodule)
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; a no-op on CPU
+    experiment, name = experiment_name(cfg, config_path), run_name(cfg)
+    run_dir = Path(cfg.output_dir) / experiment / name
+    ckpt_dir = run_dir / "checkpoints"
+    quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    # data and model -----------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.model.llm)
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    counts = count_params(mllm)
+    ws = world_size(cfg)
+    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
+    dm.setup("fit", world_size=ws)
+    steps_per_epoch = dm.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{dm.num_train} training samples make no full global batch of "
+                          f"train.global_batch_size={cfg.train.global_batch_size}: lower it or add data")
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else steps_per_epoch * cfg.train.epochs
+    module = module_for(cfg, mllm, total)
+    module.bad_log = BadSampleLog()
+
+    # tracking -------------------------------------------------------------------------------
+    uri = tracking_uri(cfg.tracking.uri)
+    resume = None
+    if cfg.resume == "auto" and (ckpt_dir / "last.ckpt").is_file():
+        resume = str(ckpt_dir / "last.ckpt")
+    elif cfg.resume not in ("auto", "never"):
+        resume = cfg.resume
+    prior = _prior_run_id(run_dir) if resume else None
+    logger = make_logger(experiment, name, uri, run_tags(cfg, experiment), run_id=prior)
+    if prior is None:
+        logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(cfg).items()})
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
+                  "percent": counts.percent}
+        _write_atomic(run_dir / "params.json", json.dumps(params, indent=1))
+        _write_atomic(run_dir / "mlflow_run_id", logger.run_id)
+
+    efficiency = Efficiency()
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                        every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False),
+        efficiency,
+    ]
+    if not quiet:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    if cfg.debug.fail_at_step:
+        callbacks.append(FailAt(cfg.debug.fail_at_step))
+    trainer = L.Trainer(
+        accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
+        strategy=lightning_strategy(cfg), precision=precision(cfg),
+        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+        accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
+        logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
+        enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False, default_root_dir=str(run_dir),
+        val_check_interval=cfg.train.val_every_n_steps * dm.accumulation if cfg.train.val_every_n_steps else None,
+        limit_val_batches=1.0 if dm.has_val else 0,
+    )
+    try:
+        logger.experiment.set_tag(logger.run_id, "mlflow.note.content", f"run dir: {run_dir.resolve()}")
+        t0 = time.time()
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        wall = time.time() - t0
+    except BaseException as e:
+        logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        logger.finalize("FAILED")  # Lightning already marked it failed when the error came from inside fit
+        raise
+    metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
+               "params/total": counts.total, "params/percent": counts.percent,
+               "data/bad_samples": float(module.bad_log.total)}
+    if trainer.is_global_zero:
+        for path in module.export(run_dir):
+            logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+        _write_atomic(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
+        for f in ("config.yaml", "params.json", "efficiency.json"):
+            logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
+        logger.log_metrics(metrics, step=trainer.global_step)
+        if module.bad_log.total:
+            logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+    logger.finalize("success")
+    return RunResult(run_dir, logger.run_id, experiment, name, metrics)
+
+
+def _prior_run_id(run_dir: Path) -> Optional[str]:
+    f = run_dir / "mlflow_run_id"
+    return f.read_text().strip() if f.is_file() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
+    ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = fit(cfg, args.config)
+    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
+          f"id {result.run_id}); review with `make ui`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
