@@ -31,8 +31,17 @@ test: $(STAMP)  ## fast CPU test suite (skips tests marked slow)
 test-full: $(STAMP)  ## every test, including the slow end-to-end ones
 	$(BIN)/python -m pytest -q --durations=15
 
+demo: $(STAMP)  ## the whole pipeline on a tiny model + synthetic data, on CPU, tracked in ./mlflow.db
+	$(BIN)/python -m mmln.demo
+
+ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
 lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
 	$(BIN)/python -m compileall -q mmln tests
 
-clean:  ## remove caches and outputs (keeps .venv)
-	rm -rf outputs .pytest_cache mlflow.db mlruns
+clean:  ## remove caches, outputs, the demo dir and the local MLflow store (keeps .venv)
+	rm -rf outputs demo .pytest_cache mlflow.db mlruns mlartifacts
