@@ -152,6 +152,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     preflight(cfg)
     # the DataModule, not the DataLoader, carries the mid-epoch position (see mmln.lit.datamodule)
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen vision tower, on purpose
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; a no-op on CPU
     experiment, name = experiment_name(cfg, config_path), run_name(cfg)
     run_dir = Path(cfg.output_dir) / experiment / name

@@ -1,0 +1,292 @@
+"""The torch Dataset of both stages, its collate, and bad-sample accounting (no Lightning here).
+
+Mirrors LLaVA's `LazySupervisedDataset` + `DataCollatorForSupervisedDataset`: records are
+decoded lazily in `__getitem__` (image + template + label mask), collate right-pads input_ids
+with the tokenizer's pad id (LLaMA: `<unk>` = 0) and labels with -100, and stacks the images.
+
+Bad input never kills a run by accident. With `on_bad_sample="skip"`, `__getitem__` returns a
+small marker `{"bad": reason, "id", "file", "detail"}` instead of a sample; collate drops the
+markers and passes them on as `batch["bad"] = [(id, reason), ...]` (counts made in DataLoader
+worker processes would be invisible to the trainer, the batch carries them instead); a batch
+left with no good sample has `batch["empty"] = True` so the training step can skip it.
+`BadSampleLog` accumulates `batch["bad"]` in the training loop. With `on_bad_sample="error"`,
+`BadSampleError` names the file, the record id and the reason.
+
+Reasons: missing_image, corrupt_image, truncated_image, malformed, no_assistant,
+missing_image_token, repeated_image_token, mask_mismatch, no_supervised_tokens (nothing
+supervised left once the model cuts the sequence to `max_length` after image expansion).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .images import ImageProcessor, load_image
+from .records import Record
+from .templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ConversationError, tokenize_conversation
+
+# DataLoader workers are the parallelism; keeps tokenizers quiet (and safe) after fork.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REASONS = (
+    "missing_image",
+    "corrupt_image",
+    "truncated_image",
+    "malformed",
+    "no_assistant",
+    "missing_image_token",
+    "repeated_image_token",
+    "mask_mismatch",
+    "no_supervised_tokens",
+)
+
+
+class BadSampleError(RuntimeError):
+    """A bad sample under `data.on_bad_sample=error`. Built from one message string so that a
+    DataLoader worker can re-raise it in the main process; the message names file, id, reason."""
+
+    @classmethod
+    def of(cls, file: str, record_id: str, reason: str, detail: str = "", index: Optional[int] = None) -> "BadSampleError":
+        where = f" (index {index})" if index is not None else ""
+        err = cls(f"bad sample in {file}: record id {record_id!r}{where}: {reason}" + (f" ({detail})" if detail else ""))
+        err.file, err.record_id, err.reason = file, record_id, reason
+        return err
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def image_tokens(image_size: int, patch_size: int, select_feature: str = "patch") -> int:
+    """Positions one image takes after expansion: (image_size / patch_size)^2 (+1 with CLS)."""
+    return (image_size // patch_size) ** 2 + (1 if select_feature == "cls_patch" else 0)
+
+
+def truncate(
+    input_ids: list[int], labels: list[int], num_image_tokens: int, max_length: Optional[int]
+) -> tuple[list[int], list[int]]:
+    """Cut text so that it holds what the model keeps after image expansion and truncation to
+    `max_length`: every token whose expanded start position is < max_length (LLaVA cuts the
+    expanded sequence, so the result is the same, only cheaper to collate)."""
+    if max_length is None:
+        return input_ids, labels
+    pos = 0
+    for k, t in enumerate(input_ids):
+        if pos >= max_length:
+            return input_ids[:k], labels[:k]
+        pos += num_image_tokens if t == IMAGE_TOKEN_INDEX else 1
+    return input_ids, labels
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker)."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        tokenizer: Any,
+        *,
+        template: str,
+        image_processor: ImageProcessor,
+        num_image_tokens: int = 256,
+        max_length: Optional[int] = 2048,
+        on_bad_sample: str = "skip",
+    ):
+        if on_bad_sample not in ("skip", "error"):
+            raise ValueError(f"on_bad_sample={on_bad_sample!r} is not one of skip, error")
+        self.records = records
+        self.tokenizer = tokenizer
+        self.template = template
+        self.image_processor = image_processor
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.on_bad_sample = on_bad_sample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ---- the two halves, also used by `check` and the benchmark
+    def encode_text(self, rec: Record) -> tuple[list[int], list[int], bool]:
+        """(input_ids, labels, truncated) of a record, or raises `_Bad`."""
+        raw = rec.raw
+        if not isinstance(raw, dict) or "conversations" not in raw:
+            raise _Bad("malformed", "record is not an object with 'conversations'")
+        if not isinstance(raw.get("image"), str) or not raw["image"]:
+            raise _Bad("malformed", "record has no 'image' path")
+        try:
+            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer)
+        except ConversationError as e:
+            raise _Bad(e.reason, e.detail) from None
+        kept_ids, kept_labels = truncate(ids, labels, self.num_image_tokens, self.max_length)
+        if all(label == IGNORE_INDEX for label in kept_labels):
+            raise _Bad("no_supervised_tokens", f"{len(ids)} ids, nothing supervised within max_length={self.max_length}")
+        return kept_ids, kept_labels, len(kept_ids) < len(ids)
+
+    def image_path(self, rec: Record) -> Path:
+        return Path(rec.image_folder) / rec.raw["image"]
+
+    def load_image(self, rec: Record) -> Image.Image:
+        """The record's image as RGB, or raises `_Bad`."""
+        path = self.image_path(rec)
+        try:
+            return load_image(path)
+        except FileNotFoundError:
+            raise _Bad("missing_image", str(path)) from None
+        except UnidentifiedImageError as e:
+            raise _Bad("corrupt_image", f"{path}: {e}") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
+            raise _Bad(reason, f"{path}: {e}") from None
+
+    def _bad(self, i: int, rec: Record, bad: _Bad) -> dict[str, Any]:
+        if self.on_bad_sample == "error":
+            raise BadSampleError.of(rec.file, rec.id, bad.reason, bad.detail, index=i) from None
+        return {"bad": bad.reason, "id": rec.id, "file": rec.file, "detail": bad.detail}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = self.records[i]
+        try:
+            ids, labels, _ = self.encode_text(rec)
+            image = self.load_image(rec)
+            try:
+                pixels = self.image_processor(image)
+            except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
+                raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
+        except _Bad as bad:
+            return self._bad(i, rec, bad)
+        return {
+            "id": rec.id,
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": pixels,
+        }
+
+    def check(self, i: int) -> tuple[Optional[str], str, bool]:
+        """(reason or None, detail, truncated) for record `i` without building tensors: the
+        text is tokenized and masked, the image fully decoded and preprocessed."""
+        rec = self.records[i]
+        try:
+            _, _, truncated = self.encode_text(rec)
+            self.image_processor(self.load_image(rec))
+        except _Bad as bad:
+            return bad.reason, bad.detail, False
+        except Exception as e:  # preprocessing failure
+            return "corrupt_image", f"{e}", False
+        return None, "", truncated
+
+
+class Collator:
+    """Right-pad input_ids with `pad_token_id` and labels with -100, build attention_mask, stack
+    images; bad-sample markers are dropped and listed as batch["bad"] = [(id, reason), ...]."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "bad" not in s]
+        bad = [(s["id"], s["bad"]) for s in samples if "bad" in s]
+        if not good:
+            return {
+                "ids": [],
+                "input_ids": torch.zeros(0, 0, dtype=torch.long),
+                "labels": torch.zeros(0, 0, dtype=torch.long),
+                "attention_mask": torch.zeros(0, 0, dtype=torch.long),
+                "pixel_values": torch.zeros(0),
+                "bad": bad,
+                "empty": True,
+            }
+        n = max(len(s["input_ids"]) for s in good)
+        input_ids = torch.full((len(good), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(good), n), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(good), n), dtype=torch.long)
+        for k, s in enumerate(good):
+            m = len(s["input_ids"])
+            input_ids[k, :m] = s["input_ids"]
+            labels[k, :m] = s["labels"]
+            attention_mask[k, :m] = 1
+        return {
+            "ids": [s["id"] for s in good],
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.stack([s["pixel_values"] for s in good]),
+            "bad": bad,
+            "empty": False,
+        }
+
+
+class BadSampleLog:
+    """Counts of skipped samples by reason, with the first `keep_ids` record ids of each;
+    fed from `batch["bad"]` by the training loop, summarised at the end of each epoch."""
+
+    def __init__(self, keep_ids: int = 20):
+        self.keep_ids = keep_ids
+        self.counts: Counter[str] = Counter()
+        self.ids: dict[str, list[str]] = {}
+
+    def add(self, bad: Sequence[tuple[str, str]]) -> None:
+        for rid, reason in bad:
+            self.counts[reason] += 1
+            kept = self.ids.setdefault(reason, [])
+            if len(kept) < self.keep_ids:
+                kept.append(str(rid))
+
+    extend = add
+
+    def update(self, batch: dict[str, Any]) -> None:
+        """Add a collated batch's `bad` list."""
+        self.add(batch.get("bad", ()))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.ids.clear()
+
+    def summary(self) -> str:
+        if not self.total:
+            return "bad samples: none"
+        parts = []
+        for reason, n in self.counts.most_common():
+            ids = self.ids.get(reason, [])
+            more = ", ..." if n > len(ids) else ""
+            parts.append(f"{reason}={n} [{', '.join(ids)}{more}]")
+        return f"bad samples skipped: {self.total} ({'; '.join(parts)})"
+
+
+def build_datasets(cfg: Any, tokenizer: Any) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
+    """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
+    `cfg.model` (vision preprocessing and size, max_length)."""
+    from .images import build_image_processor
+    from .records import load_train_val
+
+    train, val = load_train_val(cfg.data)
+    vision = cfg.model.vision
+    kw = dict(
+        template=cfg.data.template,
+        image_processor=build_image_processor(vision, cfg.data.image_aspect),
+        num_image_tokens=image_tokens(vision.image_size, vision.patch_size, vision.select_feature),
+        max_length=cfg.model.max_length,
+        on_bad_sample=cfg.data.on_bad_sample,
+    )
+    return LlavaDataset(train, tokenizer, **kw), (LlavaDataset(val, tokenizer, **kw) if val else None)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id collate uses: the tokenizer's pad, else unk (LLaVA: pad = unk = 0), else 0."""
+    for tid in (tokenizer.pad_token_id, getattr(tokenizer, "unk_token_id", None)):
+        if tid is not None:
+            return int(tid)
+    return 0

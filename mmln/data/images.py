@@ -1,0 +1,129 @@
+"""Image loading and preprocessing (LLaVA v1: CLIPImageProcessor; timm ViTs: timm's transforms).
+
+- `load_image`: open, decode fully (so truncated files fail here, not later) and convert to RGB
+  the way transformers' `convert_to_rgb` does (transparency composited onto white; grayscale,
+  CMYK and palette images through PIL's own conversion). LLaVA v1 called `.convert("RGB")`,
+  which differs only for images with transparency (absent from COCO / CC3M JPEGs).
+- `ClipPreprocess`: CLIPImageProcessor at `image_size` px: resize the shortest side with PIL
+  bicubic, center crop, rescale 1/255, normalize with the CLIP mean / std. Written with PIL +
+  numpy for speed; equal (<1e-5) to transformers' PIL backend `CLIPImageProcessorPil`, the
+  behaviour LLaVA trained with (transformers 4.x). transformers 5's default
+  `CLIPImageProcessor` resizes with torchvision's antialiased bicubic instead, which rounds
+  some pixels one or two uint8 levels differently (see tests/test_data_images.py).
+- `pad=True` (`data.image_aspect=pad`, LLaVA-1.5's `expand2square`): first pad to a square
+  canvas of the CLIP mean colour (122, 116, 104), the image centred.
+- `TimmPreprocess`: `timm.data.resolve_data_config` + `create_transform` from the timm model
+  name's pretrained config (no weights are loaded), eval mode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAD_COLOR = (122, 116, 104)  # tuple(int(x * 255) for x in CLIP_MEAN), LLaVA's background
+
+ImageProcessor = Callable[[Image.Image], torch.Tensor]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; transparency composited onto white (transformers' `convert_to_rgb`)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB. Raises FileNotFoundError, PIL.UnidentifiedImageError
+    (not an image) or OSError (e.g. "image file is truncated")."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def expand2square(image: Image.Image, fill: tuple[int, int, int] = PAD_COLOR) -> Image.Image:
+    """LLaVA-1.5's `expand2square`: pad the short side, image centred, with `fill`."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+class ClipPreprocess:
+    """CLIPImageProcessor (shortest edge = crop = `image_size`, bicubic, CLIP mean/std) -> (3,S,S) float32."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+        pad: bool = False,
+    ):
+        self.size = image_size
+        self.pad = pad
+        # uint8 -> normalized value lookup, per channel, computed exactly as CLIPImageProcessorPil
+        # does it (rescale in float64, cast to float32, normalize in float32)
+        levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+        m, sd = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+        self.lut = np.stack([(levels - m[c]) / sd[c] for c in range(3)])  # (3, 256) float32
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = to_rgb(image)
+        if self.pad:
+            image = expand2square(image)
+        s = self.size
+        w, h = image.size
+        # transformers' get_resize_output_image_size(default_to_square=False): int() of the long side
+        new_w, new_h = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        top, left = int((new_h - s) / 2), int((new_w - s) / 2)
+        a = np.asarray(image, dtype=np.uint8)[top : top + s, left : left + s]
+        out = np.stack([self.lut[c][a[:, :, c]] for c in range(3)])
+        return torch.from_numpy(out)
+
+
+class TimmPreprocess:
+    """timm's eval transform for `name` (from its pretrained config, no download), optionally at
+    another `image_size` and after LLaVA's pad-to-square."""
+
+    def __init__(self, name: str, image_size: int | None = None, pad: bool = False):
+        import timm.data
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is None:
+            raise ValueError(f"timm has no pretrained config for {name!r} (model.vision.name)")
+        data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())
+        if image_size is not None:
+            data_cfg["input_size"] = (3, image_size, image_size)
+        self.data_cfg = data_cfg
+        self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+        self.pad = pad
+        mean = tuple(int(round(m * 255)) for m in data_cfg["mean"])
+        self.fill = mean if len(mean) == 3 else PAD_COLOR
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = to_rgb(image)
+        if self.pad:
+            image = expand2square(image, self.fill)
+        return self.transform(image)
+
+
+def build_image_processor(vision: Any, image_aspect: str = "square") -> ImageProcessor:
+    """From `cfg.model.vision` (preprocess, name, image_size) and `cfg.data.image_aspect`."""
+    pad = image_aspect == "pad"
+    if vision.preprocess == "timm":
+        return TimmPreprocess(vision.name, vision.image_size, pad=pad)
+    if vision.preprocess == "clip":
+        return ClipPreprocess(vision.image_size, pad=pad)
+    raise ValueError(f"model.vision.preprocess={vision.preprocess!r} is not one of clip, timm")

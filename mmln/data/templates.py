@@ -1,0 +1,327 @@
+"""Conversation templates, prompt rendering and tokenization with label masks (LLaVA v1).
+
+Mirrors `llava/conversation.py` (`plain`, `vicuna_v1`, `llava_llama_2`, `v0`) and the
+`preprocess_*` / `tokenizer_image_token` functions of `llava/train/train.py` (llava.md 2.3-2.6):
+
+- the image placeholder is ONE id, `IMAGE_TOKEN_INDEX = -200`, put between separately tokenized
+  text chunks (every chunk's own BOS dropped but the first one's);
+- for chat templates the `<image>` of a human turn moves to its front: `"<image>\\n" + rest`;
+- `plain` drops the instruction: BOS, image slot, caption, "\\n" (no EOS);
+- supervised = every assistant answer plus its end-of-turn text (`</s>` for `vicuna_v1`,
+  `" </s>"` for `llava_llama_2`, `"\\n"` for `plain`); everything else is `IGNORE_INDEX`.
+
+Labels do NOT come from LLaVA's length arithmetic (which is off by one per extra round with
+non-legacy LLaMA tokenizers and then silently zeroes the sample). A conversation is rendered as
+segments (prompt text / answer text); each segment boundary is tokenized as a prefix of the
+full prompt, so every segment is tokenized in exactly the left context the full string gives
+it, whatever the tokenizer does after special tokens. The concatenated segments must equal the
+full-string tokenization; when they do not, `ConversationError("mask_mismatch")` is raised, to
+be counted and reported, never silently zeroed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN_INDEX = -200
+DEFAULT_IMAGE_TOKEN = "<image>"
+HUMAN, GPT = "human", "gpt"
+
+
+class ConversationError(ValueError):
+    """A record's conversation cannot be turned into a training sample; `reason` is a short key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Template:
+    """One of LLaVA's `Conversation` objects, reduced to what rendering needs."""
+
+    name: str
+    style: str  # plain | two (vicuna_v1) | llama_2 | single (v0)
+    system: str = ""
+    roles: tuple[str, str] = ("USER", "ASSISTANT")
+    sep: str = ""
+    sep2: str = ""
+    examples: tuple[tuple[str, str], ...] = ()  # few-shot (human, gpt) turns rendered before the conversation
+    stop: tuple[str, ...] = ()  # strings at which generation stops
+
+
+_V0_EXAMPLE_A = (
+    "Renewable energy sources are those that can be replenished naturally in a relatively "
+    "short amount of time, such as solar, wind, hydro, geothermal, and biomass. "
+    "Non-renewable energy sources, on the other hand, are finite and will eventually be "
+    "depleted, such as coal, oil, and natural gas. Here are some key differences between "
+    "renewable and non-renewable energy sources:\n"
+    "1. Availability: Renewable energy sources are virtually inexhaustible, while non-renewable "
+    "energy sources are finite and will eventually run out.\n"
+    "2. Environmental impact: Renewable energy sources have a much lower environmental impact "
+    "than non-renewable sources, which can lead to air and water pollution, greenhouse gas emissions, "
+    "and other negative effects.\n"
+    "3. Cost: Renewable energy sources can be more expensive to initially set up, but they typically "
+    "have lower operational costs than non-renewable sources.\n"
+    "4. Reliability: Renewable energy sources are often more reliable and can be used in more remote "
+    "locations than non-renewable sources.\n"
+    "5. Flexibility: Renewable energy sources are often more flexible and can be adapted to different "
+    "situations and needs, while non-renewable sources are more rigid and inflexible.\n"
+    "6. Sustainability: Renewable energy sources are more sustainable over the long term, while "
+    "non-renewable sources are not, and their depletion can lead to economic and social instability.\n"
+)
+
+TEMPLATES: dict[str, Template] = {
+    # conv_llava_plain: system "", sep "\n", the human text is replaced by the image alone.
+    "plain": Template("plain", "plain", sep="\n", stop=("\n",)),
+    # conv_vicuna_v1 (SeparatorStyle.TWO)
+    "vicuna_v1": Template(
+        "vicuna_v1",
+        "two",
+        system="A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+        roles=("USER", "ASSISTANT"),
+        sep=" ",
+        sep2="</s>",
+        stop=("</s>",),
+    ),
+    # conv_llava_llama_2 (SeparatorStyle.LLAMA_2)
+    "llava_llama_2": Template(
+        "llava_llama_2",
+        "llama_2",
+        system="You are a helpful language and vision assistant. "
+        "You are able to understand the visual content that the user provides, "
+        "and assist the user with a variety of tasks using natural language.",
+        sep="<s>",
+        sep2="</s>",
+        stop=("</s>",),
+    ),
+    # conv_vicuna_v0 (SeparatorStyle.SINGLE, with its one few-shot exchange); the paper's harness.
+    "v0": Template(
+        "v0",
+        "single",
+        system="A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+        roles=("Human", "Assistant"),
+        sep="###",
+        examples=(
+            ("What are the key differences between renewable and non-renewable energy sources?", _V0_EXAMPLE_A),
+        ),
+        stop=("###",),
+    ),
+}
+
+
+def get_template(template: str | Template) -> Template:
+    if isinstance(template, Template):
+        return template
+    try:
+        return TEMPLATES[template]
+    except KeyError:
+        raise ValueError(f"unknown template {template!r}; one of {', '.join(TEMPLATES)}") from None
+
+
+# ------------------------------------------------------------------------------------ turns
+def normalize_turns(conversations: Any, template: str | Template, *, training: bool) -> list[tuple[str, str]]:
+    """LLaVA records -> [(human|gpt, text)], with the `<image>` moved to the front of its turn.
+
+    Mirrors `preprocess_multimodal` (image first, `"<image>\\n" + rest.strip()`) and the
+    "drop a leading non-human turn" rule of `preprocess`. `training=True` also enforces what a
+    training sample needs: alternating turns, at least one gpt answer, exactly one `<image>`
+    and it in a human turn; `plain` needs exactly one human and one gpt turn.
+    """
+    t = get_template(template)
+    if not isinstance(conversations, list) or not conversations:
+        raise ConversationError("malformed", "'conversations' is not a non-empty list")
+    turns: list[tuple[str, str]] = []
+    for k, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or turn.get("from") not in (HUMAN, GPT) or not isinstance(turn.get("value"), str):
+            raise ConversationError("malformed", f"turn {k} is not {{'from': 'human'|'gpt', 'value': str}}")
+        turns.append((turn["from"], turn["value"]))
+    if turns[0][0] != HUMAN:
+        turns = turns[1:]
+    n_images = sum(v.count(DEFAULT_IMAGE_TOKEN) for _, v in turns)
+    if training:
+        if not any(r == GPT for r, _ in turns):
+            raise ConversationError("no_assistant", "no 'gpt' turn")
+        for k, (r, _) in enumerate(turns):
+            if r != (HUMAN, GPT)[k % 2]:
+                raise ConversationError("malformed", f"turn {k} is '{r}': turns must alternate human, gpt")
+        if any(r == GPT and not v.strip() for r, v in turns):
+            raise ConversationError("malformed", "empty 'gpt' turn")
+        if n_images == 0:
+            raise ConversationError("missing_image_token", f"no {DEFAULT_IMAGE_TOKEN} in the conversation")
+        if n_images > 1:
+            raise ConversationError("repeated_image_token", f"{DEFAULT_IMAGE_TOKEN} occurs {n_images} times")
+        if any(r == GPT and DEFAULT_IMAGE_TOKEN in v for r, v in turns):
+            raise ConversationError("malformed", f"{DEFAULT_IMAGE_TOKEN} in a 'gpt' turn")
+        if t.style == "plain" and len(turns) != 2:
+            raise ConversationError("malformed", f"template 'plain' needs 1 human + 1 gpt turn, got {len(turns)} turns")
+    out = []
+    for r, v in turns:
+        if r == HUMAN and DEFAULT_IMAGE_TOKEN in v:
+            v = DEFAULT_IMAGE_TOKEN if t.style == "plain" else DEFAULT_IMAGE_TOKEN + "\n" + v.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        out.append((r, v))
+    return out
+
+
+# ---------------------------------------------------------------------------------- render
+def render_segments(
+    template: str | Template, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False
+) -> list[tuple[str, bool]]:
+    """The prompt as [(text, supervised)] segments; `"".join(texts)` is LLaVA's `get_prompt()`.
+
+    Answers are segments of their own that include their end-of-turn text and the separator
+    space before them (which the tokenizer merges into the answer's first token, "▁The").
+    With `add_generation_prompt`, a conversation ending in a human turn gets the assistant
+    header, ready for generation (LLaVA: an empty last message).
+    """
+    t = get_template(template)
+    segs: list[tuple[str, bool]] = []
+    if t.style == "plain":  # preprocess_plain: "<image>" + caption + "\n"
+        for r, v in turns:
+            if r == HUMAN:
+                segs.append((DEFAULT_IMAGE_TOKEN if DEFAULT_IMAGE_TOKEN in v else "", False))
+            else:
+                segs.append((v + t.sep, True))
+    elif t.style in ("two", "single"):
+        end = t.sep2 if t.style == "two" else t.sep
+        segs.append((t.system + t.sep, False))
+        for q, a in t.examples:
+            segs.append((f"{t.roles[0]}: {q}{t.sep}{t.roles[1]}: {a}{end}", False))
+        for r, v in turns:
+            if r == HUMAN:
+                segs.append((f"{t.roles[0]}: {v}{t.sep}", False))
+            else:
+                segs += [(f"{t.roles[1]}:", False), (f" {v}{end}", True)]
+    elif t.style == "llama_2":
+        for k, (r, v) in enumerate(turns):
+            if r == HUMAN:
+                if k == 0 and t.system:
+                    v = f"<<SYS>>\n{t.system}\n<</SYS>>\n\n{v}"
+                segs.append((("" if k == 0 else t.sep) + f"[INST] {v} [/INST]", False))
+            else:
+                segs.append((f" {v} {t.sep2}", True))
+    else:
+        raise ValueError(f"unknown template style {t.style!r}")
+    if add_generation_prompt and turns and turns[-1][0] == HUMAN and t.style in ("two", "single"):
+        segs.append((f"{t.roles[1]}:", False))
+    merged: list[tuple[str, bool]] = []  # join neighbours with the same flag; drop empty text
+    for text, sup in segs:
+        if merged and merged[-1][1] == sup:
+            merged[-1] = (merged[-1][0] + text, sup)
+        elif text:
+            merged.append((text, sup))
+    return merged
+
+
+def render_prompt(
+    template: str | Template, conversations: list[dict[str, str]], add_generation_prompt: bool = True
+) -> str:
+    """The prompt text of a conversation (LLaVA's `conv.get_prompt()`); for evaluation the last
+    turn is the human question and the assistant header is appended."""
+    turns = normalize_turns(conversations, template, training=False)
+    return "".join(s for s, _ in render_segments(template, turns, add_generation_prompt=add_generation_prompt))
+
+
+# -------------------------------------------------------------------------------- tokenize
+def _encode_chunks(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Tokenize each text on its own, with the tokenizer's special tokens (LLaMA: BOS)."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+
+def _join_chunks(chunks: list[list[int]], bos: int | None) -> list[int]:
+    out: list[int] = []
+    for k, ids in enumerate(chunks):
+        if k > 0:
+            out.append(IMAGE_TOKEN_INDEX)
+            if bos is not None and ids[:1] == [bos]:
+                ids = ids[1:]
+        out += ids
+    return out
+
+
+def tokenizer_image_token(prompt: str, tokenizer: Any) -> list[int]:
+    """LLaVA's `tokenizer_image_token`: chunks split at `<image>`, tokenized separately, the
+    image slot (-200) between them, BOS only from the first chunk."""
+    return _join_chunks(_encode_chunks(tokenizer, prompt.split(DEFAULT_IMAGE_TOKEN)), tokenizer.bos_token_id)
+
+
+def encode_prompt(template: str | Template, conversations: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """Input ids of an evaluation prompt whose last assistant turn is to be generated."""
+    return tokenizer_image_token(render_prompt(template, conversations, add_generation_prompt=True), tokenizer)
+
+
+def tokenize_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of rendered segments; labels = ids on supervised segments, else -100.
+
+    input_ids are the full-string `tokenizer_image_token` ids, as LLaVA feeds them. Segment k
+    spans the ids between the tokenizations of the prefixes ending at its two boundaries; only
+    the chunk (between `<image>`s) holding a boundary is re-tokenized, all in one batch call.
+    Raises `ConversationError("mask_mismatch")` when a prefix's ids are not a prefix of the
+    full ids (the segments' concatenation would differ from the full-string tokenization).
+    """
+    text = "".join(s for s, _ in segments)
+    chunks = text.split(DEFAULT_IMAGE_TOKEN)
+    bounds, pos = [], 0
+    for s, _ in segments:
+        pos += len(s)
+        bounds.append(pos)
+    partial: list[tuple[int, str]] = []  # per boundary: (chunk index, prefix of that chunk)
+    for b in bounds[:-1]:
+        head = text[:b].split(DEFAULT_IMAGE_TOKEN)
+        partial.append((len(head) - 1, head[-1]))
+    encoded = _encode_chunks(tokenizer, chunks + [p for _, p in partial])
+    full_chunks, part_ids = encoded[: len(chunks)], encoded[len(chunks) :]
+    bos = tokenizer.bos_token_id
+    ids = _join_chunks(full_chunks, bos)
+    ends = []
+    for (c, _), pid in zip(partial, part_ids):
+        prefix = _join_chunks(full_chunks[:c] + [pid], bos)
+        if ids[: len(prefix)] != prefix:
+            raise ConversationError(
+                "mask_mismatch",
+                f"segment boundary at char {bounds[len(ends)]} does not fall on a token boundary of the full prompt",
+            )
+        ends.append(len(prefix))
+    ends.append(len(ids))
+    labels, start = [IGNORE_INDEX] * len(ids), 0
+    for (_, sup), end in zip(segments, ends):
+        if end < start:
+            raise ConversationError("mask_mismatch", "segment token spans are not increasing")
+        if sup:
+            labels[start:end] = [i if i != IMAGE_TOKEN_INDEX else IGNORE_INDEX for i in ids[start:end]]
+        start = end
+    return ids, labels
+
+
+def tokenize_conversation(
+    template: str | Template, conversations: Any, tokenizer: Any
+) -> tuple[list[int], list[int]]:
+    """A training record's conversation -> (input_ids, labels), LLaVA v1's `preprocess(...)`
+    without its legacy-tokenizer dependency. Raises `ConversationError` with a reason."""
+    turns = normalize_turns(conversations, template, training=True)
+    ids, labels = tokenize_segments(render_segments(template, turns), tokenizer)
+    if ids.count(IMAGE_TOKEN_INDEX) != 1:
+        raise ConversationError("mask_mismatch", f"{ids.count(IMAGE_TOKEN_INDEX)} image slots in the ids")
+    return ids, labels
+
+
+# ---------------------------------------------------------------------------------- stops
+def stop_strings(template: str | Template) -> list[str]:
+    """Strings at which generation stops (LLaVA: `sep2` for TWO, else `sep`; EOS for LLaMA-2)."""
+    return list(get_template(template).stop)
+
+
+def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
+    """EOS plus every stop string that is a single token after text (e.g. "\\n" -> <0x0A>).
+    Multi-token stop strings (v0's "###") need `stop_strings` in `generate`."""
+    out = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for s in stop_strings(template):
+        ids = tokenizer("a" + s, add_special_tokens=False)["input_ids"]
+        if ids[: len(anchor)] == anchor and len(ids) == len(anchor) + 1 and ids[-1] not in out:
+            out.append(ids[-1])
+    return out
