@@ -86,8 +86,8 @@ def pretrain_base_lm(root: Path, quick: bool, seed: int = 0) -> None:
 def table(rows: dict[str, dict]) -> str:
     cols = [("MME-P", "eval/mme_perception", "{:.1f}"), ("MME-C", "eval/mme_cognition", "{:.1f}"),
             ("VQAv2", "eval/vqav2", "{:.1f}"), ("COCO", "eval/coco_cider", "{:.1f}"),
-            ("Flickr", "eval/flickr30k_cider", "{:.1f}"), ("POPE-r acc", "eval/pope_random_accuracy", "{:.3f}"),
-            ("POPE-p acc", "eval/pope_popular_accuracy", "{:.3f}"), ("POPE-a acc", "eval/pope_adversarial_accuracy", "{:.3f}")]
+            ("Flickr", "eval/flickr30k_cider", "{:.1f}"), ("POPE-r acc", "eval/pope_random_accuracy", "{:.1f}"),
+            ("POPE-p acc", "eval/pope_popular_accuracy", "{:.1f}"), ("POPE-a acc", "eval/pope_adversarial_accuracy", "{:.1f}")]
     lines = ["model".ljust(22) + "".join(c[0].rjust(12) for c in cols)]
     for name, m in rows.items():
         lines.append(name.ljust(22) + "".join(
@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = ["eval.limit=200"] if args.quick else []
     say("evaluating the untuned model (base LM + stage-1 connector)")
-    untuned = evaluate(load_config(CONF / "stage2.yaml", limit), None, BENCHES, s2.run_dir / "eval_untuned")
+    untuned = evaluate(load_config(CONF / "stage2.yaml", limit), None, BENCHES, s2.run_dir / "eval_untuned")["metrics"]
     say("evaluating the LayerNorm-tuned model")
     tuned = evaluate(load_config(CONF / "stage2.yaml", limit), str(s2.run_dir / "trainable.safetensors"), BENCHES,
-                     s2.run_dir / "eval", run_id=s2.run_id)
+                     s2.run_dir / "eval", run_id=s2.run_id)["metrics"]
     rows = {"chance": {"eval/mme_perception": 100.0 * 10 * 0.75, "eval/mme_cognition": 100.0 * 4 * 0.75,
-                       **{f"eval/pope_{s}_accuracy": 0.5 for s in ("random", "popular", "adversarial")}},
+                       **{f"eval/pope_{s}_accuracy": 50.0 for s in ("random", "popular", "adversarial")}},
             "untuned (stage 1)": untuned, "layernorm (stage 2)": tuned}
     print("\n" + table(rows))
     print("(MME-P/MME-C: sum of 100*(acc + acc+) over subtasks; chance answers at random: acc 0.5, acc+ 0.25)")

@@ -1,0 +1,217 @@
+"""python -m mmln.evaluate --config CFG --ckpt PATH|none --bench mme,pope,vqav2,coco,flickr30k [key=value ...]
+
+Builds the model from the config (`build_mllm`, `apply_strategy`, then the tuned tensors of
+`--ckpt`: a run's `trainable.safetensors` or `checkpoints/last.ckpt`; `--ckpt none` evaluates the
+untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.profile`), and
+
+- writes the official answer files into `OUT/<bench>/` and every score into `OUT/scores.json`,
+  OUT = `--out`, else the checkpoint's run directory (beside `trainable.safetensors` or
+  `checkpoints/`), else `<output_dir>/eval/<model.name>-untuned`;
+- prints the paper's Table 1 columns (MME perception / cognition, VQAv2, COCO and Flickr30k
+  CIDEr, POPE accuracy / F1 per split, all in percent or points);
+- logs them to MLflow as `eval/mme_perception`, `eval/mme_cognition`, `eval/vqav2`,
+  `eval/coco_cider`, `eval/flickr30k_cider`, `eval/pope_<split>_accuracy`, `eval/pope_<split>_f1`
+  into `--run-id`, else the run named by the run directory's `mlflow_run_id` file, else a new
+  run of experiment `tracking.experiment` (default "mmln-eval").
+
+Runs on one device (the first GPU when there is one); no data parallelism across GPUs.
+Exit codes: 0 done; 2 a problem the user fixes (missing benchmark path, naming its eval.* key;
+bad config; missing checkpoint or weights; no Java for CIDEr), one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from mmln.config import ConfigError, load_config
+from mmln.eval.benchmarks import BENCHES, check_inputs, run_benchmark, table_metrics
+
+DEFAULT_EXPERIMENT = "mmln-eval"
+
+
+def run_dir_of(ckpt: str | os.PathLike[str]) -> Path:
+    """`<run>/trainable.safetensors` -> `<run>`; `<run>/checkpoints/last.ckpt` -> `<run>`."""
+    parent = Path(ckpt).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def default_out_dir(cfg: Any, ckpt: Optional[str]) -> Path:
+    return run_dir_of(ckpt) if ckpt else Path(cfg.output_dir) / "eval" / f"{cfg.model.name}-untuned"
+
+
+def load_model(cfg: Any, ckpt: Optional[str]):
+    """(mllm in eval mode on the device, tokenizer, image processor)."""
+    import torch
+
+    from mmln.data.images import build_image_processor
+    from mmln.model import build_mllm
+    from mmln.model.checkpoint import load_trainable, read_trainable
+    from mmln.model.llm import load_tokenizer
+    from mmln.tuning import apply_strategy
+
+    tokenizer = load_tokenizer(cfg.model.llm)
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    if ckpt:
+        try:
+            load_trainable(mllm, read_trainable(ckpt), source=str(ckpt))
+        except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
+            raise ConfigError(str(e)) from None
+    mllm.requires_grad_(False).eval()
+    mllm.to("cuda" if torch.cuda.is_available() else "cpu")
+    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
+
+
+def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
+             run_id: Optional[str] = None) -> dict[str, Any]:
+    """Answer and score `benches`; write `out_dir/<bench>/*` and `out_dir/scores.json`; log the
+    `eval/*` metrics to MLflow. Returns the scores.json content:
+    `{"metrics": {eval/*: value}, "benches": {bench: scorer result}, "seconds", "questions_per_s",
+    "profile", "yes_no", "ckpt", "mlflow_run_id"}`.
+    `ckpt` None (or "none") = the untuned model."""
+    from mmln.eval.caption import require_java
+    from mmln.eval.runner import Runner, decoding_for
+
+    ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
+    benches = list(dict.fromkeys(benches))
+    check_inputs(cfg, benches)
+    if {"coco", "flickr30k"} & set(benches):
+        require_java()  # fail before the model runs, not after
+    out_dir = Path(out_dir)
+    mllm, tokenizer, image_processor = load_model(cfg, ckpt)
+    runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
+                    num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
+    scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
+                              "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}}
+    for bench in benches:
+        t0 = time.perf_counter()
+        result = run_benchmark(bench, runner, cfg, out_dir)
+        seconds = time.perf_counter() - t0
+        scores["benches"][bench] = result
+        scores["metrics"].update(table_metrics(bench, result))
+        scores["seconds"][bench] = seconds
+        n = _n_questions(bench, result)
+        scores["questions_per_s"][bench] = n / seconds if seconds > 0 else 0.0
+        _note(f"{bench}: {n} questions in {seconds:.1f}s")
+    _write_json(out_dir / "scores.json", scores)  # the scores survive a tracking failure
+    scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, run_id)
+    _write_json(out_dir / "scores.json", scores)
+    return scores
+
+
+def _n_questions(bench: str, result: dict[str, Any]) -> int:
+    if bench == "mme":
+        return sum(d["n_questions"] for d in result["details"].values())
+    if bench == "pope":
+        return sum(m["n"] for m in result.values())
+    return result["n"] if bench == "vqav2" else result["n_images"]
+
+
+def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id: Optional[str]) -> str:
+    """Log `scores["metrics"]` into `run_id`, else the checkpoint run's `mlflow_run_id`, else a new run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    from mmln.tracking import get_or_create_experiment, tracking_uri
+
+    uri = tracking_uri(cfg.tracking.uri)
+    client = MlflowClient(uri)
+    id_file = run_dir_of(ckpt) / "mlflow_run_id" if ckpt else None
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise ConfigError(f"--run-id {run_id}: no such run in the MLflow store {uri}") from None
+    elif id_file is not None and id_file.is_file():
+        run_id = id_file.read_text().strip() or None
+        try:
+            client.get_run(run_id) if run_id else None
+        except MlflowException:
+            _note(f"{id_file}: run {run_id} is not in the MLflow store {uri}; logging to a new run")
+            run_id = None
+    new = run_id is None
+    if new:
+        experiment = get_or_create_experiment(client, cfg.tracking.experiment or DEFAULT_EXPERIMENT, uri)
+        name = f"eval-{cfg.model.name}-{cfg.tune.strategy if ckpt else 'untuned'}"
+        run_id = client.create_run(experiment, run_name=name, tags={
+            "model": cfg.model.name, "strategy": cfg.tune.strategy, "ckpt": ckpt or "none"}).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in scores["metrics"].items()])
+    client.set_tag(run_id, "eval_profile", cfg.eval.profile)
+    client.set_tag(run_id, "eval_benches", ",".join(scores["benches"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scores.json"
+        _write_json(path, {**scores, "mlflow_run_id": run_id})
+        client.log_artifact(run_id, str(path), artifact_path="eval")
+    if new:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """The paper's Table 1 columns present in `metrics` as a two-line table."""
+    cols = [("MME-P", "eval/mme_perception"), ("MME-C", "eval/mme_cognition"), ("VQAv2", "eval/vqav2"),
+            ("COCO", "eval/coco_cider"), ("Flickr30k", "eval/flickr30k_cider")]
+    splits = [k.split("_")[1] for k in metrics if k.startswith("eval/pope_") and k.endswith("_accuracy")]
+    cols += [(f"POPE-{s} {m}", f"eval/pope_{s}_{key}") for s in splits for m, key in (("acc", "accuracy"), ("F1", "f1"))]
+    cols = [(h, k) for h, k in cols if k in metrics]
+    width = [max(len(h), 7) for h, _ in cols]
+    head = "  ".join(h.rjust(w) for (h, _), w in zip(cols, width))
+    row = "  ".join(f"{metrics[k]:.2f}".rjust(w) for (_, k), w in zip(cols, width))
+    return head + "\n" + row
+
+
+def _note(msg: str) -> None:
+    if os.environ.get("MMLN_QUIET") != "1":
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmln.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="run config YAML (the one the checkpoint was trained with)")
+    ap.add_argument("--ckpt", required=True, help="trainable.safetensors or checkpoints/last.ckpt of a run; "
+                                                  "'none' = the untuned model")
+    ap.add_argument("--bench", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--out", help="folder for answer files and scores.json (default: the checkpoint's run dir)")
+    ap.add_argument("--run-id", help="MLflow run to log into (default: the run dir's mlflow_run_id, else a new run)")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.limit=100 eval.mme_dir=...")
+    args = ap.parse_args(argv)
+    from mmln.eval.caption import JavaNotFoundError
+    from mmln.model.errors import MissingWeightsError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        benches = [b.strip() for b in args.bench.split(",") if b.strip()]
+        unknown = [b for b in benches if b not in BENCHES]
+        if unknown or not benches:
+            raise ConfigError(f"--bench {args.bench!r}: choose from {', '.join(BENCHES)}")
+        ckpt = None if args.ckpt.lower() == "none" else args.ckpt
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or "
+                                    "checkpoints/last.ckpt; 'none' for the untuned model)")
+        out = Path(args.out) if args.out else default_out_dir(cfg, ckpt)
+        scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id)
+    except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError) as e:
+        print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(scores["metrics"]))
+    print(f"answers and scores.json in {out}; MLflow run {scores['mlflow_run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
