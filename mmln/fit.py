@@ -140,6 +140,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
+    from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
     from mmln.data import BadSampleLog
     from mmln.lit.datamodule import MMLNDataModule
@@ -201,6 +202,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False),
         efficiency,
+        *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=1))

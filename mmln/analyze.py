@@ -1,0 +1,144 @@
+"""python -m mmln.analyze similarity --config CFG [--ckpt PATH] [--out DIR] [key=value ...]
+python -m mmln.analyze compare RUN_A RUN_B [--out DIR]
+
+`similarity`: the layer-similarity analysis (SPEC 6) of a model built from CFG with the trained
+tensors of a checkpoint (trainable.safetensors or a .ckpt of this project; none = the base
+model), on the same fixed sample set the training callback uses (`analysis.similarity_samples`
+chosen by `analysis.similarity_seed` from the validation set, else the training set). Writes
+layer_similarity.npz + .png to --out (default: `<run dir of the checkpoint>/analysis`) and prints
+the metrics as JSON. A model part without a weights path (the tiny test model) is rebuilt with
+the run's seed (`train.seed`), as `mmln.fit` builds it.
+
+`compare`: a side-by-side figure of two runs (e.g. finetune vs layernorm): both layer-similarity
+heatmaps and both LayerNorm-gradient variance curves, from the files their analysis callbacks
+recorded. RUN_x is a run directory (`outputs/<experiment>/<run>`) or an MLflow run id (its
+`analysis/` artifacts are downloaded from the tracking store).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+from mmln.analysis import GRADS_FILE, SIMILARITY_FILE, figures, similarity_metric
+from mmln.analysis.gradients import load_grads, variances
+from mmln.analysis.similarity import (
+    layer_similarity, load_similarity, pick_indices, sample_batches, save_similarity, scalars,
+)
+
+
+def default_out(ckpt: Optional[str]) -> Path:
+    if not ckpt:
+        return Path("analysis")
+    parent = Path(ckpt).resolve().parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "analysis"
+
+
+def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:
+    import torch
+
+    from mmln.data import Collator, build_datasets, pad_token_id
+    from mmln.model import build_mllm
+    from mmln.model.checkpoint import load_trainable, read_trainable
+    from mmln.model.llm import load_tokenizer
+    from mmln.tuning import apply_strategy
+
+    tokenizer = load_tokenizer(cfg.model.llm)
+    torch.manual_seed(cfg.train.seed)  # frozen weights without a path are random: rebuild them as mmln.fit does
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    if ckpt:
+        load_trainable(mllm, read_trainable(ckpt), source=ckpt)
+    train, val = build_datasets(cfg, tokenizer)
+    ds = val if val is not None and len(val) else train
+    ds.num_image_tokens = mllm.vision.num_patches  # as the training data module sets it
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mllm.to(dev)
+    low = any(p.dtype in (torch.bfloat16, torch.float16) for p in mllm.parameters())
+    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if low else nullcontext
+    a = cfg.analysis
+    batches = sample_batches(ds, Collator(pad_token_id(tokenizer)), pick_indices(len(ds), a.similarity_samples,
+                             a.similarity_seed), int(cfg.train.micro_batch_size))
+    acc = layer_similarity(mllm, batches, dev, ctx)
+    if not acc.num_samples:
+        raise ValueError("no usable samples for the layer-similarity analysis")
+    matrices = acc.matrices()
+    save_similarity(out / SIMILARITY_FILE, matrices, acc.num_samples)
+    figures.similarity_heatmap(matrices["token"], out / "layer_similarity.png",
+                               f"layer similarity ({acc.num_samples} samples)")
+    return {similarity_metric(v): s for v, s in scalars(matrices).items()} | {"num_samples": acc.num_samples}
+
+
+def load_run(ref: str, tracking_uri: Optional[str] = None) -> dict:
+    """A run's recorded analysis: {"name", "similarity" (L, L) or None, "steps", "variance"}."""
+    path = Path(ref)
+    if path.is_dir():
+        name, d = path.name, (path / "analysis" if (path / "analysis").is_dir() else path)
+    else:
+        from mlflow import MlflowClient
+
+        from mmln.tracking import tracking_uri as resolve_uri
+
+        client = MlflowClient(resolve_uri(tracking_uri))
+        try:
+            run = client.get_run(ref)
+        except Exception as e:
+            raise FileNotFoundError(f"'{ref}' is neither a run directory nor an MLflow run id ({e})") from None
+        name = run.info.run_name or ref
+        d = Path(client.download_artifacts(ref, "analysis", tempfile.mkdtemp(prefix="mmln-analyze-")))
+    sim = d / SIMILARITY_FILE
+    grads = d / GRADS_FILE
+    if not sim.is_file() and not grads.is_file():
+        raise FileNotFoundError(f"{ref}: no {SIMILARITY_FILE} or {GRADS_FILE} in {d}")
+    steps, arrays = load_grads(grads) if grads.is_file() else ([], {})
+    return {"name": name, "similarity": load_similarity(sim)["token"] if sim.is_file() else None,
+            "steps": steps, "variance": variances(arrays)}
+
+
+def compare(ref_a: str, ref_b: str, out: Path, tracking_uri: Optional[str] = None) -> Path:
+    a, b = load_run(ref_a, tracking_uri), load_run(ref_b, tracking_uri)
+    slug = "_vs_".join(re.sub(r"[^A-Za-z0-9_.-]", "_", r["name"]) for r in (a, b))
+    return figures.comparison(a, b, out / f"compare_{slug}.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmln.analyze",
+                                 description="Layer-similarity and LayerNorm-gradient analyses (SPEC 6).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("similarity", help="layer similarity of a checkpoint")
+    s.add_argument("--config", required=True)
+    s.add_argument("--ckpt", default=None, help="trainable.safetensors or .ckpt (default: the base model)")
+    s.add_argument("--out", default=None, help="output folder (default: <run dir>/analysis)")
+    s.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    c = sub.add_parser("compare", help="side-by-side figure of two runs")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--out", default=".", help="output folder (default: .)")
+    c.add_argument("--tracking-uri", default=None, help="MLflow store for run ids (default: as mmln.fit)")
+    args = ap.parse_args(argv)
+
+    from mmln.config import ConfigError, load_config
+    from mmln.model.errors import MissingWeightsError
+
+    try:
+        if args.cmd == "similarity":
+            cfg = load_config(args.config, args.overrides)
+            out = Path(args.out) if args.out else default_out(args.ckpt)
+            print(json.dumps(similarity(cfg, args.ckpt, out, args.device), indent=1))
+            print(f"wrote {out / SIMILARITY_FILE} and {out / 'layer_similarity.png'}", file=sys.stderr)
+        else:
+            print(compare(args.run_a, args.run_b, Path(args.out), args.tracking_uri))
+    except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
