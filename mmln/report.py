@@ -1,0 +1,423 @@
+"""python -m mmln.report --experiment NAME[,NAME...] [--out DIR] [--tables table1,tableA1,...]
+
+Paper-style tables and figures from the MLflow runs of one or more experiments (read with
+`MlflowClient.search_runs`), written to `--out` (default `outputs/<experiment>/report/`):
+
+    report.md              every table, in the paper's shapes (a table without data says so in one line)
+    <table>.csv            the same numbers, unrounded
+    lr_curves_<model>.png  the selection metric over the learning rate, one line per strategy
+    data_types_<model>.png Table 3 as bars (the paper's Fig. 2)
+    analysis/<model>-<strategy>/...  the `analysis/` PNGs (layer-similarity heatmaps, LayerNorm
+                           gradient plots) that each strategy's best run logged, when there are any
+
+and logged as artifacts (under `report/`, or `report/<DIR name>` for another `--out`) of a run named `report` (tag `kind=report`) in the first
+experiment. Only FINISHED stage-2 runs count (tag `stage=instruct`; sweep parents and report
+runs carry a `kind` tag and are left out). A run is described by its tags `model`, `strategy`,
+`lr`, `data_subset`, `variant` (set by `mmln.sweep --variant`) and its params
+`model.vision.backend` / `model.vision.name`; when several runs share all of them the newest
+counts. "Best" = highest `--select-metric` (default Flickr30k CIDEr, as the paper selects; a tie
+goes to the higher learning rate, as in `mmln.sweep`); a
+group none of whose runs has that metric shows its newest run, marked `*`.
+
+- Table 1: strategies x benchmarks at each strategy's best learning rate (reference runs: no variant).
+- Table 2: trainable parameters (% of the whole MLLM) and peak memory per strategy.
+- Table 3: data types: one row per `data_subset` (runs with the reference vision encoder).
+- Table 4: connector ablation: layernorm / connector / layernorm_no_connector.
+- Table 5: vision encoder: one row per backend / timm name (runs with the reference data).
+- Table 6: layer similarity (`analysis/layer_similarity`) per strategy.
+- Table A1: the selection metric per learning rate per strategy.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+DEFAULT_METRIC = "eval/flickr30k_cider"
+BENCH_COLS = [("MME-P", "eval/mme_perception"), ("MME-C", "eval/mme_cognition"), ("VQAv2", "eval/vqav2"),
+              ("COCO", "eval/coco_cider"), ("Flickr30k", "eval/flickr30k_cider")] + [
+    (f"POPE-{s[:3]} {name}", f"eval/pope_{s}_{key}") for s in ("random", "popular", "adversarial")
+    for name, key in (("acc", "accuracy"), ("F1", "f1"))]
+STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
+                  "layernorm_no_connector"]
+ABLATION = ["layernorm", "connector", "layernorm_no_connector"]
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "figures"]
+
+
+@dataclass
+class Run:
+    run_id: str
+    model: str
+    strategy: str
+    lr: float
+    variant: str
+    data: str
+    vision: str
+    start: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    header: list[str]
+    rows: list[list[Any]]
+    n_keys: int  # leading label columns; the rest are values
+    empty: str = ""  # the one line shown when the table has no data
+    no_data: bool = False  # rows exist but do not make this table (e.g. one vision encoder only)
+
+
+# ------------------------------------------------------------------------------------ reading
+def data_label(subset: str) -> str:
+    """fit's tag `data_subset` ("conversation:20000", "all:all") -> "conversation (20000)", "all"."""
+    types, _, limit = subset.partition(":")
+    return types + (f" ({limit})" if limit and limit != "all" else "")
+
+
+def vision_label(params: dict[str, str]) -> str:
+    backend = params.get("model.vision.backend", "hf_clip")
+    return "CLIP (hf_clip)" if backend == "hf_clip" else f"{backend}:{params.get('model.vision.name', '?')}"
+
+
+def load_runs(client, experiment_ids: list[str]) -> list[Run]:
+    """FINISHED stage-2 runs, the newest of each (model, strategy, lr, variant, data, vision)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, "attributes.status = 'FINISHED'", max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    out: dict[tuple, Run] = {}
+    for r in runs:
+        t, p = r.data.tags, r.data.params
+        if t.get("stage") != "instruct" or t.get("kind"):
+            continue
+        lr = float(t.get("lr") or p.get("train.lr") or "nan")
+        run = Run(r.info.run_id, t.get("model", "?"), t.get("strategy", "?"), lr, t.get("variant", ""),
+                  data_label(t.get("data_subset", "all:all")), vision_label(p), r.info.start_time, dict(r.data.metrics))
+        key = (run.model, run.strategy, run.lr, run.variant, run.data, run.vision)
+        if key not in out or out[key].start < run.start:
+            out[key] = run
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------------- grouping
+def _strategy_key(s: str) -> tuple:
+    return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else len(STRATEGY_ORDER), s)
+
+
+def group(runs: list[Run], key: Callable[[Run], tuple]) -> dict[tuple, list[Run]]:
+    out: dict[tuple, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (r.model, _strategy_key(r.strategy), key(r))):
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
+    """(the run with the highest `metric`, True) or (the newest run, False) when none has it."""
+    scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
+    if scored:
+        return max(scored, key=lambda r: (r.metrics[metric], r.lr, r.start)), True  # tie: higher lr, as mmln.sweep
+    return max(runs, key=lambda r: r.start), False
+
+
+def reference(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if not r.variant]
+
+
+def reference_setting(runs: list[Run], model: str, attr: str) -> Optional[str]:
+    """The most common data subset / vision encoder of a model's reference runs."""
+    values = [getattr(r, attr) for r in runs if r.model == model and not r.variant]
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def studied(runs: list[Run], attr: str) -> list[Run]:
+    """The runs of the (model, strategy) pairs that were run in more than one `attr` setting."""
+    seen: dict[tuple, set] = {}
+    for r in runs:
+        seen.setdefault((r.model, r.strategy), set()).add(getattr(r, attr))
+    return [r for r in runs if len(seen[(r.model, r.strategy)]) > 1]
+
+
+def lr_label(run: Run, scored: bool) -> str:
+    return f"{run.lr:g}" + ("" if scored else "*")
+
+
+# ------------------------------------------------------------------------------------- tables
+def bench_table(key: str, title: str, runs: list[Run], metric: str, extra: Optional[tuple[str, str]] = None,
+                empty: str = "") -> Table:
+    """Rows (model, strategy[, extra]) at the best lr; columns the paper's benchmarks."""
+    labels = ["model", "strategy"] + ([extra[0]] if extra else []) + ["lr"]
+    rows = []
+    for (model, strategy, *rest), group_runs in group(
+            runs, lambda r: (r.model, r.strategy) + ((getattr(r, extra[1]),) if extra else ())).items():
+        run, scored = best(group_runs, metric)
+        rows.append([model, strategy, *rest, lr_label(run, scored)] + [run.metrics.get(m) for _, m in BENCH_COLS])
+    return Table(key, title, labels + [c for c, _ in BENCH_COLS], rows, len(labels), empty)
+
+
+def table1(runs, metric):
+    ref = [r for r in reference(runs) if r.strategy not in ABLATION[1:]]
+    return bench_table("table1", f"Table 1: strategies x benchmarks at each strategy's best learning rate "
+                                 f"(by {metric})", ref, metric, empty="no stage-2 evaluation results")
+
+
+def table2(runs, metric):
+    rows = []
+    for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
+        run, scored = best(g, metric)
+        m = run.metrics
+        rows.append([model, strategy, lr_label(run, scored), m.get("params/trainable"), m.get("params/percent"),
+                     m.get("perf/peak_mem_gb"), m.get("perf/tokens_per_s")])
+    return Table("table2", "Table 2: trainable parameters and peak memory per strategy",
+                 ["model", "strategy", "lr", "trainable", "trainable %", "peak mem (GB)", "tokens/s"], rows, 3,
+                 "no params/* or perf/* metrics")
+
+
+def table3(runs, metric):
+    keep = studied([r for r in runs if r.vision == reference_setting(runs, r.model, "vision")], "data")
+    t = bench_table("table3", f"Table 3: data types (best learning rate per row, by {metric})", keep, metric,
+                    ("data", "data"))
+    if not keep:
+        t.no_data, t.empty = True, "no data-type runs (runs with data.train.types / data.train.limit set, e.g. mmln.sweep --variant)"
+    return t
+
+
+def table4(runs, metric):
+    ref = [r for r in reference(runs) if r.strategy in ABLATION]
+    t = bench_table("table4", f"Table 4: connector ablation (best learning rate per row, by {metric})", ref, metric)
+    if not {r.strategy for r in ref} & set(ABLATION[1:]):
+        t.no_data, t.empty = True, "no connector / layernorm_no_connector runs"
+    return t
+
+
+def table5(runs, metric):
+    keep = studied([r for r in runs if r.data == reference_setting(runs, r.model, "data")], "vision")
+    t = bench_table("table5", f"Table 5: vision encoder (best learning rate per row, by {metric})", keep, metric,
+                    ("vision", "vision"))
+    if not keep:
+        t.no_data, t.empty = True, "runs with one vision encoder only (Table 5 compares two, e.g. a timm ImageNet ViT)"
+    return t
+
+
+def table6(runs, metric):
+    rows = []
+    for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
+        run, scored = best(g, metric)
+        rows.append([model, strategy, lr_label(run, scored), run.metrics.get("analysis/layer_similarity")])
+    return Table("table6", "Table 6: mean cross-layer similarity of the decoder's hidden states (lower = more "
+                           "expressive)", ["model", "strategy", "lr", "layer similarity"], rows, 3,
+                 "no analysis/layer_similarity metric")
+
+
+def tableA1(runs, metric):
+    ref = reference(runs)
+    lrs = sorted({r.lr for r in ref if metric in r.metrics}, reverse=True)
+    rows = []
+    for (model, strategy), g in group(ref, lambda r: (r.model, r.strategy)).items():
+        by_lr = {r.lr: r.metrics.get(metric) for r in g}
+        rows.append([model, strategy] + [by_lr.get(lr) for lr in lrs])
+    return Table("tableA1", f"Table A1: {metric} per learning rate", ["model", "strategy"] + [f"{lr:g}" for lr in lrs],
+                 rows, 2, f"no run has {metric}")
+
+
+BUILDERS = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
+            "table6": table6, "tableA1": tableA1}
+
+
+# ------------------------------------------------------------------------------------ writing
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v == int(v) and abs(v) >= 1000:
+            return f"{int(v):,}"
+        return f"{v:.2f}" if abs(v) >= 1 else f"{v:.4g}"
+    return str(v)
+
+
+def has_data(t: Table) -> bool:
+    return not t.no_data and any(v is not None for row in t.rows for v in row[t.n_keys:])
+
+
+def markdown(t: Table, bold_max: bool = False) -> str:
+    if not has_data(t):
+        return f"### {t.title}\n\nNo data: {t.empty or 'no matching runs'}.\n"
+    lines = [f"### {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+    for row in t.rows:
+        cells = [fmt(v) for v in row]
+        values = [v for v in row[t.n_keys:] if isinstance(v, float) and not math.isnan(v)]
+        if bold_max and values:
+            top = max(values)
+            cells = [f"**{c}**" if i >= t.n_keys and row[i] == top else c for i, c in enumerate(cells)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(t: Table, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(t.header)
+        w.writerows([["" if v is None else v for v in row] for row in t.rows])
+
+
+def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ref = [r for r in reference(runs) if metric in r.metrics]
+    for model in sorted({r.model for r in ref}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (strategy,), g in group([r for r in ref if r.model == model], lambda r: (r.strategy,)).items():
+            g = sorted(g, key=lambda r: r.lr)
+            ax.plot([r.lr for r in g], [r.metrics[metric] for r in g], marker="o", label=strategy)
+        ax.set(xscale="log", xlabel="learning rate", ylabel=metric, title=f"{model}: {metric} per learning rate")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / f"lr_curves_{model}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def data_type_bars(t: Table, metric: str, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    col = [c for c, m in BENCH_COLS if m == metric]
+    if not has_data(t) or not col:
+        return []
+    i = t.header.index(col[0])
+    paths = []
+    for model in sorted({row[0] for row in t.rows}):
+        rows = [r for r in t.rows if r[0] == model and r[i] is not None]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar([f"{r[1]}\n{r[2]}" for r in rows], [r[i] for r in rows])
+        ax.set(ylabel=metric, title=f"{model}: data types")
+        ax.tick_params(axis="x", labelsize=7)
+        fig.tight_layout()
+        paths.append(out / f"data_types_{model}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def analysis_figures(client, runs: list[Run], metric: str, out: Path) -> list[Path]:
+    """The `analysis/` PNGs of each (model, strategy)'s best reference run, copied into `out/analysis/`."""
+    paths = []
+    for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
+        run, _ = best(g, metric)
+        pngs = [a.path for a in _artifacts(client, run.run_id, "analysis") if a.path.endswith(".png")]
+        for p in pngs:
+            dst = out / "analysis" / f"{model}-{strategy}"
+            dst.mkdir(parents=True, exist_ok=True)
+            paths.append(Path(client.download_artifacts(run.run_id, p, str(dst))))
+    return paths
+
+
+def _artifacts(client, run_id: str, path: str) -> list:
+    try:
+        found = client.list_artifacts(run_id, path)
+    except Exception:  # no such folder / artifact store unreachable: nothing to copy
+        return []
+    return [x for a in found for x in (_artifacts(client, run_id, a.path) if a.is_dir else [a])]
+
+
+# ---------------------------------------------------------------------------------------- main
+def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METRIC,
+           tables: list[str] = TABLES) -> tuple[dict[str, Table], list[Path]]:
+    """Build the tables (and figures) and write them into `out`; (tables by key, files written)."""
+    ids = []
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            known = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
+        ids.append(exp.experiment_id)
+    runs = load_runs(client, ids)
+    out.mkdir(parents=True, exist_ok=True)
+    built = {k: BUILDERS[k](runs, metric) for k in tables if k in BUILDERS}
+    files = []
+    md = [f"# Report: {', '.join(experiments)}", "",
+          f"{len(runs)} finished stage-2 runs; best learning rate by {metric} (higher is better); "
+          "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", ""]
+    for key, t in built.items():
+        md.append(markdown(t, bold_max=key == "tableA1"))
+        if has_data(t):
+            write_csv(t, out / f"{key}.csv")
+            files.append(out / f"{key}.csv")
+    if "figures" in tables:
+        figs = lr_curves(runs, metric, out) + analysis_figures(client, runs, metric, out)
+        if "table3" in built:
+            figs += data_type_bars(built["table3"], metric, out)
+        md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" for p in figs] or ["No figures (no data)."])
+        files += figs
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return built, [out / "report.md"] + files
+
+
+def log_report(client, uri: str, experiment: str, scope: str, out: Path) -> str:
+    """Log `out` as the artifacts (`report/`) of the experiment's `report` run for this scope."""
+    from mmln.tracking import get_or_create_experiment
+
+    exp_id = get_or_create_experiment(client, experiment, uri)
+    found = client.search_runs([exp_id], f"tags.kind = 'report' and tags.report_scope = '{scope}'", max_results=1)
+    run_id = found[0].info.run_id if found else client.create_run(
+        exp_id, run_name="report", tags={"kind": "report", "report_scope": scope}).info.run_id
+    client.log_artifacts(run_id, str(out), artifact_path="report" if out.name == "report" else f"report/{out.name}")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmln.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiment", required=True, action="append",
+                    help="MLflow experiment name(s), comma-separated or repeated")
+    ap.add_argument("--out", help="output folder (default: outputs/<experiment>/report)")
+    ap.add_argument("--tables", default=",".join(TABLES), help="subset of %(default)s")
+    ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks each strategy's best lr (default: %(default)s)")
+    ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = ap.parse_args(argv)
+    from mlflow import MlflowClient
+
+    from mmln.tracking import tracking_uri
+
+    experiments = [e for x in args.experiment for e in x.split(",") if e]
+    tables = [t for t in args.tables.split(",") if t]
+    if set(tables) - set(TABLES) or not experiments:
+        ap.error(f"--tables: choose from {','.join(TABLES)}")
+    out = Path(args.out) if args.out else Path("outputs") / "+".join(experiments) / "report"
+    uri = tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        built, files = report(client, experiments, out, args.select_metric, tables)
+    except LookupError as e:
+        print(f"mmln.report: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    for t in built.values():
+        print(markdown(t, bold_max=t.key == "tableA1"))
+    run = "" if args.no_log else f"; MLflow run {log_report(client, uri, experiments[0], '+'.join(experiments), out)}"
+    print(f"report: {out / 'report.md'} ({len(files)} files){run}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

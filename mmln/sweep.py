@@ -1,0 +1,517 @@
+"""python -m mmln.sweep --config CFG [--lrs 1e-3 1e-4 ...] [--strategies layernorm finetune ...] [key=value ...]
+
+Expands a learning-rate x strategy grid (default: the paper's 11 learning rates, SPEC 4, for the
+config's own strategy) into one run per point, `tune.strategy=S train.lr=X run_name=S-lrX`
+(`--variant V` prefixes run names with `V-` and tags the runs `variant=V`, so that a data-type or
+vision-encoder study can share an experiment with the reference sweep). Each point is trained
+with `mmln.fit` and then evaluated with `mmln.evaluate` on `--bench` (default `flickr30k` only:
+the paper picks every strategy's learning rate by Flickr30k CIDEr, and the other benchmarks are
+only needed at the chosen rate: `--final-bench mme,pope,vqav2,coco` evaluates them on each
+strategy's best point after the sweep).
+
+Idempotent. A point is identified by its resolved config (`config_hash`: SHA-256 of the config
+without the volatile keys in `VOLATILE`), stored as the MLflow tag `config_hash` and in the run
+directory. A re-run skips a point that has a FINISHED run with that hash holding the selection
+metric and every requested benchmark; evaluates only what is missing when training finished; and
+otherwise trains it, which continues an interrupted run from `checkpoints/last.ckpt` (fit's
+`resume=auto`). A run directory that holds a run of a *different* config is moved aside to
+`<run>.replaced-<hash>` first (never overwritten, never resumed from). A failing point is recorded
+FAILED (fit does that), logged, and the sweep goes on; the exit code is then 1, listing them.
+
+Tracking: the store and the experiment are created once, up front (sqlite dislikes concurrent
+creation), then points run sequentially in this process. A parent MLflow run `sweep-<id>` (tags
+`kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` (env
+`MMLN_SWEEP_ID`, read by fit) and `mlflow.parentRunId`. At the end the parent gets, per strategy,
+the best learning rate by `--select-metric` (higher is better; a tie goes to the higher lr): metrics
+`best_lr/<strategy>` and `best_<metric>/<strategy>`, tags `best_lr/<strategy>` and
+`best_run/<strategy>` (tags and metrics, not params: MLflow params are immutable, and a re-run
+that completes a failed point may change the winner). The sweep id is a hash of the grid's
+configs, so re-running the same sweep reuses the same parent run (`--sweep-id` to choose one).
+
+`--launcher slurm` writes `outputs/<experiment>/sweep_<id>.sbatch` (a job array, one task per
+point, each `python -m mmln.sweep ... --only-index $SLURM_ARRAY_TASK_ID`) and
+`sweep_<id>_summary.sbatch` (`--summarize`: best learning rates, `--final-bench`), creates the
+store, experiment and parent run, prints the `sbatch` line, and runs nothing.
+
+Exit codes: 0 every point done; 1 some point failed (listed); 2 a config problem, before any run.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from mmln.config import PAPER_LRS, ConfigError, load_config
+
+VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
+DEFAULT_BENCH = ["flickr30k"]
+DEFAULT_METRIC = "eval/flickr30k_cider"
+
+
+# ------------------------------------------------------------------------------------ the grid
+@dataclass
+class Point:
+    index: int
+    strategy: str
+    lr: float
+    name: str
+    overrides: list[str]
+    cfg: Any
+    hash: str
+    run_dir: Path
+    variant: str = ""
+    status: str = "pending"  # skipped | trained | evaluated | done (--summarize) | failed | missing
+    run_id: Optional[str] = None
+    value: Optional[float] = None
+    error: str = ""
+
+
+def config_hash(cfg) -> str:
+    """SHA-256 (16 hex) of the resolved config without the `VOLATILE` keys."""
+    data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    for key in VOLATILE:
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) or {}
+        node.pop(leaf, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(data, sort_keys=True, default=str))))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_point_overrides(specs: list[str]) -> list[tuple[dict[str, str], list[str]]]:
+    """`"lr=1e-3,strategy=lora:debug.fail_at_step=1 train.max_steps=2"` -> ({lr, strategy}, [overrides])."""
+    out = []
+    for spec in specs:
+        sel, sep, rest = spec.partition(":")
+        selector = dict(s.split("=", 1) for s in sel.split(",") if "=" in s)
+        if not sep or not rest.split() or set(selector) - {"lr", "strategy"} or not selector:
+            raise ConfigError(f"--point-overrides {spec!r}: expected 'lr=X[,strategy=S]:key=value [key=value ...]'")
+        out.append((selector, rest.split()))
+    return out
+
+
+def _matches(selector: dict[str, str], strategy: str, lr: float) -> bool:
+    if "strategy" in selector and selector["strategy"] != strategy:
+        return False
+    return "lr" not in selector or math.isclose(float(selector["lr"]), lr, rel_tol=1e-9)
+
+
+def plan(config: str, strategies: list[str], lrs: list[float], overrides: list[str],
+         point_overrides: list[str] = (), variant: str = "") -> list[Point]:
+    """Every grid point with its loaded, validated config (so a bad key fails before any run)."""
+    from mmln.fit import experiment_name
+    from mmln.tuning import REGISTRY
+
+    unknown = [s for s in strategies if s not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown strategy {', '.join(unknown)}; registered: {', '.join(REGISTRY)}")
+    per_point = parse_point_overrides(list(point_overrides))
+    points, experiments = [], set()
+    for strategy in strategies:
+        for lr in lrs:
+            name = f"{variant + '-' if variant else ''}{strategy}-lr{lr:g}"
+            extra = [o for sel, ovr in per_point if _matches(sel, strategy, lr) for o in ovr]
+            ovr = [*overrides, f"tune.strategy={strategy}", f"train.lr={lr!r}", f"run_name={name}", *extra]
+            cfg = load_config(config, ovr)
+            experiments.add(experiment_name(cfg, config))
+            points.append(Point(len(points), strategy, lr, name, ovr, cfg, config_hash(cfg),
+                                Path(cfg.output_dir) / experiment_name(cfg, config) / name, variant))
+    if len(experiments) > 1:
+        raise ConfigError(f"the points of one sweep must share one experiment, got {sorted(experiments)}")
+    return points
+
+
+def check_select(metric: str, benches: list[str]) -> None:
+    if metric.startswith("eval/") and not any(metric.startswith(f"eval/{b}") for b in benches):
+        raise ConfigError(f"--select-metric {metric} comes from no benchmark in --bench {','.join(benches) or 'none'}: "
+                          f"add its benchmark, or select by another metric (e.g. eval/<bench>_...)")
+
+
+def has_bench(metrics: dict[str, float], bench: str) -> bool:
+    return any(k.startswith(f"eval/{bench}") for k in metrics)
+
+
+# ---------------------------------------------------------------------------------- tracking
+@contextmanager
+def env(**values: Optional[str]):
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def finished_run(client, exp_id: str, h: str):
+    """The newest FINISHED run with config hash `h` (None when there is none)."""
+    runs = client.search_runs([exp_id], f"tags.config_hash = '{h}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def sweep_id_of(points: list[Point], benches: list[str]) -> str:
+    return hashlib.sha256(json.dumps([sorted(p.hash for p in points), benches]).encode()).hexdigest()[:8]
+
+
+def parent_run(client, exp_id: str, sweep_id: str, create: bool, params: dict[str, Any], tags: dict[str, str]):
+    runs = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.kind = 'sweep'", max_results=1)
+    if runs or not create:
+        return runs[0].info.run_id if runs else None
+    run_id = client.create_run(exp_id, run_name=f"sweep-{sweep_id}",
+                               tags={"kind": "sweep", "sweep_id": sweep_id, **tags}).info.run_id
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run_id
+
+
+# ------------------------------------------------------------------------------------ running
+def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tuple[str, Any]:
+    """skip | evaluate | train, and the FINISHED run when there is one."""
+    run = finished_run(client, exp_id, p.hash)
+    if run is None:
+        return "train", None
+    m = run.data.metrics
+    if metric in m and all(has_bench(m, b) for b in benches):
+        return "skip", run
+    id_file = p.run_dir / "mlflow_run_id"
+    same_dir = id_file.is_file() and id_file.read_text().strip() == run.info.run_id
+    if same_dir and (p.run_dir / "trainable.safetensors").is_file():
+        return "evaluate", run
+    return "train", None
+
+
+def prepare_run_dir(p: Point) -> None:
+    """Write the point's hash into its run dir; move a run dir of another config aside first."""
+    f = p.run_dir / "config_hash"
+    old = f.read_text().strip() if f.is_file() else (
+        config_hash(OmegaConf.load(p.run_dir / "config.yaml")) if (p.run_dir / "config.yaml").is_file() else None)
+    if old is not None and old != p.hash:
+        aside = p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old[:8]}")
+        shutil.rmtree(aside, ignore_errors=True)
+        p.run_dir.rename(aside)
+        _say(f"{p.name}: {p.run_dir} held a run of another config; moved to {aside}")
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    f.write_text(p.hash + "\n")
+
+
+def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
+    """What the sweep adds to fit's tags (model, strategy, stage, lr, data_subset, sweep_id, ...)."""
+    tags = {"config_hash": p.hash, "sweep_point": str(p.index)}
+    tags |= {"variant": p.variant} if p.variant else {}
+    return tags | ({"mlflow.parentRunId": parent_id} if parent_id else {})
+
+
+def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
+              metric: str, config_path: str) -> None:
+    from mmln.evaluate import evaluate
+    from mmln.fit import fit
+
+    action, run = decide(p, client, exp_id, benches, metric)
+    tags = point_tags(p, parent_id)
+    if action == "skip":
+        p.status, p.run_id = "skipped", run.info.run_id
+        _say(f"[{p.index}] {p.name}: done before (run {p.run_id}), skipped")
+        return
+    if action == "train":
+        _say(f"[{p.index}] {p.name}: training")
+        prepare_run_dir(p)
+        try:
+            # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
+            with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
+                p.run_id = fit(p.cfg, config_path).run_id
+        finally:
+            id_file = p.run_dir / "mlflow_run_id"
+            p.run_id = p.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
+            if p.run_id:  # a resumed run was created before: tag it here
+                for k, v in tags.items():
+                    client.set_tag(p.run_id, k, v)
+    else:
+        p.run_id = run.info.run_id
+    metrics = client.get_run(p.run_id).data.metrics
+    missing = [b for b in benches if not has_bench(metrics, b)]
+    if missing:
+        _say(f"[{p.index}] {p.name}: evaluating {','.join(missing)}")
+        try:
+            evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
+        except Exception as e:
+            client.set_tag(p.run_id, "eval_error", f"{type(e).__name__}: {e}"[:5000])
+            raise
+    p.status = "trained" if action == "train" else "evaluated"
+
+
+def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str, Point]:
+    """Fill every point's run and metric from MLflow; the best point per strategy."""
+    best: dict[str, Point] = {}
+    for p in points:
+        run = finished_run(client, exp_id, p.hash)
+        if run is not None and metric in run.data.metrics:
+            p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
+            p.status = "done" if p.status == "pending" else p.status
+        elif p.status != "failed":
+            p.status = "missing"
+            p.error = p.error or f"no FINISHED run with {metric}"
+        if p.value is not None and not math.isnan(p.value):
+            b = best.get(p.strategy)
+            if b is None or (p.value, p.lr) > (b.value, b.lr):
+                best[p.strategy] = p
+    return best
+
+
+def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Point], metric: str) -> None:
+    from mlflow.entities import Metric
+
+    now, m = int(time.time() * 1000), []
+    for s, p in best.items():
+        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", p.value, now, 0)]
+        client.set_tag(parent_id, f"best_lr/{s}", f"{p.lr:g}")
+        client.set_tag(parent_id, f"best_run/{s}", p.run_id)
+    if best:
+        top = max(best.values(), key=lambda p: (p.value, p.lr))
+        m.append(Metric(f"best_{metric}", top.value, now, 0))
+    failed = [p for p in points if p.status in ("failed", "missing")]
+    m += [Metric("sweep/n_points", len(points), now, 0), Metric("sweep/n_failed", len(failed), now, 0)]
+    client.log_batch(parent_id, metrics=m)
+    rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "run_name": p.name, "run_id": p.run_id,
+             "config_hash": p.hash, "status": p.status, metric: p.value, "error": p.error} for p in points]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.json"
+        path.write_text(json.dumps({"select_metric": metric, "points": rows,
+                                    "best": {s: p.index for s, p in best.items()}}, indent=1))
+        client.log_artifact(parent_id, str(path))
+
+
+# --------------------------------------------------------------------------------------- SLURM
+SBATCH_DEFAULTS = ["--gres=gpu:1", "--cpus-per-task=8"]
+
+
+def sbatch_script(job: str, log_dir: Path, options: list[str], commands: list[str], array: Optional[int] = None) -> str:
+    log = f"{log_dir.resolve()}/%x-" + ("%A_%a.out" if array else "%j.out")  # sbatch does not create the folder
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job}", f"#SBATCH --output={log}"]
+    lines += [f"#SBATCH --array=0-{array - 1}"] if array else []
+    lines += [f"#SBATCH {o}" for o in options]
+    return "\n".join(lines + ["set -euo pipefail", *commands]) + "\n"
+
+
+def write_slurm(args, points: list[Point], sweep_id: str, uri: str, experiment: str) -> tuple[Path, Path]:
+    base = [sys.executable, "-m", "mmln.sweep", "--config", args.config, "--strategies", *args.strategies,
+            "--lrs", *[repr(x) for x in args.lrs], "--bench", ",".join(args.bench) or "none",
+            "--select-metric", args.select_metric, "--sweep-id", sweep_id]
+    base += ["--variant", args.variant] if args.variant else []
+    base += ["--final-bench", ",".join(args.final_bench)] if args.final_bench else []
+    base += [a for po in args.point_overrides for a in ("--point-overrides", po)]
+    over = args.overrides
+    out = Path(points[0].cfg.output_dir) / experiment
+    setup = [f"cd {shlex.quote(str(Path.cwd()))}",
+             "# sqlite suits one node; for many nodes point MLFLOW_TRACKING_URI at an MLflow server (make ui)",
+             f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}", f"export MMLN_SWEEP_ID={sweep_id}", "export MMLN_QUIET=1"]
+    options = SBATCH_DEFAULTS + list(args.slurm_opt)
+    array = out / f"sweep_{sweep_id}.sbatch"
+    summary = out / f"sweep_{sweep_id}_summary.sbatch"
+    (out / "slurm").mkdir(parents=True, exist_ok=True)
+    array.write_text(sbatch_script(
+        f"mmln-{experiment}", out / "slurm", options,
+        ["# one array task per grid point (index = the point's position in the printed plan)", *setup,
+         shlex.join(base + over) + ' --only-index "$SLURM_ARRAY_TASK_ID"'], array=len(points)))
+    summary.write_text(sbatch_script(
+        f"mmln-{experiment}-summary", out / "slurm", options,
+        ["# after the array: best learning rate per strategy (+ --final-bench on the best points)", *setup,
+         shlex.join(base + over + ["--summarize"])]))
+    return array, summary
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _say(msg: str) -> None:
+    print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _benches(text: str) -> list[str]:
+    return [] if text.strip().lower() in ("", "none") else [b.strip() for b in text.split(",") if b.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m mmln.sweep", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
+    ap.add_argument("--lrs", nargs="+", default=None, help="learning rates (default: the paper's 11)")
+    ap.add_argument("--strategies", nargs="+", default=None, help="tuning strategies (default: the config's)")
+    ap.add_argument("--bench", type=_benches, default=DEFAULT_BENCH,
+                    help="benchmarks evaluated at every point, comma-separated, or 'none' (default: flickr30k)")
+    ap.add_argument("--final-bench", type=_benches, default=[],
+                    help="benchmarks evaluated only at each strategy's best point, after the sweep")
+    ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks the best lr per strategy (default: %(default)s)")
+    ap.add_argument("--variant", default="", help="run-name prefix and `variant` tag (e.g. conversation20k)")
+    ap.add_argument("--point-overrides", action="append", default=[], metavar="'lr=X[,strategy=S]:key=value ...'",
+                    help="overrides for matching points only (repeatable)")
+    ap.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    ap.add_argument("--slurm-opt", action="append", default=[], metavar="'--partition=gpu'",
+                    help=f"extra #SBATCH option (repeatable; always: {' '.join(SBATCH_DEFAULTS)})")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (and what each point would do); run nothing")
+    ap.add_argument("--only-index", type=int, default=None, help="run only this point (a SLURM array task)")
+    ap.add_argument("--summarize", action="store_true", help="train nothing: best lrs (+ --final-bench) from MLflow")
+    ap.add_argument("--sweep-id", default=None, help="default: a hash of the grid, so a re-run continues the sweep")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every point")
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = parser()
+    args = ap.parse_args(argv)
+    # `--lrs 1e-3 1e-4 train.max_steps=2`: a key=value after a list option is an override, not a list item
+    for opt in ("lrs", "strategies"):
+        items = [x for v in getattr(args, opt) or [] for x in v.split(",") if x]
+        args.overrides = [x for x in items if "=" in x] + args.overrides
+        setattr(args, opt, [x for x in items if "=" not in x] or None)
+    try:
+        args.lrs = [float(x) for x in args.lrs] if args.lrs else None
+    except ValueError as e:
+        ap.error(f"--lrs: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mlflow import MlflowClient
+
+    from mmln.fit import experiment_name
+    from mmln.model.errors import MissingWeightsError
+    from mmln.tracking import get_or_create_experiment, tracking_uri
+
+    try:
+        base = load_config(args.config, args.overrides)
+        args.strategies = args.strategies or [base.tune.strategy]
+        args.lrs = args.lrs or list(PAPER_LRS)
+        check_select(args.select_metric, args.bench)
+        points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant)
+        if args.only_index is not None and not 0 <= args.only_index < len(points):
+            raise ConfigError(f"--only-index {args.only_index}: the grid has points 0..{len(points) - 1}")
+        if not args.dry_run and args.launcher == "local" and not args.summarize:
+            from mmln.eval.benchmarks import check_inputs
+            from mmln.eval.caption import require_java
+
+            benches = args.bench + args.final_bench
+            check_inputs(base, benches)  # a missing benchmark file fails now, not after the first training
+            if {"coco", "flickr30k"} & set(benches):
+                require_java()
+    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+        print(f"mmln.sweep: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # e.g. JavaNotFoundError
+        print(f"mmln.sweep: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+    experiment = experiment_name(points[0].cfg, args.config)
+    uri = tracking_uri(points[0].cfg.tracking.uri)
+    sweep_id = args.sweep_id or sweep_id_of(points, args.bench)
+    header = f"sweep {sweep_id}: experiment '{experiment}', {len(points)} points, select by {args.select_metric}"
+    if args.dry_run:
+        print(header)
+        no_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
+        client = None if no_store else MlflowClient(uri)  # a dry run creates no database
+        exp = client.get_experiment_by_name(experiment) if client else None
+        for p in points:
+            action = decide(p, client, exp.experiment_id, args.bench, args.select_metric)[0] if exp else "train"
+            print(f"  [{p.index}] {p.name:32s} {action:9s} hash {p.hash}  {' '.join(p.overrides)}")
+        return 0
+
+    client = MlflowClient(uri)  # the store, its schema and the experiment: once, up front
+    exp_id = get_or_create_experiment(client, experiment, uri)
+    params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
+              "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
+              "overrides": " ".join(args.overrides), "n_points": len(points)}
+    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant}
+    parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
+
+    if args.launcher == "slurm":
+        array, summary = write_slurm(args, points, sweep_id, uri, experiment)
+        print(header)
+        for p in points:
+            print(f"  [{p.index}] {p.name}")
+        print(f"wrote {array} and {summary}; submit with:\n"
+              f"  jid=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$jid {summary}")
+        return 0
+
+    _say(header + f" (parent run {parent_id})")
+    todo = points if args.only_index is None else [points[args.only_index]]
+    if parent_id and args.only_index is None:
+        client.update_run(parent_id, status="RUNNING")
+    try:
+        if not args.summarize:
+            for p in todo:
+                try:
+                    run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
+                except Exception as e:
+                    p.status, p.error = "failed", f"{type(e).__name__}: {e}"
+                    _say(f"[{p.index}] {p.name}: FAILED: {p.error}\n{traceback.format_exc(limit=-3)}")
+        if args.only_index is not None:
+            return 1 if todo[0].status == "failed" else 0
+        best = summarize(points, client, exp_id, args.select_metric)
+        final_failed = run_final_benches(best, client, args.final_bench)
+        if parent_id:
+            log_summary(client, parent_id, points, best, args.select_metric)
+    except KeyboardInterrupt:
+        if parent_id and args.only_index is None:
+            client.set_terminated(parent_id, "KILLED")
+        raise
+    failed = [p for p in points if p.status in ("failed", "missing")]
+    if parent_id:
+        client.set_terminated(parent_id, "FAILED" if failed or final_failed else "FINISHED")
+    print(report_text(points, best, args.select_metric, header))
+    if failed or final_failed:
+        for p in failed:
+            print(f"FAILED [{p.index}] {p.name}: {p.error}", file=sys.stderr)
+        for name in final_failed:
+            print(f"FAILED final evaluation of {name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> list[str]:
+    """Evaluate each strategy's best point on `benches` it lacks; the names of points that failed."""
+    from mmln.evaluate import evaluate
+
+    failed = []
+    for p in best.values():
+        missing = [b for b in benches if not has_bench(client.get_run(p.run_id).data.metrics, b)]
+        if not missing:
+            continue
+        _say(f"[{p.index}] {p.name}: best {p.strategy} point, evaluating {','.join(missing)}")
+        try:
+            evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
+        except Exception as e:
+            client.set_tag(p.run_id, "eval_error", f"{type(e).__name__}: {e}"[:5000])
+            _say(f"[{p.index}] {p.name}: final evaluation FAILED: {type(e).__name__}: {e}")
+            failed.append(p.name)
+    return failed
+
+
+def report_text(points: list[Point], best: dict[str, Point], metric: str, header: str) -> str:
+    counts = {s: sum(p.status == s for p in points) for s in ("trained", "evaluated", "skipped", "done", "failed", "missing")}
+    lines = [header + ": " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    for p in points:
+        value = "-" if p.value is None else f"{p.value:.4g}"
+        lines.append(f"  {p.name:32s} {p.status:9s} {metric}={value:8s} run {p.run_id or '-'}")
+    for s, p in best.items():
+        lines.append(f"best {s}: lr={p.lr:g} ({metric}={p.value:.4g}, run {p.run_id})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
