@@ -5,11 +5,14 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= conf/vicuna7b_ln.yaml
+LRS ?=
+STRATEGIES ?=
+LAUNCHER ?=
 
-.PHONY: help install test test-full demo bench ui sweep lint clean
+.PHONY: help install test test-full demo bench ui sweep report lint clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_ -]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv with the pinned stack (torch 2.14.1 + torchvision 0.29.1, see requirements.lock)
 
@@ -40,8 +43,17 @@ ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
 bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRATEGIES="layernorm lora" LAUNCHER=slurm)
+	$(BIN)/python -m mmln.sweep --config $(CONFIG) $(if $(strip $(LRS)),--lrs $(LRS)) \
+	  $(if $(strip $(STRATEGIES)),--strategies $(STRATEGIES)) $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER))
+
+report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (or EXPERIMENT=...)
+	$(BIN)/python -m mmln.report --experiment $(or $(EXPERIMENT),$(basename $(notdir $(CONFIG))))
+
 lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
 	$(BIN)/python -m compileall -q mmln tests
 
 clean:  ## remove caches, outputs, the demo dir and the local MLflow store (keeps .venv)
 	rm -rf outputs demo .pytest_cache mlflow.db mlruns mlartifacts
+
+include experiments/Makefile.inc

@@ -72,7 +72,7 @@ def main() -> int:
         r["ratio_to_finetune"] = round(r["step_s"] / full, 3)
         print(json.dumps(r))
     ln = next(r for r in rows if r["strategy"] == "layernorm")["ratio_to_finetune"]
-    print(f"# step time vs finetune: " + ", ".join(f"{r['strategy']} {r['ratio_to_finetune']:.2f}x" for r in rows)
+    print("# step time vs finetune: " + ", ".join(f"{r['strategy']} {r['ratio_to_finetune']:.2f}x" for r in rows)
           + f"  (target for layernorm: ~0.7x, compute floor 2/3; measured {ln:.2f}x)")
     return 0
 

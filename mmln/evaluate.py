@@ -21,7 +21,6 @@ bad config; missing checkpoint or weights; no Java for CIDEr), one line on stder
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any, Optional
 
 from mmln.config import ConfigError, load_config
 from mmln.eval.benchmarks import BENCHES, check_inputs, run_benchmark, table_metrics
+from mmln.io import write_json
 
 DEFAULT_EXPERIMENT = "mmln-eval"
 
@@ -56,6 +56,7 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     from mmln.tuning import apply_strategy
 
     tokenizer = load_tokenizer(cfg.model.llm)
+    torch.manual_seed(cfg.train.seed)  # randomly initialised parts match training's (fit seeds the same way)
     mllm = build_mllm(cfg.model)
     apply_strategy(mllm, cfg.tune)
     if ckpt:
@@ -99,9 +100,9 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
         n = _n_questions(bench, result)
         scores["questions_per_s"][bench] = n / seconds if seconds > 0 else 0.0
         _note(f"{bench}: {n} questions in {seconds:.1f}s")
-    _write_json(out_dir / "scores.json", scores)  # the scores survive a tracking failure
+    write_json(out_dir / "scores.json", scores, indent=1, default=str)  # the scores survive a tracking failure
     scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, run_id)
-    _write_json(out_dir / "scores.json", scores)
+    write_json(out_dir / "scores.json", scores, indent=1, default=str)
     return scores
 
 
@@ -148,7 +149,7 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
     client.set_tag(run_id, "eval_benches", ",".join(scores["benches"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scores.json"
-        _write_json(path, {**scores, "mlflow_run_id": run_id})
+        write_json(path, {**scores, "mlflow_run_id": run_id}, indent=1, default=str)
         client.log_artifact(run_id, str(path), artifact_path="eval")
     if new:
         client.set_terminated(run_id, "FINISHED")
@@ -171,13 +172,6 @@ def format_table(metrics: dict[str, float]) -> str:
 def _note(msg: str) -> None:
     if os.environ.get("MMLN_QUIET") != "1":
         print(msg, file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

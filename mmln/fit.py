@@ -27,6 +27,7 @@ from typing import Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.model.errors import MissingWeightsError
+from mmln.io import write_text
 
 
 @dataclass
@@ -191,11 +192,11 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
         params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
                   "percent": counts.percent}
-        _write_atomic(run_dir / "params.json", json.dumps(params, indent=1))
-        _write_atomic(run_dir / "mlflow_run_id", logger.run_id)
+        write_text(run_dir / "params.json", json.dumps(params, indent=1))
+        write_text(run_dir / "mlflow_run_id", logger.run_id)
 
     efficiency = Efficiency()
     callbacks = [
@@ -234,7 +235,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     if trainer.is_global_zero:
         for path in module.export(run_dir):
             logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
-        _write_atomic(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
+        write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
         for f in ("config.yaml", "params.json", "efficiency.json"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
         logger.log_metrics(metrics, step=trainer.global_step)
@@ -247,12 +248,6 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
 def _prior_run_id(run_dir: Path) -> Optional[str]:
     f = run_dir / "mlflow_run_id"
     return f.read_text().strip() if f.is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,3 +162,17 @@ def test_missing_weights_end_with_one_message(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert "model.llm.path" in err and "model.vision.path" in err and "config.json" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("strategy,stage", [("deepspeed_stage_2", 2), ("deepspeed_stage_3", 3),
+                                            ("conf/deepspeed/zero2.json", 2), ("conf/deepspeed/zero3.json", 3)])
+def test_deepspeed_strategies_are_built_from_names_and_shipped_configs(strategy, stage):
+    """No GPU here, so DeepSpeed never trains in CI: this pins that every documented spelling of
+    `train.strategy` yields a Lightning DeepSpeedStrategy with the intended ZeRO stage."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from mmln.fit import lightning_strategy
+
+    s = lightning_strategy(load_config(TINY, [f"train.strategy={ROOT / strategy if strategy.endswith('.json') else strategy}"]))
+    assert isinstance(s, DeepSpeedStrategy)
+    assert s.config["zero_optimization"]["stage"] == stage

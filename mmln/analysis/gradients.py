@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmln.tuning.parts import is_norm
+from mmln.io import atomic_path
 
 STATS = ("var", "mean", "norm")
 
@@ -79,13 +80,10 @@ class GradientRecord:
         self.vectors = {n: [v[i] for i in keep] for n, v in self.vectors.items()}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         steps, arrays = self.arrays()
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, step=steps, **arrays)
-        tmp.replace(path)
-        return path
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, step=steps, **arrays)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "GradientRecord":

@@ -236,7 +236,8 @@ class LayerSimilarity(Callback):
 
 
 def analysis_callbacks(cfg, run_dir: str | Path, similarity_batches_fn: Optional[BatchesFn] = None) -> list[Callback]:
-    """The analysis callbacks `cfg.analysis` asks for, writing to `<run_dir>/analysis/`.
+    """The analysis callbacks `cfg.analysis` asks for, writing to `<run_dir>/analysis/` (no gradient
+    recording in stage 1, where the LLM's norms are frozen).
 
     `similarity_batches_fn(trainer)` yields the batches of the fixed sample set (dicts with
     input_ids, attention_mask, pixel_values as the training collate makes them); default:
@@ -245,7 +246,7 @@ def analysis_callbacks(cfg, run_dir: str | Path, similarity_batches_fn: Optional
     """
     a, out = cfg.analysis, Path(run_dir) / "analysis"
     callbacks: list[Callback] = []
-    if a.grad_every_n_steps > 0 and len(a.grad_norms):
+    if a.grad_every_n_steps > 0 and len(a.grad_norms) and cfg.stage != "pretrain":  # stage 1 trains no norm
         callbacks.append(LayerNormGradients(list(a.grad_norms), a.grad_every_n_steps, out))
     if a.similarity and a.similarity_samples > 0:
         fn = similarity_batches_fn or default_similarity_batches(

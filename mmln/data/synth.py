@@ -28,11 +28,9 @@ import argparse
 import io
 import json
 import math
-import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -42,6 +40,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from mmln.io import write_bytes
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 35, 35), "green": (30, 165, 60), "blue": (35, 70, 225),
@@ -384,27 +383,13 @@ def reasoning(scene: Scene, rnd: random.Random) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------ writing
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> Path:
-    _atomic_write(path, json.dumps(obj, ensure_ascii=False).encode())
+    write_bytes(path, json.dumps(obj, ensure_ascii=False).encode())
     return path
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     return path
 
 
@@ -427,7 +412,7 @@ class _Writer:
             img.save(buf, format="PNG")
         else:
             img.save(buf, format="JPEG", quality=90)
-        _atomic_write(self.out / rel, buf.getvalue())
+        write_bytes(self.out / rel, buf.getvalue())
         self.scenes.append({"image": rel, "scene": scene.to_dict()})
         return self.out / rel
 
@@ -587,7 +572,7 @@ def _mme(w: _Writer, n: int, seed: int) -> dict[str, Path]:
             scene, q_yes, q_no = _mme_item(task, rnd)
             stem = f"{iid:012d}" if coco else f"{iid:04d}"
             w.image(str((img_dir / (stem + ext)).relative_to(w.out)), scene, rnd)
-            _atomic_write(qa_dir / f"{stem}.txt", f"{q_yes}{YN}\tYes\n{q_no}{YN}\tNo\n".encode())
+            write_bytes(qa_dir / f"{stem}.txt", f"{q_yes}{YN}\tYes\n{q_no}{YN}\tNo\n".encode())
     return {"mme_root": root}
 
 
@@ -807,8 +792,8 @@ def bad_samples(out: str | Path) -> Path:
         q, a, _ = _qa_color(s, rnd, s.objects[0])
         good.append({"id": f"good_{i}", "image": f"good_{i}.jpg", "conversations": _conv(f"<image>\n{q}", a)})
     jpeg = (out / "images/good_0.jpg").read_bytes()
-    _atomic_write(out / "images/corrupt.jpg", bytes(rnd.getrandbits(8) for _ in range(2048)))
-    _atomic_write(out / "images/truncated.jpg", jpeg[: len(jpeg) // 2])
+    write_bytes(out / "images/corrupt.jpg", bytes(rnd.getrandbits(8) for _ in range(2048)))
+    write_bytes(out / "images/truncated.jpg", jpeg[: len(jpeg) // 2])
     ok = _conv("<image>\nDescribe the image concisely.", "some simple shapes .")
     bad = [
         {"id": "bad_missing_image", "image": "does_not_exist.jpg", "conversations": ok},

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from mmln.io import write_json
 
 PROFILES: tuple[str, ...] = ("official", "paper")
 # Characters the Java tokenizer treats as line ends although Python's wrapper only replaces "\n":
@@ -198,13 +198,4 @@ def write_caption_results(path: str | os.PathLike[str], rows: Iterable[Mapping[s
         if "image_id" not in row or not isinstance(row.get("caption"), str):
             raise ValueError(f"caption result row needs image_id and a caption string: {dict(row)!r}")
         data.append({"image_id": row["image_id"], "caption": row["caption"]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, data)

@@ -11,10 +11,10 @@ artwork out of perception (max 1600 instead of 2000).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+from mmln.io import write_text
 
 PERCEPTION: tuple[str, ...] = (
     "existence", "count", "position", "color", "posters",
@@ -175,18 +175,6 @@ def score_mme_dir(directory: str | os.PathLike[str], profile: str = "official") 
     return score_mme(read_mme_dir(directory), profile)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _one_line(text: str) -> str:
     # no strip(): leading spaces change the official parse ("   yes"[:4] has no "yes")
     return " ".join(text.replace("\t", " ").splitlines())
@@ -214,6 +202,6 @@ def write_mme_answers(directory: str | os.PathLike[str], rows: Iterable[Mapping[
         if len(lines) % 2:
             raise ValueError(f"{subtask}: odd number of rows ({len(lines)}); every image has 2 questions")
         path = Path(directory) / f"{subtask}.txt"
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        write_text(path, "\n".join(lines) + "\n")
         written.append(path)
     return written

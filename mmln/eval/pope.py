@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from mmln.io import write_text
 
 PROFILES: tuple[str, ...] = ("official", "paper")
 _SPLIT_RE = re.compile(r"^(?:.*_)?pope_(?P<split>[A-Za-z0-9-]+)\.jsonl?$")
@@ -187,13 +187,4 @@ def write_pope_answers(path: str | os.PathLike[str], rows: Iterable[Mapping[str,
         if "question_id" not in row or not isinstance(row.get("text"), str):
             raise ValueError(f"POPE answer row needs question_id and a text string: {dict(row)!r}")
         lines.append(json.dumps(dict(row), ensure_ascii=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, "".join(line + "\n" for line in lines))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from mmln.io import write_json
 
 PROFILES: tuple[str, ...] = ("official", "paper")
 
@@ -271,13 +271,4 @@ def write_vqav2_results(path: str | os.PathLike[str], rows: Iterable[Mapping[str
         if "question_id" not in row or not isinstance(row.get("answer"), str):
             raise ValueError(f"VQAv2 result row needs question_id and an answer string: {dict(row)!r}")
         data.append({"question_id": row["question_id"], "answer": row["answer"]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, data)

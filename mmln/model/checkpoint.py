@@ -1,12 +1,11 @@
 """Trainable-only checkpoints: write them atomically, read them back strictly."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from mmln.io import atomic_path
 
 
 def trainable_state(mllm) -> dict[str, torch.Tensor]:
@@ -14,13 +13,9 @@ def trainable_state(mllm) -> dict[str, torch.Tensor]:
 
 
 def save_trainable(mllm, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file(trainable_state(mllm), tmp, metadata={"format": "mmln-trainable"})
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(trainable_state(mllm), str(tmp), metadata={"format": "mmln-trainable"})
+    return Path(path)
 
 
 def read_trainable(path: str | Path) -> dict[str, torch.Tensor]:

@@ -6,12 +6,11 @@ prefix (`weight`/`bias`, or `0.weight`, `2.weight`, ...), so import/export is a 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+from mmln.io import atomic_path
 
 LLAVA_PREFIX = "model.mm_projector."
 
@@ -26,14 +25,10 @@ def build_connector(kind: str, vision_dim: int, llm_dim: int) -> nn.Module:
 
 def save_mm_projector(connector: nn.Module, path: str | Path) -> Path:
     """Write LLaVA's stage-1 format: {'model.mm_projector.<name>': tensor}; atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {LLAVA_PREFIX + k: v.detach().cpu().clone() for k, v in connector.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def connector_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:

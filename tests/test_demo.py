@@ -1,0 +1,46 @@
+"""The embedded demo end to end (`python -m mmln.demo --quick`): slow, run by `make test-full`;
+`.ci/run` runs the full-size `make demo` after `make test`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_quick_learns_and_tracks_everything(tmp_path):
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MMLN_DEMO_DIR": str(tmp_path / "demo"), "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+           "MMLN_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mmln.demo", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Demo took" in proc.stdout and "make ui" in proc.stdout
+
+    rows = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    tuned, untuned = rows["layernorm (stage 2)"], rows["untuned (stage 1)"]
+    benches = {"eval/mme_perception", "eval/mme_cognition", "eval/vqav2", "eval/coco_cider", "eval/flickr30k_cider",
+               *(f"eval/pope_{s}_accuracy" for s in ("random", "popular", "adversarial"))}
+    assert benches <= set(tuned) and benches <= set(untuned)
+    # Beating chance on POPE / MME is not asserted: the tiny model does not ground yes/no answers
+    # yet (see the README). What must hold: both stages learn their training objective.
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = {r.data.tags.get("stage"): r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id]) if r.data.tags.get("stage")}
+    assert {"pretrain", "instruct"} <= set(runs)
+    stage2 = runs["instruct"]
+    assert stage2.info.status == "FINISHED"
+    assert stage2.data.metrics["eval/pope_random_accuracy"] == pytest.approx(tuned["eval/pope_random_accuracy"])
+    assert "analysis/layer_similarity" in stage2.data.metrics
+    assert stage2.data.params["tune.strategy"] == "layernorm"
+    for run in runs.values():
+        loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+        assert len(loss) >= 4 and sum(loss[-2:]) < sum(loss[:2]), loss
