@@ -2,7 +2,7 @@
 
 Two real `mmln.fit` runs of stage 2 (layernorm) on synthetic data, identical but for `analysis.*`:
 one with the callbacks off, one with the defaults (gradients of 4 norms every 10 optimizer steps,
-similarity on 32 fixed samples at the end). LLaMA hidden 256 / 4 layers, 60 optimizer steps.
+similarity on 32 fixed samples at the end). LLaMA hidden 256 / 4 layers, 150 optimizer steps.
 Each configuration runs twice, alternating; the faster of the two counts (a shared CPU is noisy).
 Prints JSON lines and a summary; the issue asks for under 5% added to a training step:
     python benchmarks/bench_analysis.py
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MMLN_QUIET", "1")
 
-STEPS = 60
+STEPS = 150
 NORMS = "[layers.1.input_layernorm,layers.1.post_attention_layernorm,layers.2.input_layernorm,layers.2.post_attention_layernorm]"
 
 
@@ -58,9 +58,12 @@ def main() -> int:
               "wall_s_default": round(on["wall_s"], 2),
               "step_overhead_pct": round(100 * (on["step_s"] / off["step_s"] - 1), 2),
               "run_overhead_pct": round(100 * (on["wall_s"] / off["wall_s"] - 1), 2)}
+    # the similarity pass is a fixed cost at the end: what the run added beyond its per-step share
+    result["similarity_pass_s"] = round(on["wall_s"] - off["wall_s"] - STEPS * (on["step_s"] - off["step_s"]), 2)
     print(json.dumps(result))
     print(f"# analysis callbacks at default frequency: {result['step_overhead_pct']:+.1f}% per training step, "
-          f"{result['run_overhead_pct']:+.1f}% on the whole {STEPS}-step run incl. the similarity pass (target < 5%)")
+          f"{result['run_overhead_pct']:+.1f}% on the whole {STEPS}-step run, of which the one-off similarity pass "
+          f"~{result['similarity_pass_s']:.1f}s (target < 5% per step)")
     return 0
 
 

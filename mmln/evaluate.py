@@ -85,6 +85,10 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     if {"coco", "flickr30k"} & set(benches):
         require_java()  # fail before the model runs, not after
     out_dir = Path(out_dir)
+    if os.environ.get("MMLN_QUIET") == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     mllm, tokenizer, image_processor = load_model(cfg, ckpt)
     runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
                     num_workers=cfg.data.num_workers, seed=cfg.eval.seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -151,15 +152,22 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     from mmln.tracking import make_logger, tracking_uri
     from mmln.tuning import apply_strategy, count_params
 
+    quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
+    if quiet:  # Lightning's device / tips banner and transformers' progress bars; warnings still show
+        from transformers.utils import logging as hf_logging
+
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        hf_logging.disable_progress_bar()
     preflight(cfg)
     # the DataModule, not the DataLoader, carries the mid-epoch position (see mmln.lit.datamodule)
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen vision tower, on purpose
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")  # Lightning 2.6 on torch 2.14
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; a no-op on CPU
     experiment, name = experiment_name(cfg, config_path), run_name(cfg)
     run_dir = Path(cfg.output_dir) / experiment / name
     ckpt_dir = run_dir / "checkpoints"
-    quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # data and model -----------------------------------------------------------------------

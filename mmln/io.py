@@ -40,3 +40,38 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json(path: str | os.PathLike[str], obj: Any, **dumps_kwargs: Any) -> Path:
     return write_text(path, json.dumps(obj, ensure_ascii=False, **dumps_kwargs))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """json.load with an error that names the file and the line."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def read_results(path: str | os.PathLike[str], key: str, value: str, noun: str = "results") -> dict[Any, str]:
+    """An official results file, a JSON list of ``{key: id, value: str}`` -> id -> value; errors name
+    the file and the offending row (``noun`` words the duplicate error: "two captions for ...")."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {{{key}, {value}}}")
+    out: dict[Any, str] = {}
+    for row in data:
+        if not isinstance(row, dict) or key not in row or not isinstance(row.get(value), str):
+            raise ValueError(f"{path}: every result needs a {key} and a {value} string; got {str(row)[:200]}")
+        if row[key] in out:
+            raise ValueError(f"{path}: two {noun} for {key} {row[key]}")
+        out[row[key]] = row[value]
+    return out
+
+
+def write_results(path: str | os.PathLike[str], rows: Any, key: str, value: str) -> Path:
+    """Write an official results file, ``[{key: id, value: str}]`` (other keys dropped), atomically."""
+    data = []
+    for row in rows:
+        if key not in row or not isinstance(row.get(value), str):
+            raise ValueError(f"a result row needs {key} and a {value} string: {dict(row)!r}")
+        data.append({key: row[key], value: row[value]})
+    return write_json(path, data)

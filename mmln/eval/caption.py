@@ -11,13 +11,12 @@ results are ``[{"image_id", "caption"}]`` with image_id = ``cocoid`` when presen
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from mmln.io import write_json
+from mmln.io import read_json, read_results, write_results
 
 PROFILES: tuple[str, ...] = ("official", "paper")
 # Characters the Java tokenizer treats as line ends although Python's wrapper only replaces "\n":
@@ -121,14 +120,6 @@ def score_captions(
     return {"CIDEr": 100 * raw, "CIDEr_raw": raw, "n_images": len(references)}
 
 
-def _read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-
-
 def karpathy_image_id(image: Mapping[str, Any]) -> int:
     """``cocoid`` when present (COCO), else ``imgid`` (Flickr30k)."""
     return image["cocoid"] if "cocoid" in image else image["imgid"]
@@ -136,7 +127,7 @@ def karpathy_image_id(image: Mapping[str, Any]) -> int:
 
 def read_karpathy_split(path: str | os.PathLike[str], split: str = "test") -> dict[int, list[str]]:
     """image_id -> raw reference sentences of the images of ``split`` in a Karpathy split file."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: expected a Karpathy split file with an 'images' list")
     refs: dict[int, list[str]] = {}
@@ -159,17 +150,7 @@ def read_karpathy_split(path: str | os.PathLike[str], split: str = "test") -> di
 
 def read_caption_results(path: str | os.PathLike[str]) -> dict[Any, str]:
     """Results file ``[{"image_id", "caption"}]`` -> image_id -> caption (one per image)."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {{image_id, caption}}")
-    out: dict[Any, str] = {}
-    for row in data:
-        if not isinstance(row, dict) or "image_id" not in row or not isinstance(row.get("caption"), str):
-            raise ValueError(f"{path}: every result needs an image_id and a caption string; got {str(row)[:200]}")
-        if row["image_id"] in out:
-            raise ValueError(f"{path}: two captions for image_id {row['image_id']}")
-        out[row["image_id"]] = row["caption"]
-    return out
+    return read_results(path, "image_id", "caption", "captions")
 
 
 def score_caption_files(
@@ -192,10 +173,4 @@ def score_caption_files(
 
 def write_caption_results(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write a results file ``[{"image_id": int, "caption": str}]`` atomically."""
-    path = Path(path)
-    data = []
-    for row in rows:
-        if "image_id" not in row or not isinstance(row.get("caption"), str):
-            raise ValueError(f"caption result row needs image_id and a caption string: {dict(row)!r}")
-        data.append({"image_id": row["image_id"], "caption": row["caption"]})
-    return write_json(path, data)
+    return write_results(path, rows, "image_id", "caption")

@@ -16,13 +16,12 @@ Profile ``paper`` first applies ``paper_postprocess`` to every model answer.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from mmln.io import write_json
+from mmln.io import read_json, read_results, write_results
 
 PROFILES: tuple[str, ...] = ("official", "paper")
 
@@ -191,18 +190,10 @@ def score_vqav2(
     }
 
 
-def _read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-
-
 def read_vqav2_questions(path: str | os.PathLike[str]) -> dict[Any, dict[str, Any]]:
     """Official questions file ``{"questions": [{"image_id", "question", "question_id"}]}`` ->
     question_id -> question."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'questions' list")
     try:
@@ -214,7 +205,7 @@ def read_vqav2_questions(path: str | os.PathLike[str]) -> dict[Any, dict[str, An
 def read_vqav2_annotations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Official annotations file ``{"annotations": [{"question_id", "question_type",
     "answer_type", "answers": [{"answer", ...}] x 10, ...}]}``."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: expected a JSON object with an 'annotations' list")
     for ann in data["annotations"]:
@@ -231,17 +222,7 @@ def read_vqav2_annotations(path: str | os.PathLike[str]) -> list[dict[str, Any]]
 
 def read_vqav2_results(path: str | os.PathLike[str]) -> dict[Any, str]:
     """Official results file ``[{"question_id", "answer"}]`` -> question_id -> answer."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {{question_id, answer}}")
-    out: dict[Any, str] = {}
-    for row in data:
-        if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("answer"), str):
-            raise ValueError(f"{path}: every result needs a question_id and an answer string; got {str(row)[:200]}")
-        if row["question_id"] in out:
-            raise ValueError(f"{path}: two results for question_id {row['question_id']}")
-        out[row["question_id"]] = row["answer"]
-    return out
+    return read_results(path, "question_id", "answer", "results")
 
 
 def score_vqav2_files(
@@ -265,10 +246,4 @@ def score_vqav2_files(
 
 def write_vqav2_results(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write an official results file ``[{"question_id": int, "answer": str}]`` atomically."""
-    path = Path(path)
-    data = []
-    for row in rows:
-        if "question_id" not in row or not isinstance(row.get("answer"), str):
-            raise ValueError(f"VQAv2 result row needs question_id and an answer string: {dict(row)!r}")
-        data.append({"question_id": row["question_id"], "answer": row["answer"]})
-    return write_json(path, data)
+    return write_results(path, rows, "question_id", "answer")
