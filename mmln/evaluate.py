@@ -14,7 +14,9 @@ untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.pr
   into `--run-id`, else the run named by the run directory's `mlflow_run_id` file, else a new
   run of experiment `tracking.experiment` (default "mmln-eval").
 
-Runs on one device (the first GPU when there is one); no data parallelism across GPUs.
+Runs on one device (the first GPU when there is one), or data parallel under torchrun
+(`torchrun --nproc_per_node 8 -m mmln.evaluate ...`: one GPU per process, gloo on CPU): each rank
+answers a shard of every benchmark; rank 0 writes the files, logs to MLflow and prints.
 Exit codes: 0 done; 2 a problem the user fixes (missing benchmark path, naming its eval.* key;
 bad config; missing checkpoint or weights; no Java for CIDEr), one line on stderr.
 """
@@ -65,8 +67,22 @@ def load_model(cfg: Any, ckpt: Optional[str]):
         except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
             raise ConfigError(str(e)) from None
     mllm.requires_grad_(False).eval()
-    mllm.to("cuda" if torch.cuda.is_available() else "cpu")
+    mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
     return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
+
+
+def init_distributed() -> int:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) and return this rank (0 alone)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
 
 
 def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
@@ -75,16 +91,26 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     `eval/*` metrics to MLflow. Returns the scores.json content:
     `{"metrics": {eval/*: value}, "benches": {bench: scorer result}, "seconds", "questions_per_s",
     "profile", "yes_no", "ckpt", "mlflow_run_id"}`.
-    `ckpt` None (or "none") = the untuned model."""
+    `ckpt` None (or "none") = the untuned model. Under torchrun every rank calls this; ranks > 0
+    answer their shards and score into a temporary folder, and neither keep files nor log."""
     from mmln.eval.caption import require_java
-    from mmln.eval.runner import Runner, decoding_for
 
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     benches = list(dict.fromkeys(benches))
     check_inputs(cfg, benches)
     if {"coco", "flickr30k"} & set(benches):
         require_java()  # fail before the model runs, not after
-    out_dir = Path(out_dir)
+    rank = init_distributed()
+    if rank > 0:  # the answers are all-gathered, so every rank could write them: only rank 0 does
+        with tempfile.TemporaryDirectory() as scratch:
+            return _evaluate(cfg, ckpt, benches, Path(scratch), run_id, log=False)
+    return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=True)
+
+
+def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
+              log: bool) -> dict[str, Any]:
+    from mmln.eval.runner import Runner, decoding_for
+
     if os.environ.get("MMLN_QUIET") == "1":
         from transformers.utils import logging as hf_logging
 
@@ -105,7 +131,7 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
         scores["questions_per_s"][bench] = n / seconds if seconds > 0 else 0.0
         _note(f"{bench}: {n} questions in {seconds:.1f}s")
     write_json(out_dir / "scores.json", scores, indent=1, default=str)  # the scores survive a tracking failure
-    scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, run_id)
+    scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, run_id) if log else None
     write_json(out_dir / "scores.json", scores, indent=1, default=str)
     return scores
 
@@ -202,12 +228,19 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or "
                                     "checkpoints/last.ckpt; 'none' for the untuned model)")
         out = Path(args.out) if args.out else default_out_dir(cfg, ckpt)
-        scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id)
+        try:
+            scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id)
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError) as e:
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(format_table(scores["metrics"]))
-    print(f"answers and scores.json in {out}; MLflow run {scores['mlflow_run_id']}")
+    if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
+        print(format_table(scores["metrics"]))
+        print(f"answers and scores.json in {out}; MLflow run {scores['mlflow_run_id']}")
     return 0
 
 

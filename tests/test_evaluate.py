@@ -295,3 +295,37 @@ def test_run_dir_of():
 
     assert run_dir_of("/x/run/trainable.safetensors") == Path("/x/run")
     assert run_dir_of("/x/run/checkpoints/last.ckpt") == Path("/x/run")
+
+
+def test_torchrun_data_parallel_equals_one_process(synth, tmp_path):
+    """2 CPU processes (gloo) under torchrun answer shards of every benchmark; the all-gathered
+    answers, the files rank 0 writes and the scores equal a single process's, and only rank 0
+    logs one MLflow run."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import ROOT
+
+    overrides = eval_overrides(synth, "eval.limit=3", "eval.batch_size=2", "tracking.experiment=dp")
+    common = ["-m", "mmln.evaluate", "--config", str(TINY), "--ckpt", "none", "--bench", "mme,pope,vqav2"]
+    env = {**os.environ, "MMLN_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), *overrides],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    dp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+                         *common, "--out", str(tmp_path / "two"), *overrides],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert dp.returncode == 0, dp.stderr[-3000:]
+    assert dp.stdout.count("MME-P") == 1  # only rank 0 prints the table
+
+    for rel in ["pope/answers.jsonl", "vqav2/results.json", *(p.relative_to(tmp_path / "one").as_posix()
+                                                              for p in (tmp_path / "one/mme").glob("*.txt"))]:
+        assert (tmp_path / "two" / rel).read_text() == (tmp_path / "one" / rel).read_text(), rel
+    one, two = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("one", "two"))
+    assert one["metrics"] == two["metrics"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("dp").experiment_id])
+    assert len(runs) == 2  # one per invocation, none from rank 1

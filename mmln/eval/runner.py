@@ -10,6 +10,8 @@
   (`</s>` for vicuna_v1 / llava_llama_2); multi-token stop strings (v0's "###") cut the decoded text.
 - Batching: queries are sorted by prompt length (after image expansion, longest first so memory
   runs out on the first batch if at all), batched, and answers are returned in the input order.
+- Data parallel: under `torch.distributed` (e.g. `torchrun --nproc_per_node N -m mmln.evaluate`),
+  rank r answers queries r, r + N, ... and every rank gets all answers back in input order.
 - Yes/no from logits (`answer_yes_no`): "Yes" when the next-token logit of the first token of
   " Yes" beats that of " No", else "No". Both logits come from the same forward pass that
   greedy decoding's first step takes, so whenever greedy's first token is the " Yes" or the
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
@@ -131,9 +134,16 @@ class Runner:
             text = text.split(s, 1)[0]
         return text.strip()
 
-    @torch.no_grad()
     def generate(self, queries: Sequence[Query]) -> list[str]:
         """Decoded answers in the order of `queries` (KV cache, batched, stop at end-of-turn)."""
+        return _data_parallel(self._generate, queries)
+
+    def answer_yes_no(self, queries: Sequence[Query]) -> list[str]:
+        """"Yes" or "No" per query from the next-token logits of the two answers' first tokens."""
+        return _data_parallel(self._answer_yes_no, queries)
+
+    @torch.no_grad()
+    def _generate(self, queries: Sequence[Query]) -> list[str]:
         if not queries:
             return []
         d = self.decoding
@@ -163,8 +173,7 @@ class Runner:
         return ids[0], ids[1]
 
     @torch.no_grad()
-    def answer_yes_no(self, queries: Sequence[Query]) -> list[str]:
-        """"Yes" or "No" per query from the next-token logits of the two answers' first tokens."""
+    def _answer_yes_no(self, queries: Sequence[Query]) -> list[str]:
         if not queries:
             return []
         yes, no = self.yes_no_token_ids()
@@ -176,6 +185,20 @@ class Runner:
             # a tie goes where argmax (greedy) sends it: to the lower token id
             out += ["Yes" if y > n or (y == n and yes < no) else "No" for y, n in logits[:, [yes, no]].tolist()]
         return _unsort(order, out)
+
+
+def _data_parallel(answer: Callable[[Sequence[Query]], list[str]], queries: Sequence[Query]) -> list[str]:
+    """`answer(queries)` on one process; under torch.distributed each rank answers every N-th query
+    and the answers are all-gathered back into input order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return answer(queries)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, answer(list(queries)[rank::world]))
+    out: list[str] = [""] * len(queries)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
 
 
 class Collate:
