@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from mmln import report
+from mmln.tracking import get_or_create_experiment, tracking_uri
 
 FLICKR = "eval/flickr30k_cider"
 
@@ -35,7 +36,7 @@ def rows(path: Path) -> list[dict]:
 
 def test_tables_from_runs(tmp_path):
     c = client()
-    exp = c.create_experiment("m7_ln")
+    exp = get_or_create_experiment(c, "m7_ln", tracking_uri())  # artifacts beside the test store, not in ./mlruns
     eff = {"params/trainable": 1000.0, "params/percent": 0.25, "perf/peak_mem_gb": 20.0}
     grid = {"finetune": {1e-3: 30.0, 1e-4: 40.0}, "layernorm": {1e-3: 50.0, 1e-4: 45.0}, "lora": {1e-3: 20.0}}
     for s, by_lr in grid.items():
@@ -105,7 +106,7 @@ def test_tables_from_runs(tmp_path):
 
 def test_tables_without_data_say_so(tmp_path, capsys):
     c = client()
-    exp = c.create_experiment("empty_ln")
+    exp = get_or_create_experiment(c, "empty_ln", tracking_uri())
     make_run(c, exp, "layernorm", 1e-3, {"train/loss": 1.0})  # a run, but nothing any table shows
     out = tmp_path / "r"
     assert report.main(["--experiment", "empty_ln", "--out", str(out), "--no-log"]) == 0
