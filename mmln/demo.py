@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
@@ -43,6 +44,24 @@ def make_data(root: Path, quick: bool) -> None:
     synthesize(root / "data", image_size=64, seed=0, **sizes)
     (root / "data" / ".done").write_text("ok\n")
     say(f"data: synthesized in {root / 'data'}")
+
+
+def train_loop(params: list, loss_at: Callable[[], Any], steps: int, lr: float, label: str, log_every: int) -> float:
+    """AdamW (no weight decay), 20 warmup steps then cosine to 0, grad-norm clip 1.0; `loss_at()`
+    draws a batch and returns its loss. Returns the seconds it took."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    t0 = time.time()
+    for step in range(steps):
+        loss = loss_at()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        if step % log_every == 0 or step == steps - 1:
+            say(f"{label}: step {step + 1}/{steps} loss {loss.item():.3f}")
+    return time.time() - t0
 
 
 def grounded_chats(n: int, seed: int = 0, existence: float = 0.0) -> list[list[tuple[str, str]]]:
@@ -125,22 +144,17 @@ def pretrain_vision_encoder(root: Path, quick: bool, seed: int = 0) -> None:
     head = torch.nn.Linear(encoder.num_patches * vcfg.hidden_size, sum(groups))
     backbone.requires_grad_(True)
     params = [*backbone.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * i / steps)))
     backbone.train()
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_at():
         rows = torch.randint(0, len(x), (batch,))
         feats = backbone(pixel_values=x[rows], output_hidden_states=True).hidden_states[vcfg.select_layer][:, 1:]
         logits = head(feats.flatten(1)).split(groups, dim=1)
-        loss = sum(F.cross_entropy(lg, y[rows, k]) for k, lg in enumerate(logits)) / len(groups)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        if step % 500 == 0 or step == steps - 1:
-            say(f"vision encoder: step {step + 1}/{steps} loss {loss.item():.3f}")
+        return sum(F.cross_entropy(lg, y[rows, k]) for k, lg in enumerate(logits)) / len(groups)
+
+    seconds = train_loop(params, loss_at, steps, 2e-3, "vision encoder", 500)
     backbone.eval().save_pretrained(out)
-    say(f"vision encoder: pretrained in {time.time() - t0:.0f}s on {n_images} drawn scenes, saved to {out}; "
+    say(f"vision encoder: pretrained in {seconds:.0f}s on {n_images} drawn scenes, saved to {out}; "
         "held-out accuracy on the occupied cells: colour {:.1%}, shape {:.1%}".format(
             *_cell_accuracy(encoder, head, groups, process, vcfg.image_size, seed)))
 
@@ -195,19 +209,14 @@ def pretrain_base_lm(root: Path, quick: bool, seed: int = 0) -> None:
     seq, batch = 128, 32
     data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
     steps = 150 if quick else 400
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_at():
         rows = torch.randint(0, data.shape[0], (batch,))
-        loss = model(input_ids=data[rows], labels=data[rows]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        if step % 100 == 0 or step == steps - 1:
-            say(f"base LM: step {step + 1}/{steps} loss {loss.item():.3f}")
-    say(f"base LM: pretrained in {time.time() - t0:.0f}s on {data.numel():,} tokens")
+        return model(input_ids=data[rows], labels=data[rows]).loss
+
+    seconds = train_loop(list(model.parameters()), loss_at, steps, 3e-3, "base LM", 100)
+    say(f"base LM: pretrained in {seconds:.0f}s on {data.numel():,} tokens")
     chat_tune(model, tok, 300 if quick else 1000, seed)
     model.save_pretrained(out)
     say(f"base LM: saved to {out}")
@@ -223,23 +232,18 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
 
     data = [tokenize_segments(render_segments("vicuna_v1", c), tok)
             for c in grounded_chats(20000, seed + 1, existence=0.7)]
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_at():
         batch = [data[i] for i in torch.randint(0, len(data), (32,)).tolist()]
         width = max(len(ids) for ids, _ in batch)
         ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         mask = (torch.arange(width)[None] < torch.tensor([len(i) for i, _ in batch])[:, None]).long()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        if step % 250 == 0 or step == steps - 1:
-            say(f"base LM chat tuning: step {step + 1}/{steps} answer loss {loss.item():.3f}")
-    say(f"base LM: chat-tuned in {time.time() - t0:.0f}s")
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    seconds = train_loop(list(model.parameters()), loss_at, steps, 5e-4, "base LM chat tuning (answer loss)", 250)
+    say(f"base LM: chat-tuned in {seconds:.0f}s")
 
 
 def table(rows: dict[str, dict]) -> str:
