@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
-from mmln.model.errors import MissingWeightsError
 from mmln.io import write_text
+from mmln.model.errors import MissingWeightsError
 
 
 @dataclass

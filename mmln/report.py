@@ -182,13 +182,19 @@ def table2(runs, metric):
                  "no params/* or perf/* metrics")
 
 
-def table3(runs, metric):
-    keep = studied([r for r in runs if r.vision == reference_setting(runs, r.model, "vision")], "data")
-    t = bench_table("table3", f"Table 3: data types (best learning rate per row, by {metric})", keep, metric,
-                    ("data", "data"))
+def axis_table(name: str, title: str, runs, metric, axis: str, fixed: str, empty: str) -> Table:
+    """Best run per (model, strategy, `axis` setting), among runs with the model's reference `fixed`
+    setting and only for pairs run in more than one `axis` setting (Tables 3 and 5)."""
+    keep = studied([r for r in runs if getattr(r, fixed) == reference_setting(runs, r.model, fixed)], axis)
+    t = bench_table(name, f"{title} (best learning rate per row, by {metric})", keep, metric, (axis, axis))
     if not keep:
-        t.no_data, t.empty = True, "no data-type runs (runs with data.train.types / data.train.limit set, e.g. mmln.sweep --variant)"
+        t.no_data, t.empty = True, empty
     return t
+
+
+def table3(runs, metric):
+    return axis_table("table3", "Table 3: data types", runs, metric, "data", "vision",
+                      "no data-type runs (runs with data.train.types / data.train.limit set, e.g. mmln.sweep --variant)")
 
 
 def table4(runs, metric):
@@ -200,12 +206,8 @@ def table4(runs, metric):
 
 
 def table5(runs, metric):
-    keep = studied([r for r in runs if r.data == reference_setting(runs, r.model, "data")], "vision")
-    t = bench_table("table5", f"Table 5: vision encoder (best learning rate per row, by {metric})", keep, metric,
-                    ("vision", "vision"))
-    if not keep:
-        t.no_data, t.empty = True, "runs with one vision encoder only (Table 5 compares two, e.g. a timm ImageNet ViT)"
-    return t
+    return axis_table("table5", "Table 5: vision encoder", runs, metric, "vision", "data",
+                      "runs with one vision encoder only (Table 5 compares two, e.g. a timm ImageNet ViT)")
 
 
 def table6(runs, metric):

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmln.tuning.parts import is_norm
 from mmln.io import atomic_path
+from mmln.tuning.parts import is_norm
 
 STATS = ("var", "mean", "norm")
 

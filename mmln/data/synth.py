@@ -40,7 +40,8 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from mmln.io import write_bytes
+
+from mmln.io import write_bytes, write_json, write_text  # noqa: F401 (write_json: part of this module's API)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 35, 35), "green": (30, 165, 60), "blue": (35, 70, 225),
@@ -383,14 +384,8 @@ def reasoning(scene: Scene, rnd: random.Random) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------ writing
-def write_json(path: Path, obj: Any) -> Path:
-    write_bytes(path, json.dumps(obj, ensure_ascii=False).encode())
-    return path
-
-
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-    return path
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _rng(seed: int, tag: str, i: int) -> random.Random:

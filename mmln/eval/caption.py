@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 from mmln.io import read_json, read_results, write_results
 
 PROFILES: tuple[str, ...] = ("official", "paper")

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
 from mmln.io import write_text
 
 PERCEPTION: tuple[str, ...] = (

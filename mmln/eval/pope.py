@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 from mmln.io import write_text
 
 PROFILES: tuple[str, ...] = ("official", "paper")

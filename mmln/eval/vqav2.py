@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 from mmln.io import read_json, read_results, write_results
 
 PROFILES: tuple[str, ...] = ("official", "paper")
