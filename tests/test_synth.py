@@ -55,8 +55,23 @@ def check_qa(scene: Scene, q: str, a: str) -> bool | None:
     q = q.replace("<image>", "").replace(synth.SHORT, "").replace(synth.YN, "").strip()
     a = a.strip().lower()
     yes = a.startswith("yes")
-    if m := re.fullmatch(r"Is there an? (\w+ \w+) in the (?:image|picture)\?", q):
-        return yes == (m[1] in scene.labels) and (yes or a.startswith("no"))
+    yes_no = yes or a.startswith("no")
+    shape, color = "|".join(synth.SHAPES), "|".join(synth.COLORS)
+    if m := re.fullmatch(r"(?:Is there|Does the image contain) an? (\w+ \w+)(?: in (?:the|this) (?:image|picture))?\?", q):
+        return yes == (m[1] in scene.labels) and yes_no
+    if m := re.fullmatch(r"Is the background(?: of this image| color)? (\w+)\?", q):
+        return yes == (m[1] == scene.background) and yes_no
+    if m := re.fullmatch(rf"Is the ({shape})(?: (.+?))??(?: in this image)? ({color})(?: in color)?\?", q):
+        objs = [o for o in scene.objects if o.shape == m[1] and m[2] in (None, synth.where(o))]
+        return len(objs) == 1 and yes == (objs[0].color == m[3]) and yes_no
+    if m := re.fullmatch(rf"Is the ({color}) object(?: (.+?))? an? ({shape})\?", q):
+        objs = [o for o in scene.objects if o.color == m[1] and m[2] in (None, synth.where(o))]
+        return len(objs) == 1 and yes == (objs[0].shape == m[3]) and yes_no
+    if m := re.fullmatch(r"Is this an? (?:picture|photo|image) of an? (\w+ \w+)\?", q):
+        return len(scene.objects) == 1 and yes == (scene.labels == [m[1]]) and yes_no
+    if m := re.fullmatch(r"(?:Are there|Is there a total of|Does the image contain|Is there) (\w+) objects?"
+                         r"(?: in (?:the|this) image)?\?", q):
+        return yes == (synth.NUM.index(m[1]) == len(scene.objects)) and yes_no
     if m := re.fullmatch(r"What color is the (\w+)(?: (.+))?\?", q):
         if m[1] == "background":
             return a.rstrip(".").split()[-1] == scene.background
@@ -74,7 +89,7 @@ def check_qa(scene: Scene, q: str, a: str) -> bool | None:
     if m := re.fullmatch(r"Is the (\w+ \w+) (?:to the )?(left|right|above|below) (?:of )?the (\w+ \w+)\?", q):
         o, b = _obj(scene, m[1]), _obj(scene, m[3])
         truth = {"left": o.col < b.col, "right": o.col > b.col, "above": o.row < b.row, "below": o.row > b.row}
-        return yes == truth[m[2]] and (yes or a.startswith("no"))
+        return yes == truth[m[2]] and yes_no
     return None
 
 
@@ -85,6 +100,11 @@ def test_checker_can_fail() -> None:
     assert check_qa(s, f"Is there {synth._a(s.labels[0])} in the image?", "Yes") is True
     assert check_qa(s, "How many objects are there in the image?", "7") is False
     assert check_qa(s, "What color is the background?", "The background is purple.") is False
+    other_bg = next(b for b in synth.BACKGROUNDS if b != s.background)
+    assert check_qa(s, f"Is the background of this image {other_bg}?", "Yes") is False
+    assert check_qa(s, f"Is the background color {s.background}?", "Yes") is True
+    assert check_qa(s, f"Are there {synth.NUM[len(s.objects) + 1]} objects in the image?", "Yes") is False
+    assert check_qa(s, f"Does the image contain {synth._a(absent)}?", "No") is True
 
 
 # --------------------------------------------------------------------------- formats
@@ -105,7 +125,7 @@ def check_record(r: dict, id_re: str, image_dir: Path) -> None:
 def test_returned_paths_and_no_temp_files(out: Path) -> None:
     paths = synth.synthesize(out / "again", seed=1, **TINY)
     assert all(p.exists() for p in paths.values())
-    assert {"cc3m_chat", "instruct_80k", "instruct_150k", "mme_root", "pope_random", "vqa_questions",
+    assert {"cc3m_chat", "instruct_80k", "instruct_150k", "instruct_short_vqa", "mme_root", "pope_random", "vqa_questions",
             "vqa_annotations", "karpathy_coco", "karpathy_flickr30k", "scenes"} <= set(paths)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
@@ -162,6 +182,26 @@ def test_instruct_truth(out: Path, scenes: dict[str, Scene]) -> None:
         s, text = scenes[f"coco/train2017/{r['image']}"], r["conversations"][1]["value"]
         assert set(LABEL_RE.findall(text)) == {tuple(lab.split()) for lab in s.labels}
         assert f"{synth.NUM[len(s.objects)]} shape" in text and s.background in text
+
+
+def test_short_answer_vqa_format_and_truth(out: Path, scenes: dict[str, Scene]) -> None:
+    recs = load(out / "llava_instruct/short_answer_vqa.json")
+    images = {r["image"] for r in load(out / "llava_instruct/llava_instruct_150k.json")}
+    assert {r["image"] for r in recs} == images  # the instruct images, one-word questions about each
+    kinds, checked = Counter(), 0
+    for r in recs:
+        assert re.fullmatch(r"\d{12}_(vqa\d|cap)", r["id"]) and r["image"] == r["id"][:12] + ".jpg"
+        (q, a), s = (t["value"] for t in r["conversations"]), scenes[f"coco/train2017/{r['image']}"]
+        assert len(r["conversations"]) == 2 and q.count("<image>") == 1
+        if r["id"].endswith("cap"):
+            assert set(LABEL_RE.findall(a)) == {tuple(lab.split()) for lab in s.labels}
+            continue
+        assert q.endswith((synth.SHORT, synth.YN, "\n<image>")) and len(a.split()) == 1
+        kinds[a in ("Yes", "No")] += 1
+        ok = check_qa(s, q, a)
+        assert ok is not False, (s, q, a)
+        checked += ok is True
+    assert kinds[True] > 2 * kinds[False] > 0 and checked > 0.8 * sum(kinds.values())
 
 
 def test_mme_layout_reader_and_truth(out: Path, scenes: dict[str, Scene]) -> None:

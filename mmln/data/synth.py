@@ -14,6 +14,7 @@ Layout written under ``--out`` (sizes = defaults of :func:`synthesize`)::
     coco/train2017/<12 digits>.jpg                                   stage 2 images
     llava_instruct/{conversation_58k,detail_23k,complex_reasoning_77k,
                     llava_instruct_150k,llava_instruct_80k}.json     stage 2 (LLaVA-Instruct)
+    llava_instruct/short_answer_vqa.json                             LLaVA-1.5-style one-word VQA (demo stage 2)
     mme/MME_Benchmark_release_version/<subtask>/...                  MME release layout
     pope/coco_pope_{random,popular,adversarial}.json                 POPE (JSON lines)
     coco/val2014/COCO_val2014_<12 digits>.jpg                        POPE, VQAv2, Karpathy val/test
@@ -283,10 +284,11 @@ def _qa_where(s: Scene, rnd: random.Random, o: Obj) -> QA:
 
 
 def _qa_exist(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is there {} in the image?", "Is there {} in this image?", "Does the image contain {}?"))
     if rnd.random() < 0.5:
-        return f"Is there {_a(o.name)} in the image?", f"Yes, there is {_a(o.name)} {where(o)}.", "yes"
+        return q.format(_a(o.name)), f"Yes, there is {_a(o.name)} {where(o)}.", "yes"
     lab = absent_label(s, rnd)
-    return f"Is there {_a(lab)} in the image?", f"No, there is no {lab} in the image.", "no"
+    return q.format(_a(lab)), f"No, there is no {lab} in the image.", "no"
 
 
 def _qa_background(s: Scene, rnd: random.Random, o: Obj) -> QA:
@@ -308,7 +310,51 @@ def _qa_relation(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
     return q, f"{'Yes' if yes else 'No'}, the {o.name} is {rel} the {b.name}.", "yes" if yes else "no"
 
 
-CONV_QA = (_qa_color, _qa_shape, _qa_count, _qa_where, _qa_exist, _qa_background, _qa_relation)
+def _yn(yes: bool, question: str, fact: str) -> QA:
+    return question, f"{'Yes' if yes else 'No'}, {fact}.", "yes" if yes else "no"
+
+
+def _asked(true: Any, options: Sequence[Any], rnd: random.Random) -> Any:
+    """The true value or (half the time) another one of ``options``."""
+    return true if rnd.random() < 0.5 else rnd.choice([x for x in options if x != true])
+
+
+def _qa_background_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is the background {}?", "Is the background of this image {}?", "Is the background color {}?"))
+    bg = _asked(s.background, tuple(BACKGROUNDS), rnd)
+    return _yn(bg == s.background, q.format(bg), f"the background is {s.background}")
+
+
+def _qa_color_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is {} {}?", "Is {} in this image {}?", "Is {} {} in color?"))
+    ref, color = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else ""), _asked(o.color, tuple(COLORS), rnd)
+    return _yn(color == o.color, q.format(ref, color), f"{ref} is {o.color}")
+
+
+def _qa_shape_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    ref, shape = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else ""), _asked(o.shape, SHAPES, rnd)
+    return _yn(shape == o.shape, f"Is {ref} {_a(shape)}?", f"{ref} is {_a(o.shape)}")
+
+
+def _qa_picture_yn(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
+    if len(s.objects) > 1:
+        return None
+    q = rnd.choice(("Is this a picture of {}?", "Is this a photo of {}?", "Is this an image of {}?"))
+    color, shape = (o.color, _asked(o.shape, SHAPES, rnd)) if rnd.random() < 0.5 else (_asked(o.color, tuple(COLORS), rnd), o.shape)
+    return _yn(f"{color} {shape}" == o.name, q.format(_a(f"{color} {shape}")), f"it is a picture of {_a(o.name)}")
+
+
+def _qa_count_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Are there {} in the image?", "Is there a total of {} in this image?", "Does the image contain {}?"))
+    k = len(s.objects)
+    n = _asked(k, [j for j in (k - 1, k + 1, k + 2) if j >= 1], rnd)
+    return _yn(n == k, q.format(_n(n, "object")), f"there {'is' if k == 1 else 'are'} {_n(k, 'object')} in the image")
+
+
+# yes/no questions, as LLaVA's conversations (and MME, POPE) ask them, a few phrasings each
+YES_NO_QA = (_qa_exist, _qa_background_yn, _qa_color_yn, _qa_shape_yn, _qa_picture_yn, _qa_count_yn)
+OPEN_QA = (_qa_color, _qa_shape, _qa_count, _qa_where, _qa_background)
+CONV_QA = (*OPEN_QA, _qa_relation, *YES_NO_QA)
 
 
 def qa_turns(scene: Scene, rnd: random.Random, k: int) -> list[QA]:
@@ -322,12 +368,13 @@ def qa_turns(scene: Scene, rnd: random.Random, k: int) -> list[QA]:
 
 
 def _short(qa: QA, rnd: random.Random) -> tuple[str, str]:
+    """The question with its full answer or (yes/no questions 60%, others 30%) a one-word answer
+    asked for with LLaVA-1.5's suffixes (yes/no: " Please answer yes or no." a third of the time)."""
     q, long, short = qa
-    if rnd.random() >= 0.3:
+    yes_no = short in ("yes", "no")
+    if rnd.random() >= (0.6 if yes_no else 0.3):
         return q, long
-    if short in ("yes", "no") and rnd.random() < 0.5:
-        return q + YN, _cap(short)
-    return q + SHORT, _cap(short)
+    return q + (YN if yes_no and rnd.random() < 1 / 3 else SHORT), _cap(short)
 
 
 def describe(scene: Scene, rnd: random.Random) -> str:
@@ -435,16 +482,37 @@ def _cc3m(w: _Writer, n: int, seed: int) -> dict[str, Path]:
     return {"cc3m_chat": write_json(w.out / "cc3m/chat.json", recs), "cc3m_images": w.out / "cc3m/images"}
 
 
+def _short_vqa(sid: str, scene: Scene, rnd: random.Random) -> list[dict[str, Any]]:
+    """LLaVA-1.5-style short-answer records for one image (not part of LLaVA-Instruct), each a
+    single turn: two existence questions (POPE's kind), two other yes/no questions, (one image in
+    two) an open question asking for one word and (one in five) a one-sentence caption."""
+    out = []
+    kinds_per_record = ((_qa_exist,),) * 2 + (YES_NO_QA,) * 2 + ((OPEN_QA,) if rnd.random() < 0.5 else ())
+    for k, kinds in enumerate(kinds_per_record):
+        qa = None
+        while qa is None:  # a kind that does not apply to this scene gives None: draw again
+            qa = rnd.choice(kinds)(scene, rnd, rnd.choice(scene.objects))
+        q, _, short = qa
+        q += YN if short in ("yes", "no") and rnd.random() < 1 / 3 else SHORT
+        out.append({"id": f"{sid}_vqa{k}", "image": f"{sid}.jpg", "conversations": _conv(_with_image(q, rnd), _cap(short))})
+    if rnd.random() < 0.2:
+        out.append({"id": f"{sid}_cap", "image": f"{sid}.jpg",
+                    "conversations": _conv(_with_image(rnd.choice(BRIEF_PROMPTS), rnd), sentence(scene, rnd))})
+    return out
+
+
 def _instruct(w: _Writer, n: int, seed: int) -> dict[str, Path]:
     conv: list[dict[str, Any]] = []
     detail: list[dict[str, Any]] = []
     cr: list[dict[str, Any]] = []
+    vqa: list[dict[str, Any]] = []
     for i, cid in enumerate(_ids(seed, "instruct", 1, 300_000, n)):
         rnd = _rng(seed, "instruct", i)
         scene, sid = sample_scene(rnd), f"{cid:012d}"
         w.image(f"coco/train2017/{sid}.jpg", scene, rnd)
         rec = partial(_record, sid)
         has_c, has_d, has_r = rnd.random() < 0.72, rnd.random() < 0.28, rnd.random() < 0.95
+        vqa += _short_vqa(sid, scene, _rng(seed, "instruct-vqa", i))
         if has_c or not (has_d or has_r):
             turns = [t for qa in qa_turns(scene, rnd, rnd.randint(2, 4)) for t in _short(qa, rnd)]
             conv.append(rec(_with_image(turns[0], rnd), *turns[1:]))
@@ -474,6 +542,7 @@ def _instruct(w: _Writer, n: int, seed: int) -> dict[str, Path]:
             "instruct_complex_reasoning": write_json(d / "complex_reasoning_77k.json", cr),
             "instruct_150k": write_json(d / "llava_instruct_150k.json", m150),
             "instruct_80k": write_json(d / "llava_instruct_80k.json", m80),
+            "instruct_short_vqa": write_json(d / "short_answer_vqa.json", vqa),
             "coco_train2017": w.out / "coco/train2017"}
 
 
