@@ -35,7 +35,7 @@ test-full: $(STAMP)  ## every test, including the slow end-to-end ones
 	$(BIN)/python -m pytest -q --durations=15
 
 demo: $(STAMP)  ## the whole pipeline on a tiny model + synthetic data, on CPU, tracked in ./mlflow.db
-	$(BIN)/python -m mmln.demo
+	$(BIN)/python -m mmln.demo $(DEMO_ARGS)
 
 ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

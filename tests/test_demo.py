@@ -27,8 +27,9 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
     benches = {"eval/mme_perception", "eval/mme_cognition", "eval/vqav2", "eval/coco_cider", "eval/flickr30k_cider",
                *(f"eval/pope_{s}_accuracy" for s in ("random", "popular", "adversarial"))}
     assert benches <= set(tuned) and benches <= set(untuned)
-    # Beating chance on POPE / MME is not asserted: the tiny model does not ground yes/no answers
-    # yet (see the README). What must hold: both stages learn their training objective.
+    # Beating chance on POPE / MME is not asserted at these --quick sizes (too little stage-2 data);
+    # the full-size demo asserts it (`.ci/run`: make demo DEMO_ARGS=--strict). What must hold
+    # here: both stages learn their training objective.
 
     from mlflow import MlflowClient
 
