@@ -207,8 +207,8 @@ def _cell_accuracy(encoder, head, groups: list[int], process, size: int, seed: i
 
 
 def pretrain_base_lm(root: Path, quick: bool, seed: int = 0) -> None:
-    """A 4-layer LLaMA (hidden 128): causal-LM pretraining on synthetic sentences and grounded chats,
-    (`grounded_texts`), then chat tuning (`chat_tune`); saved with its tokenizer."""
+    """A 4-layer LLaMA (hidden 128): causal-LM pretraining on grounded texts (`grounded_texts`) and
+    grounded chats, then chat tuning (`chat_tune`); saved with its tokenizer."""
     import random
 
     import torch

@@ -327,12 +327,14 @@ def _qa_background_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
 
 def _qa_color_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Is {} {}?", "Is {} in this image {}?", "Is {} {} in color?"))
-    ref, color = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else ""), _asked(o.color, tuple(COLORS), rnd)
+    ref = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else "")
+    color = _asked(o.color, tuple(COLORS), rnd)
     return _yn(color == o.color, q.format(ref, color), f"{ref} is {o.color}")
 
 
 def _qa_shape_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
-    ref, shape = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else ""), _asked(o.shape, SHAPES, rnd)
+    ref = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else "")
+    shape = _asked(o.shape, SHAPES, rnd)
     return _yn(shape == o.shape, f"Is {ref} {_a(shape)}?", f"{ref} is {_a(o.shape)}")
 
 
@@ -340,7 +342,10 @@ def _qa_picture_yn(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
     if len(s.objects) > 1:
         return None
     q = rnd.choice(("Is this a picture of {}?", "Is this a photo of {}?", "Is this an image of {}?"))
-    color, shape = (o.color, _asked(o.shape, SHAPES, rnd)) if rnd.random() < 0.5 else (_asked(o.color, tuple(COLORS), rnd), o.shape)
+    if rnd.random() < 0.5:  # ask about a wrong shape or a wrong colour, not both
+        color, shape = o.color, _asked(o.shape, SHAPES, rnd)
+    else:
+        color, shape = _asked(o.color, tuple(COLORS), rnd), o.shape
     return _yn(f"{color} {shape}" == o.name, q.format(_a(f"{color} {shape}")), f"it is a picture of {_a(o.name)}")
 
 
@@ -348,7 +353,8 @@ def _qa_count_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Are there {} in the image?", "Is there a total of {} in this image?", "Does the image contain {}?"))
     k = len(s.objects)
     n = _asked(k, [j for j in (k - 1, k + 1, k + 2) if j >= 1], rnd)
-    return _yn(n == k, q.format(_n(n, "object")), f"there {'is' if k == 1 else 'are'} {_n(k, 'object')} in the image")
+    fact = f"there {'is' if k == 1 else 'are'} {_n(k, 'object')} in the image"
+    return _yn(n == k, q.format(_n(n, "object")), fact)
 
 
 # yes/no questions, as LLaVA's conversations (and MME, POPE) ask them, a few phrasings each
@@ -494,7 +500,8 @@ def _short_vqa(sid: str, scene: Scene, rnd: random.Random) -> list[dict[str, Any
             qa = rnd.choice(kinds)(scene, rnd, rnd.choice(scene.objects))
         q, _, short = qa
         q += YN if short in ("yes", "no") and rnd.random() < 1 / 3 else SHORT
-        out.append({"id": f"{sid}_vqa{k}", "image": f"{sid}.jpg", "conversations": _conv(_with_image(q, rnd), _cap(short))})
+        out.append({"id": f"{sid}_vqa{k}", "image": f"{sid}.jpg",
+                    "conversations": _conv(_with_image(q, rnd), _cap(short))})
     if rnd.random() < 0.2:
         out.append({"id": f"{sid}_cap", "image": f"{sid}.jpg",
                     "conversations": _conv(_with_image(rnd.choice(BRIEF_PROMPTS), rnd), sentence(scene, rnd))})
