@@ -91,7 +91,7 @@ def grounded_chats(n: int, seed: int = 0, yes_no: float = 0.0) -> list[list[tupl
     """
     import random
 
-    from mmln.data.synth import YES_NO_QA, _short, caption, qa_turns, sample_scene, sentence
+    from mmln.data.synth import YES_NO_QA, _short, caption, pick_qa, qa_turns, sample_scene, sentence
 
     out = []
     for i in range(n):
@@ -99,10 +99,7 @@ def grounded_chats(n: int, seed: int = 0, yes_no: float = 0.0) -> list[list[tupl
         scene = sample_scene(rnd)
         qas = qa_turns(scene, rnd, rnd.randint(0 if yes_no else 1, 2 if yes_no else 3))
         if rnd.random() < yes_no:
-            qa = None
-            while qa is None:  # a kind that does not apply to this scene gives None: draw again
-                qa = rnd.choice(YES_NO_QA)(scene, rnd, rnd.choice(scene.objects))
-            qas.insert(0, qa)
+            qas.insert(0, pick_qa(YES_NO_QA, scene, rnd))
         turns = []
         for k, qa in enumerate(qas or qa_turns(scene, rnd, 1)):
             q, a = _short(qa, rnd)

@@ -363,6 +363,15 @@ OPEN_QA = (_qa_color, _qa_shape, _qa_count, _qa_where, _qa_background)
 CONV_QA = (*OPEN_QA, _qa_relation, *YES_NO_QA)
 
 
+def pick_qa(kinds: Sequence[Any], scene: Scene, rnd: random.Random) -> QA:
+    """One question of a kind drawn from ``kinds`` about a random object of ``scene``; a kind that
+    does not apply to the scene (it returns None) is drawn again."""
+    qa = None
+    while qa is None:
+        qa = rnd.choice(kinds)(scene, rnd, rnd.choice(scene.objects))
+    return qa
+
+
 def qa_turns(scene: Scene, rnd: random.Random, k: int) -> list[QA]:
     """``k`` question/answer pairs of different kinds, each true of ``scene``."""
     out: list[QA] = []
@@ -495,10 +504,7 @@ def _short_vqa(sid: str, scene: Scene, rnd: random.Random) -> list[dict[str, Any
     out = []
     kinds_per_record = ((_qa_exist,),) * 2 + (YES_NO_QA,) * 2 + ((OPEN_QA,) if rnd.random() < 0.5 else ())
     for k, kinds in enumerate(kinds_per_record):
-        qa = None
-        while qa is None:  # a kind that does not apply to this scene gives None: draw again
-            qa = rnd.choice(kinds)(scene, rnd, rnd.choice(scene.objects))
-        q, _, short = qa
+        q, _, short = pick_qa(kinds, scene, rnd)
         q += YN if short in ("yes", "no") and rnd.random() < 1 / 3 else SHORT
         out.append({"id": f"{sid}_vqa{k}", "image": f"{sid}.jpg",
                     "conversations": _conv(_with_image(q, rnd), _cap(short))})
