@@ -8,10 +8,12 @@ that names the key and the closest valid ones.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -138,6 +140,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     save_every_n_steps: int = 500
     val_every_n_steps: Optional[int] = None
+    nonfinite: str = "stop"  # a non-finite gradient / weight: stop (FAILED, last good checkpoint kept) | skip_step
+    nonfinite_limit: int = 10  # skip_step: fail once more than this many steps were skipped
 
 
 @dataclass
@@ -211,6 +215,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "train.nonfinite": ("stop", "skip_step"),
     "eval.profile": ("official", "paper"),
     "eval.yes_no": ("generate", "logits"),
 }
@@ -270,7 +275,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Any, str]]
         raise ConfigError(f"config file not found: {path}")
     if path in seen:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(map(str, seen + (path,)))}")
-    raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(raw).__name__}")
     parents = raw.pop("inherit", []) or []
@@ -307,6 +318,16 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.train
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    for key in ("lr", "connector_lr"):
+        value = t[key]
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"train.{key}={value} must be a finite number > 0")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ConfigError(f"train.max_steps={t.max_steps} trains no step: use -1 (train.epochs decides) or >= 1")
+    if t.epochs < 1 and not (t.epochs == -1 and t.max_steps >= 1):
+        raise ConfigError(f"train.epochs={t.epochs} trains no step: use >= 1 (or -1 with train.max_steps >= 1)")
+    if t.nonfinite_limit < 0:
+        raise ConfigError(f"train.nonfinite_limit={t.nonfinite_limit} must be >= 0")
     if not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
     if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:

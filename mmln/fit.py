@@ -11,7 +11,9 @@ strategy), into `outputs/<experiment>/<run>/`:
     efficiency.json           tokens/s, samples/s, step time, peak memory
 
 and tracks it in MLflow (params = the flattened config; metrics = loss, lr, perf/*; artifacts).
-A run that raises is recorded as FAILED with its error, and the logger is closed either way.
+A run is FINISHED only once all of that was written; one that raises is FAILED with its error (a
+non-finite step also names the step), one stopped by SIGTERM / SIGINT saves a resumable checkpoint
+and is KILLED; the process then exits non-zero.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
-from mmln.model.errors import MissingWeightsError
+from mmln.model.errors import CheckpointError, MissingWeightsError
 
 
 @dataclass
@@ -147,6 +149,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     from mmln.data import BadSampleLog
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
+    from mmln.lit.safety import NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal
     from mmln.model import build_mllm
     from mmln.model.llm import load_tokenizer
     from mmln.tracking import make_logger, tracking_uri
@@ -168,6 +171,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     experiment, name = experiment_name(cfg, config_path), run_name(cfg)
     run_dir = Path(cfg.output_dir) / experiment / name
     ckpt_dir = run_dir / "checkpoints"
+    resume = resolve_resume(cfg, run_dir)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # data and model -----------------------------------------------------------------------
@@ -188,11 +192,6 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
 
     # tracking -------------------------------------------------------------------------------
     uri = tracking_uri(cfg.tracking.uri)
-    resume = None
-    if cfg.resume == "auto" and (ckpt_dir / "last.ckpt").is_file():
-        resume = str(ckpt_dir / "last.ckpt")
-    elif cfg.resume not in ("auto", "never"):
-        resume = cfg.resume
     prior = _prior_run_id(run_dir) if resume else None
     logger = make_logger(experiment, name, uri, run_tags(cfg, experiment), run_id=prior)
     if prior is None:
@@ -217,9 +216,13 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(FailAt(cfg.debug.fail_at_step))
+    stopper = StopOnSignal(ckpt_dir / "last.ckpt")
+    callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit), stopper]
+    strategy = lightning_strategy(cfg)
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=lightning_strategy(cfg), precision=precision(cfg),
+        strategy=strategy, precision=precision(cfg),
+        plugins=[] if "deepspeed" in type(strategy).__name__.lower() else [SafeCheckpointIO()],
         max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
@@ -231,26 +234,67 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     try:
         logger.experiment.set_tag(logger.run_id, "mlflow.note.content", f"run dir: {run_dir.resolve()}")
         t0 = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        stopper.raise_if_stopped()  # a signal during the last step
         wall = time.time() - t0
-    except BaseException as e:
+        metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
+                   "params/total": counts.total, "params/percent": counts.percent,
+                   "data/bad_samples": float(module.bad_log.total)}
+        if trainer.is_global_zero:
+            for path in module.export(run_dir):
+                logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+            write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
+            for f in ("config.yaml", "params.json", "efficiency.json"):
+                logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if module.bad_log.total:
+                logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+    except BaseException as e:  # the run is FINISHED only when everything above was written
         logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        logger.finalize("FAILED")  # Lightning already marked it failed when the error came from inside fit
+        if isinstance(e, NonFiniteError):
+            logger.experiment.set_tag(logger.run_id, "failed_step", str(e.step))
+            logger.experiment.set_tag(logger.run_id, "failure_reason", e.reason[:5000])
+        logger.end("KILLED" if isinstance(e, (RunInterrupted, KeyboardInterrupt)) else "FAILED")
         raise
-    metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
-               "params/total": counts.total, "params/percent": counts.percent,
-               "data/bad_samples": float(module.bad_log.total)}
-    if trainer.is_global_zero:
-        for path in module.export(run_dir):
-            logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
-        write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
-        for f in ("config.yaml", "params.json", "efficiency.json"):
-            logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
-        logger.log_metrics(metrics, step=trainer.global_step)
-        if module.bad_log.total:
-            logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
-    logger.finalize("success")
+    logger.end("FINISHED")
     return RunResult(run_dir, logger.run_id, experiment, name, metrics)
+
+
+def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
+    """The checkpoint to continue from (checked now, before anything heavy), or None to start fresh.
+
+    `auto`: `checkpoints/last.ckpt` when present. `never`: old checkpoints are moved aside to
+    `checkpoints.old-<time>/` (so a later `auto` cannot pick up a stale run). A path or an
+    http(s) URL (downloaded into the run folder): that checkpoint. Leftover temp files of a killed
+    run are removed first."""
+    from mmln.lit.safety import read_resume_checkpoint
+
+    ckpt_dir = run_dir / "checkpoints"
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if rank0 and ckpt_dir.is_dir():
+        for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.io.atomic_path's temp files
+            tmp.unlink(missing_ok=True)
+    resume: Optional[str] = None
+    if cfg.resume == "auto":
+        resume = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+    elif cfg.resume == "never":
+        if rank0 and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+            aside = ckpt_dir.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            ckpt_dir.rename(aside)
+            print(f"resume=never: moved the old checkpoints aside to {aside}", file=sys.stderr)
+    elif cfg.resume.startswith(("http://", "https://")):
+        import torch
+
+        local = run_dir / "resume_download.ckpt"
+        if rank0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(cfg.resume, str(local), progress=False)
+        resume = str(local)
+    else:
+        resume = cfg.resume
+    if resume is not None:
+        read_resume_checkpoint(resume)  # weights_only; damaged or foreign files end here, naming the file
+    return resume
 
 
 def _prior_run_id(run_dir: Path) -> Optional[str]:
@@ -266,9 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from mmln.lit.safety import NonFiniteError, RunInterrupted
+
+        if isinstance(e, RunInterrupted):
+            print(f"stopped: {e}", file=sys.stderr)
+            return 128 + e.signum  # what a shell reports for a process ended by that signal
+        if isinstance(e, NonFiniteError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")
     return 0

@@ -40,14 +40,45 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
-    """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours)."""
+def _logger_class():
     from lightning.pytorch.loggers import MLFlowLogger
+
+    class RunLogger(MLFlowLogger):
+        """MLFlowLogger whose run status only mmln.fit sets (`end`): Lightning calls `finalize("success")`
+        when `trainer.fit` returns, before the final artifacts are written, so a failed export would
+        otherwise leave a FINISHED run. On resume, steps already logged are not logged again."""
+
+        logged_through: dict[str, int] = {}
+
+        def finalize(self, status: str = "success") -> None:
+            pass
+
+        def end(self, status: str) -> None:
+            MLFlowLogger.finalize(self, status)
+
+        def log_metrics(self, metrics, step=None) -> None:
+            if step is not None and self.logged_through:
+                metrics = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
+            if metrics:
+                super().log_metrics(metrics, step)
+
+    return RunLogger
+
+
+def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
+    """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours); the run
+    ends only with `logger.end(status)`. A continued run (`run_id`) skips steps it already logged."""
     from mlflow import MlflowClient
 
-    get_or_create_experiment(MlflowClient(uri), experiment, uri)
-    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
-                        log_model=False, run_id=run_id)
+    client = MlflowClient(uri)
+    get_or_create_experiment(client, experiment, uri)
+    logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
+                             log_model=False, run_id=run_id)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")  # a continued run is running again until it ends
+        logger.logged_through = {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1)
+                                 for k in client.get_run(run_id).data.metrics}
+    return logger
 
 
 def find_run(uri: str, experiment: str, run_name: str):
