@@ -186,6 +186,8 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
+    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps,
+    # after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
 
 
 @dataclass

@@ -53,6 +53,20 @@ class FailAt(__import__("lightning").pytorch.Callback):
             raise RuntimeError(f"debug.fail_at_step={self.step}: failing on purpose at step {trainer.global_step}")
 
 
+class PauseAt(__import__("lightning").pytorch.Callback):
+    """debug.pause_at_steps: at the first batch that starts at one of those optimizer steps, write
+    `<run dir>/paused-<step>` and sleep, so that a test can kill the process there (once per step)."""
+
+    def __init__(self, steps, run_dir: Path):
+        self.steps, self.run_dir = set(steps), run_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        marker = self.run_dir / f"paused-{trainer.global_step}"
+        if trainer.global_step in self.steps and not marker.exists():
+            write_text(marker, str(os.getpid()))
+            time.sleep(600)
+
+
 def preflight(cfg) -> None:
     """Every local path the run needs, checked before anything heavy; all problems in one message."""
     from mmln.model.llm import check_llm_dir
@@ -149,10 +163,11 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     from mmln.data import BadSampleLog
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
-    from mmln.lit.safety import NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal
+    from mmln.lit.safety import (NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal,
+                                 StopRequested)
     from mmln.model import build_mllm
     from mmln.model.llm import load_tokenizer
-    from mmln.tracking import make_logger, tracking_uri
+    from mmln.tracking import close_orphans, make_logger, tracking_uri
     from mmln.tuning import apply_strategy, count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
@@ -193,7 +208,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     # tracking -------------------------------------------------------------------------------
     uri = tracking_uri(cfg.tracking.uri)
     prior = _prior_run_id(run_dir) if resume else None
-    logger = make_logger(experiment, name, uri, run_tags(cfg, experiment), run_id=prior)
+    logger = make_logger(experiment, name, uri, {**run_tags(cfg, experiment), "run_dir": str(run_dir.resolve())},
+                         run_id=prior)
     if prior is None:
         logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(cfg).items()})
     rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
@@ -204,6 +220,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                   "percent": counts.percent}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
+        close_orphans(logger, "run_dir", str(run_dir.resolve()))  # runs of this folder a kill left RUNNING
 
     efficiency = Efficiency()
     callbacks = [
@@ -216,6 +233,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(FailAt(cfg.debug.fail_at_step))
+    if cfg.debug.pause_at_steps:
+        callbacks.append(PauseAt(cfg.debug.pause_at_steps, run_dir))
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
     callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit), stopper]
     strategy = lightning_strategy(cfg)
@@ -250,11 +269,16 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
             if module.bad_log.total:
                 logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
     except BaseException as e:  # the run is FINISHED only when everything above was written
+        if isinstance(e, StopRequested):
+            e = RunInterrupted(e.signum, e.step, e.ckpt)
         logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
         if isinstance(e, NonFiniteError):
             logger.experiment.set_tag(logger.run_id, "failed_step", str(e.step))
             logger.experiment.set_tag(logger.run_id, "failure_reason", e.reason[:5000])
-        logger.end("KILLED" if isinstance(e, (RunInterrupted, KeyboardInterrupt)) else "FAILED")
+        killed = isinstance(e, KeyboardInterrupt) or stopper.received is not None
+        logger.end("KILLED" if killed else "FAILED")
+        if isinstance(e, RunInterrupted):
+            raise e from None
         raise
     logger.end("FINISHED")
     return RunResult(run_dir, logger.run_id, experiment, name, metrics)
@@ -313,12 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from mmln.lit.safety import NonFiniteError, RunInterrupted
+    except KeyboardInterrupt as e:
+        from mmln.lit.safety import RunInterrupted
 
         if isinstance(e, RunInterrupted):
             print(f"stopped: {e}", file=sys.stderr)
             return 128 + e.signum  # what a shell reports for a process ended by that signal
+        raise
+    except Exception as e:
+        from mmln.lit.safety import NonFiniteError
+
         if isinstance(e, NonFiniteError):
             print(f"error: {e}", file=sys.stderr)
             return 1

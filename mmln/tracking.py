@@ -81,6 +81,18 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
     return logger
 
 
+def close_orphans(logger, tag: str, value: str) -> list[str]:
+    """Mark KILLED every other RUNNING run of this experiment whose tag `tag` is `value` (runs of the
+    same run folder left behind by a killed process); returns their ids."""
+    client = logger.experiment
+    runs = client.search_runs([logger.experiment_id],
+                              f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'", max_results=1000)
+    orphans = [r.info.run_id for r in runs if r.info.run_id != logger.run_id]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
+    return orphans
+
+
 def find_run(uri: str, experiment: str, run_name: str):
     """The newest run of that name in the experiment (None when there is none)."""
     from mlflow import MlflowClient

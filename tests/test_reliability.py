@@ -168,3 +168,48 @@ def test_sigterm_saves_a_checkpoint_marks_killed_exits_nonzero_and_resumes(tiny_
     assert run_of(tmp_path, "term").info.status == "FINISHED"
     history = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(12))  # every step once
+
+
+def test_kill_9_mid_epoch_and_right_after_an_epoch_end_checkpoint_resumes_bit_exact(tiny_world, tmp_path):
+    """Real `kill -9` by PID, twice: mid-epoch, and right after the checkpoint of an epoch's last step
+    (the next epoch's iterator is already built); LoRA with dropout on. About a minute: 3 processes."""
+    from safetensors.torch import load_file
+
+    from mmln.fit import fit
+
+    base = ["tune.strategy=lora", "tune.lora.r=4", "tune.lora.dropout=0.2", "train.lr=1e-3", "data.train.limit=32",
+            "train.epochs=2", "train.save_every_n_steps=2"]  # 32 records / 8 -> 4 steps an epoch, accumulation 2
+    ref = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=straight"))
+    args = stage_overrides(tiny_world, tmp_path, "instruct", *base, "run_name=killed", "debug.pause_at_steps=[3,4]")
+    cmd = [sys.executable, "-m", "mmln.fit", "--config", str(TINY), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run_dir = tmp_path / "outputs/tiny_ln/killed"
+    for step in (3, 4):  # the checkpoint of step 2, then the one of step 4 (the end of epoch 0), is the last
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (run_dir / f"paused-{step}").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == (2 if step == 3 else 4)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = load_file(str(ref.run_dir / "trainable.safetensors")), load_file(str(run_dir / "trainable.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 4
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    run = run_of(tmp_path, "killed")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train/loss")) == list(range(8))
+    assert not list((run_dir / "checkpoints").glob(".*"))  # no temp file left behind
+
+
+def test_resume_never_moves_old_checkpoints_aside(tiny_world, tmp_path, capsys):
+    old = tmp_path / "outputs/tiny_ln/again/checkpoints/last.ckpt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the first run's")
+    assert fit_main(tiny_world, tmp_path, "run_name=again", "resume=never", "train.max_steps=1") == 0
+    aside = list(old.parent.parent.glob("checkpoints.old-*/last.ckpt"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"the first run's"
+    assert str(aside[0].parent) in capsys.readouterr().err
+    assert not list(old.parent.glob("last-v*.ckpt"))

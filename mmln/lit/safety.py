@@ -12,8 +12,8 @@
   `train.nonfinite_limit` steps were skipped.
 - `StopOnSignal`: SIGTERM (what SLURM and Kubernetes send before a kill or preemption) and SIGINT
   (Ctrl-C) finish the current optimizer step, write `checkpoints/last.ckpt` there (a step
-  boundary, so resuming from it is exact) and raise `RunInterrupted` once Lightning logged that
-  step. A second SIGINT stops at once.
+  boundary, so resuming from it is exact) and stop once Lightning logged that step (mmln.fit then
+  raises `RunInterrupted`). A second SIGINT stops at once.
 """
 from __future__ import annotations
 
@@ -40,14 +40,23 @@ class NonFiniteError(RuntimeError):
                          "lower train.lr, or set train.nonfinite=skip_step to skip such steps")
 
 
-class RunInterrupted(RuntimeError):
-    """The run was stopped by a signal after saving a resumable checkpoint."""
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped by a signal after saving a resumable checkpoint (an interrupt, so that a
+    sweep stops too instead of going on to its next point). Raised by mmln.fit from `StopRequested`."""
 
     def __init__(self, signum: int, step: int, ckpt: Optional[Path]):
         self.signum, self.step, self.ckpt = signum, step, ckpt
         name = signal.Signals(signum).name
         saved = f"checkpoint saved at step {step}: {ckpt}" if ckpt else f"no checkpoint saved (step {step})"
         super().__init__(f"{name} received: {saved}; run it again with resume=auto to continue")
+
+
+class StopRequested(RuntimeError):
+    """Raised inside `trainer.fit` (Lightning turns a KeyboardInterrupt there into `sys.exit(1)`)."""
+
+    def __init__(self, signum: int, step: int, ckpt: Optional[Path]):
+        self.signum, self.step, self.ckpt = signum, step, ckpt
+        super().__init__(f"stopped by signal {signum} at step {step}")
 
 
 RESUME_KEYS = ("state_dict", "loops", "global_step", "optimizer_states")
@@ -168,4 +177,4 @@ class StopOnSignal(Callback):
 
     def raise_if_stopped(self) -> None:
         if self.saved_step is not None:
-            raise RunInterrupted(self.received, self.saved_step, self.ckpt_path)
+            raise StopRequested(self.received, self.saved_step, self.ckpt_path)
