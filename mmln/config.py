@@ -148,6 +148,7 @@ class TrainConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+    offline: bool = False  # an unreachable tracking server: false = stop at once; true = log to <output_dir>/mlflow-offline.db
 
 
 @dataclass
@@ -195,7 +196,8 @@ class RunConfig:
     stage: str = "instruct"  # pretrain (stage 1: connector) | instruct (stage 2: a tuning strategy)
     run_name: Optional[str] = None
     output_dir: str = "outputs"
-    resume: str = "auto"  # auto (continue from checkpoints/last.ckpt when present) | never | a checkpoint path
+    resume: str = "auto"  # auto (continue from checkpoints/last.ckpt when present) | never | a checkpoint path or URL
+    resume_changed_config: bool = False  # continue a checkpoint whose run had other result-changing settings
     quiet: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

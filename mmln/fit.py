@@ -167,7 +167,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                                  StopRequested)
     from mmln.model import build_mllm
     from mmln.model.llm import load_tokenizer
-    from mmln.tracking import close_orphans, make_logger, tracking_uri
+    from mmln.tracking import TrackingUnreachable, check_reachable, close_orphans, make_logger, offline_uri, tracking_uri
     from mmln.tuning import apply_strategy, count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
@@ -187,6 +187,15 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     run_dir = Path(cfg.output_dir) / experiment / name
     ckpt_dir = run_dir / "checkpoints"
     resume = resolve_resume(cfg, run_dir)
+    uri = tracking_uri(cfg.tracking.uri)
+    try:
+        check_reachable(uri)  # seconds, before any model loads
+    except TrackingUnreachable as e:
+        if not cfg.tracking.offline:
+            raise
+        uri = offline_uri(cfg.output_dir)
+        print(f"warning: {e}; tracking.offline=true: logging to {uri} instead "
+              f"(browse it with `mlflow ui --backend-store-uri {uri}`)", file=sys.stderr)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # data and model -----------------------------------------------------------------------
@@ -206,7 +215,6 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     module.bad_log = BadSampleLog()
 
     # tracking -------------------------------------------------------------------------------
-    uri = tracking_uri(cfg.tracking.uri)
     prior = _prior_run_id(run_dir) if resume else None
     logger = make_logger(experiment, name, uri, {**run_tags(cfg, experiment), "run_dir": str(run_dir.resolve())},
                          run_id=prior)
@@ -318,7 +326,34 @@ def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
         resume = cfg.resume
     if resume is not None:
         read_resume_checkpoint(resume)  # weights_only; damaged or foreign files end here, naming the file
+        check_same_config(cfg, Path(resume))
     return resume
+
+
+# settings that may change between a run and its resumption: where and how it is run and logged,
+# not what it computes (data.num_workers included: train iterators draw from their own generator)
+RESUME_VOLATILE = ("resume", "resume_changed_config", "quiet", "output_dir", "debug.", "data.num_workers",
+                   "tracking.", "eval.", "train.log_every_n_steps", "train.save_every_n_steps")
+
+
+def check_same_config(cfg, ckpt: Path) -> None:
+    """The checkpoint's run (its folder's config.yaml) must have been configured as this one."""
+    from omegaconf import OmegaConf
+
+    saved = ckpt.parent.parent / "config.yaml" if ckpt.parent.name == "checkpoints" else ckpt.parent / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = flatten(OmegaConf.load(saved)), flatten(cfg)
+    changed = sorted(k for k in old.keys() & new.keys()  # a key newer than the checkpoint is its default
+                     if old.get(k) != new.get(k) and not k.startswith(RESUME_VOLATILE))
+    if changed and not cfg.resume_changed_config:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"resume: {ckpt} was trained with other settings ({diff}{', ...' if len(changed) > 8 else ''}"
+                          f"; from {saved}): use them, or resume=never to start over, or "
+                          "resume_changed_config=true to continue anyway")
+    if changed:
+        print(f"warning: resume_changed_config=true: continuing {ckpt} with changed {', '.join(changed)}",
+              file=sys.stderr)
 
 
 def _prior_run_id(run_dir: Path) -> Optional[str]:
@@ -337,19 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from mmln.lit.safety import NonFiniteError
+        from mmln.tracking import TrackingUnreachable
+
+        if isinstance(e, (NonFiniteError, TrackingUnreachable)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted
 
         if isinstance(e, RunInterrupted):
             print(f"stopped: {e}", file=sys.stderr)
             return 128 + e.signum  # what a shell reports for a process ended by that signal
-        raise
-    except Exception as e:
-        from mmln.lit.safety import NonFiniteError
-
-        if isinstance(e, NonFiniteError):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
         raise
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")

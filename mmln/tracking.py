@@ -6,7 +6,9 @@ new database per working directory). Artifacts live beside the database in `mlar
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +27,50 @@ def artifact_root(uri: str) -> Optional[str]:
     if uri.startswith(SQLITE):
         return (Path(uri[len(SQLITE):]).parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking server does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking URI must answer MLflow's /health within `timeout` seconds (MLflow itself
+    retries for minutes before failing); other URIs (sqlite, file) are local."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy in front of the server may not route /health)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnreachable(
+            f"tracking URI {uri} is not reachable ({reason}): start the MLflow server, fix tracking.uri / "
+            "$MLFLOW_TRACKING_URI, or set tracking.offline=true to log into a local store to sync later") from None
+
+
+def offline_uri(output_dir: str | Path) -> str:
+    """The local store an offline run logs to (`tracking.offline=true` with an unreachable server)."""
+    return tracking_uri(f"{SQLITE}{Path(output_dir) / 'mlflow-offline.db'}")
+
+
+@contextmanager
+def store_lock(uri: str):
+    """An exclusive file lock beside a sqlite store (`<db>.lock`); nothing for other URIs."""
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    db = Path(uri[len(SQLITE):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
@@ -71,7 +117,11 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    get_or_create_experiment(client, experiment, uri)
+    # MLflow creates and migrates a new sqlite store on first use, which races between processes
+    # started at once (lost runs, a store that no longer opens): do that, and the experiment, once
+    # under a lock. The store object is cached per URI, so later clients in this process reuse it.
+    with store_lock(uri):
+        get_or_create_experiment(client, experiment, uri)
     logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                              log_model=False, run_id=run_id)
     if run_id is not None:
