@@ -116,11 +116,11 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
     ends only with `logger.end(status)`. A continued run (`run_id`) skips steps it already logged."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
     # MLflow creates and migrates a new sqlite store on first use, which races between processes
     # started at once (lost runs, a store that no longer opens): do that, and the experiment, once
     # under a lock. The store object is cached per URI, so later clients in this process reuse it.
     with store_lock(uri):
+        client = MlflowClient(uri)
         get_or_create_experiment(client, experiment, uri)
     logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                              log_model=False, run_id=run_id)

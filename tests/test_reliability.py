@@ -213,3 +213,69 @@ def test_resume_never_moves_old_checkpoints_aside(tiny_world, tmp_path, capsys):
     assert len(aside) == 1 and aside[0].read_bytes() == b"the first run's"
     assert str(aside[0].parent) in capsys.readouterr().err
     assert not list(old.parent.glob("last-v*.ckpt"))
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_it(tiny_world, tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.time()
+    assert fit_main(tiny_world, tmp_path, "run_name=offline") == 1
+    assert time.time() - t0 < 20
+    assert f"http://127.0.0.1:{port} is not reachable" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "outputs/tiny_ln/offline/mlflow_run_id").exists()  # stopped before the run began
+    # opted in: training goes on into a local store
+    assert fit_main(tiny_world, tmp_path, "run_name=offline", "tracking.offline=true", "train.max_steps=1") == 0
+    local = f"sqlite:///{tmp_path / 'outputs/mlflow-offline.db'}"
+    run = MlflowClient(local).get_run((tmp_path / "outputs/tiny_ln/offline/mlflow_run_id").read_text())
+    assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tiny_world, tmp_path, capsys):
+    from mmln.config import to_yaml
+
+    run_dir = tmp_path / "outputs/tiny_ln/changed"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "loops": {}, "global_step": 1, "optimizer_states": []},
+               run_dir / "checkpoints/last.ckpt")
+    (run_dir / "config.yaml").write_text(to_yaml(cfg_for(tiny_world, tmp_path, "instruct", "run_name=changed",
+                                                         "train.lr=1e-3", "data.num_workers=3")))
+    assert fit_main(tiny_world, tmp_path, "run_name=changed", "train.lr=5e-4", "quiet=false") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train.lr: 0.001 -> 0.0005" in line and "resume_changed_config=true" in line
+    assert "num_workers" not in line and "quiet" not in line  # volatile: they do not change the result
+
+
+def test_data_num_workers_does_not_change_a_dropout_run(tiny_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmln.fit import fit
+
+    base = ["tune.strategy=lora", "tune.lora.r=4", "tune.lora.dropout=0.2", "train.lr=1e-3", "data.train.limit=16",
+            "train.epochs=2"]  # 2 steps an epoch: an epoch boundary with a persistent worker
+    a = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=w0"))
+    b = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=w1", "data.num_workers=1"))
+    x, y = load_file(str(a.run_dir / "trainable.safetensors")), load_file(str(b.run_dir / "trainable.safetensors"))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_three_fits_at_once_into_a_new_sqlite_store_lose_nothing(tiny_world, tmp_path):
+    """3 processes started together into a store that does not exist yet, twice (about a minute)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/fresh/mlflow.db"}
+    for round_ in range(2):
+        if round_ == 1:  # a new store again
+            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/fresh2/mlflow.db"
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "mmln.fit", "--config", str(TINY),
+             *stage_overrides(tiny_world, tmp_path, "instruct", f"run_name=c{round_}{i}", "train.max_steps=2")],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(3)]
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [e[-2000:] for e in errs]
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = client.search_runs([client.get_experiment_by_name("tiny_ln").experiment_id])
+        assert sorted(r.info.run_name for r in runs) == [f"c{round_}{i}" for i in range(3)]
+        assert all(r.info.status == "FINISHED" for r in runs)
+        assert [len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs] == [2, 2, 2]
