@@ -108,7 +108,7 @@ class DataSplitConfig:
 
 @dataclass
 class DataConfig:
-    template: str = "vicuna_v1"  # plain | vicuna_v1 | llava_llama_2
+    template: str = "vicuna_v1"  # plain | vicuna_v1 | llava_llama_2 | chat_template (the tokenizer's own Jinja template)
     train: DataSplitConfig = field(default_factory=DataSplitConfig)
     val: DataSplitConfig = field(default_factory=DataSplitConfig)
     val_fraction: float = 0.0  # carve a seeded validation split out of train when val.files is empty
@@ -208,7 +208,7 @@ CHOICES = {
     "model.vision.preprocess": ("clip", "timm"),
     "model.connector.type": ("linear", "mlp2x_gelu"),
     "model.dtype": ("auto", "float32", "bfloat16"),
-    "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
+    "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
     "eval.profile": ("official", "paper"),
