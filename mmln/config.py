@@ -56,6 +56,7 @@ class LLMConfig:
     num_layers: int = 32
     num_heads: int = 32
     num_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None  # None = the architecture's default (LLaMA: hidden / heads; Gemma-2: 256)
     vocab_size: int = 32000
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
@@ -92,6 +93,7 @@ class TuneConfig:
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
+    exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
