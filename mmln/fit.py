@@ -244,7 +244,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     if cfg.debug.pause_at_steps:
         callbacks.append(PauseAt(cfg.debug.pause_at_steps, run_dir))
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
-    callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit), stopper]
+    callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit,
+                                 check_grads=not precision(cfg).startswith("16")), stopper]
     strategy = lightning_strategy(cfg)
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,

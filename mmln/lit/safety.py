@@ -90,14 +90,23 @@ def _trainables(pl_module):
     return [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
 
 
+def _first_nonfinite(named: list) -> Optional[str]:
+    """The name of the first tensor with a NaN or inf, or None; one device sync when all are finite."""
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return None
+    return next(n for n, t in named if not torch.isfinite(t).all())
+
+
 class NonFiniteGuard(Callback):
-    def __init__(self, mode: str = "stop", limit: int = 0):
-        self.mode, self.limit, self.skipped = mode, limit, 0
+    def __init__(self, mode: str = "stop", limit: int = 0, check_grads: bool = True):
+        # check_grads=False under fp16 mixed precision, whose loss scaler skips inf steps by design
+        self.mode, self.limit, self.skipped, self.check_grads = mode, limit, 0, check_grads
         self._step_before = 0
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        bad = next((n for n, p in _trainables(pl_module) if p.grad is not None
-                    and not torch.isfinite(p.grad).all()), None)
+        if not self.check_grads:
+            return
+        bad = _first_nonfinite([(n, p.grad) for n, p in _trainables(pl_module) if p.grad is not None])
         if bad is None:
             return
         step = trainer.global_step + 1
@@ -122,7 +131,7 @@ class NonFiniteGuard(Callback):
         # runs before ModelCheckpoint (Lightning orders checkpoint callbacks last): no bad weight is saved
         if trainer.global_step == self._step_before:
             return
-        bad = next((n for n, p in _trainables(pl_module) if not torch.isfinite(p).all()), None)
+        bad = _first_nonfinite([(n, p.detach()) for n, p in _trainables(pl_module)])
         if bad is not None:
             raise NonFiniteError(trainer.global_step, f"weight {bad} is non-finite after the optimizer step")
 
