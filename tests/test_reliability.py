@@ -152,18 +152,18 @@ def test_sigterm_saves_a_checkpoint_marks_killed_exits_nonzero_and_resumes(tiny_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "outputs/tiny_ln/term/checkpoints/last.ckpt"
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=240)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM received: checkpoint saved at step" in err
     run = run_of(tmp_path, "term")
     assert run.info.status == "KILLED"
     step = torch.load(ckpt, weights_only=True)["global_step"]
     assert 2 <= step < 12
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert run_of(tmp_path, "term").info.status == "FINISHED"
     history = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
