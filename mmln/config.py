@@ -87,6 +87,22 @@ class LoraConfig:
 
 
 @dataclass
+class IA3TuneConfig:
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # PEFT's LLaMA default
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # scaled on the input side
+
+
+@dataclass
+class VeraTuneConfig:
+    r: int = 256
+    d_initial: float = 0.1
+    seed: int = 0  # projection_prng_key of the shared random projections
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TuneConfig:
     strategy: str = "layernorm"
     train_connector: Optional[bool] = None  # None = the strategy's default
@@ -94,7 +110,9 @@ class TuneConfig:
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
+    ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
+    vera: VeraTuneConfig = field(default_factory=VeraTuneConfig)
 
 
 # ---------------------------------------------------------------------------------------- data
