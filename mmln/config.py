@@ -139,9 +139,22 @@ class DataConfig:
 
 # --------------------------------------------------------------------------------------- train
 @dataclass
+class GroupLRConfig:
+    """Learning rate per parameter group (mmln.tuning.parts.GROUPS); None = `train.lr`."""
+
+    norms: Optional[float] = None
+    connector: Optional[float] = None
+    embeddings: Optional[float] = None
+    head: Optional[float] = None
+    adapters: Optional[float] = None
+    other: Optional[float] = None  # LLM weights and biases outside the groups above
+
+
+@dataclass
 class TrainConfig:
     lr: float = 2e-5
-    connector_lr: Optional[float] = None
+    connector_lr: Optional[float] = None  # alias of group_lr.connector
+    group_lr: GroupLRConfig = field(default_factory=GroupLRConfig)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     epochs: int = 1
@@ -325,6 +338,13 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     t = cfg.train
+    if t.connector_lr is not None:  # the alias: one value under both keys (both are logged as params)
+        if t.group_lr.connector is not None and t.group_lr.connector != t.connector_lr:
+            raise ConfigError(f"train.connector_lr={t.connector_lr} and train.group_lr.connector={t.group_lr.connector} "
+                              "disagree: set one of them")
+        t.group_lr.connector = t.connector_lr
+    elif t.group_lr.connector is not None:
+        t.connector_lr = t.group_lr.connector
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
     if not 0 <= t.warmup_ratio < 1:

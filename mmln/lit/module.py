@@ -29,19 +29,31 @@ def warmup_cosine(total_steps: int, warmup_ratio: float):
     return factor
 
 
-def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None) -> list[dict]:
-    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings."""
+def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None = None,
+                 group_lr: dict | None = None) -> list[dict]:
+    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings.
+
+    `group_lr` ({norms, connector, embeddings, head, adapters, other: lr or None}, groups as in
+    `mmln.tuning.parts.param_groups_of`) gives a group its own lr; `connector_lr` is its alias
+    for the connector. Each optimizer group carries `"group"`: the group name, or "base" at `lr`.
+    """
+    from mmln.tuning.parts import param_groups_of
+
+    rates = {k: v for k, v in dict(group_lr or {}).items() if v is not None}
+    if connector_lr is not None:
+        rates.setdefault("connector", connector_lr)
     embeddings = {id(mllm.llm.get_input_embeddings().weight)}
-    connector = {id(p) for p in mllm.connector.parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+    group_of = param_groups_of(mllm)
+    groups: dict[tuple[str, bool], list] = {}
     for p in mllm.parameters():
         if not p.requires_grad:
             continue
         decay = weight_decay > 0 and p.ndim >= 2 and id(p) not in embeddings
-        groups.setdefault((id(p) in connector and connector_lr is not None, decay), []).append(p)
+        name = group_of.get(id(p), "other")
+        groups.setdefault((name if name in rates else "base", decay), []).append(p)
     return [
-        {"params": ps, "lr": connector_lr if is_conn else lr, "weight_decay": weight_decay if decay else 0.0}
-        for (is_conn, decay), ps in groups.items() if ps  # empty groups break ZeRO
+        {"params": ps, "lr": rates.get(name, lr), "weight_decay": weight_decay if decay else 0.0, "group": name}
+        for (name, decay), ps in groups.items() if ps  # empty groups break ZeRO
     ]
 
 
@@ -84,7 +96,7 @@ class MLLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr), lr=t.lr,
+        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr, t.group_lr), lr=t.lr,
                                 betas=(0.9, 0.999), eps=1e-8)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.total_steps, t.warmup_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
