@@ -139,21 +139,26 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy; LoRA runs also export a PEFT adapter directory."""
+    """Stage 2: any tuning strategy; runs with PEFT adapters (lora, dora, ia3, vera, layernorm_lora)
+    also export a PEFT adapter directory `<strategy>_adapter/` (the adapters only: norms, connector,
+    embeddings and head trained next to them are in trainable.safetensors)."""
 
     def export(self, run_dir: Path) -> list[Path]:
         paths = super().export(run_dir)
-        if self.cfg.tune.strategy == "lora":
-            from peft import LoraConfig, get_peft_model_state_dict
+        peft_config = getattr(self.mllm.llm, "peft_config", None)
+        if peft_config:
+            import dataclasses
+
+            from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            out = run_dir / "lora_adapter"
+            out = run_dir / f"{self.cfg.tune.strategy}_adapter"
             out.mkdir(exist_ok=True)
-            lc = self.cfg.tune.lora
-            LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                       target_modules=list(lc.target_modules), task_type="CAUSAL_LM").save_pretrained(out)
+            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
+            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
             state = get_peft_model_state_dict(self.mllm.llm)
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"))
+            save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
+                      str(out / "adapter_model.safetensors"))
             paths.append(out)
         return paths
 

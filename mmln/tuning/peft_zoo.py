@@ -41,9 +41,10 @@ def inject_ia3(mllm, tune) -> None:
 
 def inject_vera(mllm, tune) -> None:
     # PEFT keeps VeRA's shared random projections on its tuner, which `inject_adapter_in_model`
-    # refuses; the tuner injects in place all the same and its layers hold the projections.
+    # refuses; the tuner injects in place all the same and its layers hold the projections. They
+    # are not saved: PEFT regenerates them from projection_prng_key when it loads the adapter.
     cfg = VeraConfig(r=tune.vera.r, target_modules=list(tune.vera.target_modules), d_initial=tune.vera.d_initial,
-                     projection_prng_key=tune.vera.seed, save_projection=True)
+                     projection_prng_key=tune.vera.seed, save_projection=False)
     VeraModel(mllm.llm, cfg, "default")
 
 
