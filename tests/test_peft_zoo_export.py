@@ -35,3 +35,26 @@ def test_adapter_reloads_in_peft_with_equal_logits(strategy, tmp_path):
         ours = mllm.llm.eval()(ids).logits
     assert (ours - plain).abs().max() > 1e-3  # the adapters change the model...
     assert (reloaded - ours).abs().max() < 1e-5  # ...and PEFT reproduces it from the export
+
+
+@pytest.mark.parametrize("strategy", ["dora", "ia3", "vera", "layernorm_lora"])
+def test_merged_export_folds_every_peft_adapter(strategy):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from mmln.export import merge_lora
+
+    cfg = tiny_config(f"tune.strategy={strategy}", "tune.vera.r=8", "tune.lora.r=4", "tune.lora.dropout=0.0")
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    with torch.no_grad():
+        for p in mllm.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+    ids = torch.randint(3, 512, (2, 12))
+    with torch.no_grad():
+        before = mllm.llm.eval()(ids).logits.clone()
+        assert merge_lora(mllm.llm) > 0
+        after = mllm.llm(ids).logits
+    assert not any(isinstance(m, BaseTunerLayer) for m in mllm.llm.modules())
+    assert not any("base_layer" in n for n, _ in mllm.llm.named_parameters())
+    assert (after - before).abs().max() < 1e-4  # fp32 rounding of the folded weights (logits ~ 1-4)
