@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmln.io import atomic_path
-from mmln.tuning.parts import is_norm
+from mmln.model.layout import is_norm
 
 STATS = ("var", "mean", "norm")
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmln.model.layout import llm_decoder
+
 VARIANTS = ("token", "meanpool", "image", "text", "no_bos")
 
 
@@ -127,11 +129,6 @@ def block_outputs(layers: Iterable[nn.Module]) -> Iterator[list[torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
-
-
-def llm_decoder(mllm) -> nn.Module:
-    base = mllm.llm.get_base_model() if hasattr(mllm.llm, "get_base_model") else mllm.llm
-    return base.get_decoder()
 
 
 @torch.no_grad()

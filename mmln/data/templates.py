@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
 DEFAULT_IMAGE_TOKEN = "<image>"
 HUMAN, GPT = "human", "gpt"
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.model.layout import llm_decoder
 
 
 @dataclass
@@ -153,5 +153,4 @@ class MLLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def decoder_layers(self) -> nn.ModuleList:
         """The LLM's decoder blocks (through a PEFT wrapper too)."""
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        return base.get_decoder().layers
+        return llm_decoder(self).layers
