@@ -15,6 +15,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mmln.eval.profiles import PROFILES
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_LRS = [2e-3, 1e-3, 6e-4, 3e-4, 1e-4, 5e-5, 2e-5, 1e-5, 6e-6, 1e-6, 1e-7]
 
@@ -211,7 +213,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
-    "eval.profile": ("official", "paper"),
+    "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }
 

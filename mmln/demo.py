@@ -254,6 +254,7 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
     the demo's image grounding is learnt in stage 2 (README, "The demo")."""
     import torch
 
+    from mmln.data.dataset import pad_right
     from mmln.data.templates import render_segments, tokenize_segments
 
     data = [tokenize_segments(render_segments("vicuna_v1", c), tok)
@@ -262,10 +263,7 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
 
     def loss_at():
         batch = [data[i] for i in torch.randint(0, len(data), (32,)).tolist()]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        mask = (torch.arange(width)[None] < torch.tensor([len(i) for i, _ in batch])[:, None]).long()
+        ids, mask, labels = pad_right([i for i, _ in batch], 0, [lab for _, lab in batch])
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     seconds = train_loop(list(model.parameters()), loss_at, steps, 5e-4, "base LM chat tuning (answer loss)", 250)
@@ -273,14 +271,12 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
 
 
 def table(rows: dict[str, dict]) -> str:
-    cols = [("MME-P", "eval/mme_perception", "{:.1f}"), ("MME-C", "eval/mme_cognition", "{:.1f}"),
-            ("VQAv2", "eval/vqav2", "{:.1f}"), ("COCO", "eval/coco_cider", "{:.1f}"),
-            ("Flickr", "eval/flickr30k_cider", "{:.1f}"), ("POPE-r acc", "eval/pope_random_accuracy", "{:.1f}"),
-            ("POPE-p acc", "eval/pope_popular_accuracy", "{:.1f}"), ("POPE-a acc", "eval/pope_adversarial_accuracy", "{:.1f}")]
-    lines = ["model".ljust(22) + "".join(c[0].rjust(12) for c in cols)]
+    from mmln.eval.columns import MAIN_COLUMNS, pope_columns
+
+    cols = MAIN_COLUMNS + pope_columns(measures=("accuracy",))
+    lines = ["model".ljust(22) + "".join(c[0].rjust(13) for c in cols)]
     for name, m in rows.items():
-        lines.append(name.ljust(22) + "".join(
-            (fmt.format(m[key]) if key in m else "-").rjust(12) for _, key, fmt in cols))
+        lines.append(name.ljust(22) + "".join((f"{m[key]:.1f}" if key in m else "-").rjust(13) for _, key in cols))
     return "\n".join(lines)
 
 

@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from mmln.eval.columns import TABLE1_COLUMNS
+
 DEFAULT_METRIC = "eval/flickr30k_cider"
-BENCH_COLS = [("MME-P", "eval/mme_perception"), ("MME-C", "eval/mme_cognition"), ("VQAv2", "eval/vqav2"),
-              ("COCO", "eval/coco_cider"), ("Flickr30k", "eval/flickr30k_cider")] + [
-    (f"POPE-{s[:3]} {name}", f"eval/pope_{s}_{key}") for s in ("random", "popular", "adversarial")
-    for name, key in (("acc", "accuracy"), ("F1", "f1"))]
+BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
 ABLATION = ["layernorm", "connector", "layernorm_no_connector"]

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmln.config import ConfigError
+from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
 from mmln.eval import caption, mme, pope, vqav2
 from mmln.eval.runner import Query, Runner, human, with_examples
 
 BENCHES = ("mme", "pope", "vqav2", "coco", "flickr30k")
-YES_NO_SUFFIX = " Please answer yes or no."
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 CAPTION_QUERY = "Please provide a description of the picture."
 N_SHOTS = 3
 
