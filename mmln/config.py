@@ -150,7 +150,7 @@ class TrackingConfig:
 
 @dataclass
 class AnalysisConfig:
-    # LayerNorm gradient statistics (SPEC 6): norm modules by their path inside the LLM decoder, or ["all"]
+    # LayerNorm gradient statistics (paper Fig. 4): norm modules by their path inside the LLM decoder, or ["all"]
     grad_norms: list[str] = field(default_factory=lambda: [
         "layers.10.input_layernorm", "layers.10.post_attention_layernorm",
         "layers.20.input_layernorm", "layers.20.post_attention_layernorm",

@@ -1,6 +1,6 @@
 """python -m mmln.sweep --config CFG [--lrs 1e-3 1e-4 ...] [--strategies layernorm finetune ...] [key=value ...]
 
-Expands a learning-rate x strategy grid (default: the paper's 11 learning rates, SPEC 4, for the
+Expands a learning-rate x strategy grid (default: the paper's 11 learning rates, `mmln.config.PAPER_LRS`, for the
 config's own strategy) into one run per point, `tune.strategy=S train.lr=X run_name=S-lrX`
 (`--variant V` prefixes run names with `V-` and tags the runs `variant=V`, so that a data-type or
 vision-encoder study can share an experiment with the reference sweep). Each point is trained

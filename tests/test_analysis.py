@@ -1,4 +1,4 @@
-"""Analyses (SPEC 6): layer similarity and LayerNorm gradient statistics, pure and as callbacks."""
+"""Analyses (docs/paper.md, "Analyses"): layer similarity and LayerNorm gradient statistics, pure and as callbacks."""
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,4 @@
-"""Every strategy trains exactly what SPEC section 3 says, gets gradients there and nowhere else."""
+"""Every strategy trains exactly what its registry entry says (docs/paper.md, "Strategies"), gets gradients there and nowhere else."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""LayerNorm gradient statistics (SPEC 6, paper Fig. 4, A3, A4). Pure torch/numpy.
+"""LayerNorm gradient statistics (paper Fig. 4, A3, A4). Pure torch/numpy.
 
 A recorded gradient is one norm parameter's full gradient vector at one optimizer step. Per
 vector: `variance` across its entries (population variance, ddof=0), `mean`, `norm` (L2).

@@ -1,4 +1,4 @@
-"""Cross-layer similarity of the residual stream (SPEC 6, paper Table 6 / Fig. 3). Pure torch/numpy.
+"""Cross-layer similarity of the residual stream (paper Table 6 / Fig. 3). Pure torch/numpy.
 
 The hidden state of a block is its output on the residual stream, captured with a forward hook on
 every decoder block (`block_outputs`): not the embedding output, and never after the final norm.

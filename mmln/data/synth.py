@@ -1,4 +1,4 @@
-"""Synthetic data sets in the real on-disk formats (SPEC 5, 7), drawn from a tiny shape world.
+"""Synthetic data sets in the real on-disk formats (training data and benchmarks), drawn from a tiny shape world.
 
 Every image is a plain background with 1-3 objects (shape x colour x size) in distinct cells of a
 3x3 grid, drawn with PIL plus colour jitter and pixel noise. Every caption, question and answer is

@@ -5,7 +5,8 @@ split digits, dummy prefix, identity normalization, unk=0 / bos=1 / eos=2, no pa
 writes a Hugging Face tokenizer directory that `AutoTokenizer.from_pretrained(dir)` loads as
 `LlamaTokenizer`: adds BOS, no EOS, pad = `<unk>` (id 0, as LLaVA sets it), right padding.
 
-`legacy` selects the LLaMA tokenizer's two behaviours around special tokens (llava.md 2.7):
+`legacy` selects the LLaMA tokenizer's two behaviours around special tokens (the difference
+behind LLaVA's off-by-one label masks with non-legacy tokenizers):
 legacy=True puts SentencePiece's dummy-prefix "▁" on text that follows a special token
 (`</s>USER` -> `</s> ▁US ER`), legacy=False does not (`</s> US ER`). In transformers 5 the flag
 is read from tokenizer_config.json and turned into the Metaspace prepend scheme ("always" /

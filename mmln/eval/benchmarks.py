@@ -11,7 +11,7 @@ Prompts follow LLaVA's evaluation scripts (`scripts/v1_5/eval/*.sh` with their q
   instruction. Profile `paper` instead puts 3 text-only (question, answer) examples before the
   question (other images' questions of the same file with their most common human answer,
   drawn per question with `eval.seed`) and no instruction.
-- COCO / Flickr30k captions (Karpathy `test` split, both profiles, SPEC 7): 3 text-only
+- COCO / Flickr30k captions (Karpathy `test` split, both profiles): 3 text-only
   examples, each the query "Please provide a description of the picture." answered by one
   reference caption of a random Karpathy `train` image (drawn per test image with
   `eval.seed`), then the same query with the image.

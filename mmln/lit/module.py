@@ -63,7 +63,7 @@ class MLLMModule(L.LightningModule):
             return None  # every sample of this micro-batch was bad and skipped
         out = self(batch)
         self.last_batch = {"tokens": int(batch["attention_mask"].sum()) + self._image_tokens(batch),
-                           "samples": int(batch["input_ids"].shape[0]), "supervised": out.n_tokens}
+                           "samples": int(batch["input_ids"].shape[0])}
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False)
         return out.loss
