@@ -16,7 +16,6 @@ Everything is tracked in the local MLflow store (`make ui`).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -24,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from mmln.io import write_json, write_text
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
@@ -43,7 +44,7 @@ def check_recipe(root: Path, recipe: str) -> None:
         say(f"{root} holds {', '.join(stale)} built by demo recipe {built or '(unknown)'}, not {recipe}: rebuilding")
         for d in stale:
             shutil.rmtree(root / d)
-    marker.write_text(recipe + "\n")
+    write_text(marker, recipe + "\n")
 
 
 def say(msg: str) -> None:
@@ -58,7 +59,7 @@ def make_data(root: Path, quick: bool) -> None:
     sizes = dict(n_pretrain=1200, n_instruct=300, n_mme_per_subtask=6, n_pope_images=20, n_vqa_images=30,
                  n_caption_images=40) if quick else dict(n_instruct=3000, n_mme_per_subtask=30)
     synthesize(root / "data", image_size=64, seed=0, **sizes)
-    (root / "data" / ".done").write_text("ok\n")
+    write_text(root / "data" / ".done", "ok\n")
     say(f"data: synthesized in {root / 'data'}")
 
 
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "(a known limitation of this tiny model: README, 'The demo')")
     print(f"\n{verdict}.\nDemo took {time.time() - t_start:.0f}s. Runs: {root / 'outputs'}; "
           f"MLflow: {os.environ['MLFLOW_TRACKING_URI']} -> `make ui` and open http://127.0.0.1:5000")
-    (root / "demo_results.json").write_text(json.dumps(rows, indent=1))
+    write_json(root / "demo_results.json", rows, indent=1)
     return 0 if ok or not args.strict else 1
 
 

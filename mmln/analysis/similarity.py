@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmln.io import atomic_path
 from mmln.model.layout import llm_decoder
 
 VARIANTS = ("token", "meanpool", "image", "text", "no_bos")
@@ -172,10 +173,9 @@ def sample_batches(dataset, collate: Callable, indices: Sequence[int], batch_siz
 
 
 def save_similarity(path: str | Path, matrices: dict[str, np.ndarray], num_samples: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, num_samples=np.int64(num_samples), **{k: v.astype(np.float32) for k, v in matrices.items()})
-    return path
+    with atomic_path(path) as tmp:
+        np.savez(tmp, num_samples=np.int64(num_samples), **{k: v.astype(np.float32) for k, v in matrices.items()})
+    return Path(path)
 
 
 def load_similarity(path: str | Path) -> dict[str, np.ndarray]:

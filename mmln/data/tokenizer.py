@@ -22,6 +22,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from mmln.io import write_bytes, write_text
+
 SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
@@ -56,7 +58,7 @@ def train_tiny_tokenizer(
         pad_id=-1,
         minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(model.getvalue())
+    write_bytes(out / "tokenizer.model", model.getvalue())
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "legacy": legacy,
@@ -69,6 +71,6 @@ def train_tiny_tokenizer(
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
     }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps({**SPECIAL, "pad_token": "<unk>"}, indent=2) + "\n")
+    write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    write_text(out / "special_tokens_map.json", json.dumps({**SPECIAL, "pad_token": "<unk>"}, indent=2) + "\n")
     return out
