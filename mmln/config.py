@@ -89,6 +89,8 @@ class LoraConfig:
 
 @dataclass
 class TuneConfig:
+    # WHAT trains: a tuning strategy of mmln.tuning (layernorm, lora, finetune, ...); `python -m mmln.params
+    # --strategy all` lists them. Not to be confused with train.strategy (HOW Lightning runs: ddp, deepspeed).
     strategy: str = "layernorm"
     train_connector: Optional[bool] = None  # None = the strategy's default
     train_embeddings: Optional[bool] = None
@@ -132,7 +134,9 @@ class TrainConfig:
     micro_batch_size: int = 4
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | any Lightning precision
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 | path to a DeepSpeed JSON
+    # HOW Lightning runs the training (its `Trainer(strategy=...)`): auto | ddp | deepspeed_stage_2 |
+    # deepspeed_stage_3 | path to a DeepSpeed JSON. Not tune.strategy, which says WHAT trains.
+    strategy: str = "auto"
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
