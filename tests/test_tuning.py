@@ -4,7 +4,7 @@ import torch
 
 from mmln.model import build_mllm
 from mmln.tuning import REGISTRY, apply_strategy, count_params
-from mmln.tuning.parts import is_norm
+from mmln.model.layout import is_norm
 from tests.conftest import tiny_config
 
 L = 2  # tiny preset: 2 decoder layers

@@ -4,7 +4,7 @@
 """
 from itertools import chain
 
-from mmln.tuning.parts import block_norm_params, final_norm_params
+from mmln.tuning.selectors import block_norm_params, final_norm_params
 from mmln.tuning.registry import Strategy, register
 
 

@@ -1,4 +1,5 @@
-"""Locating the parts strategies train, by module type (norms) or by block structure (projections)."""
+"""Parameter selectors for the strategies: the norms (by module type) and the projections (by block
+structure) a strategy trains."""
 from __future__ import annotations
 
 from typing import Iterator
