@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
 
@@ -34,10 +35,10 @@ def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | Non
     """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings.
 
     `group_lr` ({norms, connector, embeddings, head, adapters, other: lr or None}, groups as in
-    `mmln.tuning.parts.param_groups_of`) gives a group its own lr; `connector_lr` is its alias
+    `mmln.tuning.selectors.param_groups_of`) gives a group its own lr; `connector_lr` is its alias
     for the connector. Each optimizer group carries `"group"`: the group name, or "base" at `lr`.
     """
-    from mmln.tuning.parts import param_groups_of
+    from mmln.tuning.selectors import param_groups_of
 
     rates = {k: v for k, v in dict(group_lr or {}).items() if v is not None}
     if connector_lr is not None:
@@ -75,7 +76,7 @@ class MLLMModule(L.LightningModule):
             return None  # every sample of this micro-batch was bad and skipped
         out = self(batch)
         self.last_batch = {"tokens": int(batch["attention_mask"].sum()) + self._image_tokens(batch),
-                           "samples": int(batch["input_ids"].shape[0]), "supervised": out.n_tokens}
+                           "samples": int(batch["input_ids"].shape[0])}
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False)
         return out.loss
@@ -157,8 +158,9 @@ class InstructFinetune(MLLMModule):
             dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
             # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
             state = get_peft_model_state_dict(self.mllm.llm)
-            save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
-                      str(out / "adapter_model.safetensors"))
+            with atomic_path(out / "adapter_model.safetensors") as tmp:
+                save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
+                          str(tmp))
             paths.append(out)
         return paths
 

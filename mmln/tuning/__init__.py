@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 # import order = registry order (what `--strategy all` lists)
-from mmln.tuning import connector, full, lora, blocks, layernorm  # noqa: F401,I001  (registers the strategies)
+from mmln.tuning import connector, finetune, lora, projections, layernorm  # noqa: F401,I001  (registers the strategies)
 from mmln.tuning import peft_zoo  # noqa: F401,E402  (DoRA, IA3, VeRA, LayerNorm + LoRA, BitFit)
-from mmln.tuning.parts import GROUPS, param_groups_of
+from mmln.tuning.selectors import GROUPS, param_groups_of
 from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register
 
 __all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register", "trainable_names"]
@@ -53,7 +53,7 @@ def trainable_names(mllm) -> list[str]:
 class ParamCount:
     total: int
     trainable: int
-    groups: dict[str, int] = field(default_factory=dict)  # trainable per group (mmln.tuning.parts.GROUPS)
+    groups: dict[str, int] = field(default_factory=dict)  # trainable per group (mmln.tuning.selectors.GROUPS)
 
     @property
     def percent(self) -> float:
