@@ -17,6 +17,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mmln.eval.profiles import PROFILES
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_LRS = [2e-3, 1e-3, 6e-4, 3e-4, 1e-4, 5e-5, 2e-5, 1e-5, 6e-6, 1e-6, 1e-7]
 
@@ -89,14 +91,34 @@ class LoraConfig:
 
 
 @dataclass
+class IA3TuneConfig:
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # PEFT's LLaMA default
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # scaled on the input side
+
+
+@dataclass
+class VeraTuneConfig:
+    r: int = 256
+    d_initial: float = 0.1
+    seed: int = 0  # projection_prng_key of the shared random projections
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TuneConfig:
+    # WHAT trains: a tuning strategy of mmln.tuning (layernorm, lora, finetune, ...); `python -m mmln.params
+    # --strategy all` lists them. Not to be confused with train.strategy (HOW Lightning runs: ddp, deepspeed).
     strategy: str = "layernorm"
     train_connector: Optional[bool] = None  # None = the strategy's default
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
+    ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
+    vera: VeraTuneConfig = field(default_factory=VeraTuneConfig)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -123,9 +145,22 @@ class DataConfig:
 
 # --------------------------------------------------------------------------------------- train
 @dataclass
+class GroupLRConfig:
+    """Learning rate per parameter group (mmln.tuning.selectors.GROUPS); None = `train.lr`."""
+
+    norms: Optional[float] = None
+    connector: Optional[float] = None
+    embeddings: Optional[float] = None
+    head: Optional[float] = None
+    adapters: Optional[float] = None
+    other: Optional[float] = None  # LLM weights and biases outside the groups above
+
+
+@dataclass
 class TrainConfig:
     lr: float = 2e-5
-    connector_lr: Optional[float] = None
+    connector_lr: Optional[float] = None  # alias of group_lr.connector
+    group_lr: GroupLRConfig = field(default_factory=GroupLRConfig)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     epochs: int = 1
@@ -134,7 +169,9 @@ class TrainConfig:
     micro_batch_size: int = 4
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | any Lightning precision
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 | path to a DeepSpeed JSON
+    # HOW Lightning runs the training (its `Trainer(strategy=...)`): auto | ddp | deepspeed_stage_2 |
+    # deepspeed_stage_3 | path to a DeepSpeed JSON. Not tune.strategy, which says WHAT trains.
+    strategy: str = "auto"
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
@@ -155,7 +192,7 @@ class TrackingConfig:
 
 @dataclass
 class AnalysisConfig:
-    # LayerNorm gradient statistics (SPEC 6): norm modules by their path inside the LLM decoder, or ["all"]
+    # LayerNorm gradient statistics (paper Fig. 4): norm modules by their path inside the LLM decoder, or ["all"]
     grad_norms: list[str] = field(default_factory=lambda: [
         "layers.10.input_layernorm", "layers.10.post_attention_layernorm",
         "layers.20.input_layernorm", "layers.20.post_attention_layernorm",
@@ -222,7 +259,7 @@ CHOICES = {
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
     "train.nonfinite": ("stop", "skip_step"),
-    "eval.profile": ("official", "paper"),
+    "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }
 
@@ -322,6 +359,13 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     t = cfg.train
+    if t.connector_lr is not None:  # the alias: one value under both keys (both are logged as params)
+        if t.group_lr.connector is not None and t.group_lr.connector != t.connector_lr:
+            raise ConfigError(f"train.connector_lr={t.connector_lr} and train.group_lr.connector={t.group_lr.connector} "
+                              "disagree: set one of them")
+        t.group_lr.connector = t.connector_lr
+    elif t.group_lr.connector is not None:
+        t.connector_lr = t.group_lr.connector
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
     for key in ("lr", "connector_lr"):

@@ -16,16 +16,18 @@ import torch
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config, to_yaml
+from mmln.io import atomic_path, write_text
 from mmln.model.errors import MissingWeightsError
 
 
 def merge_lora(llm: torch.nn.Module) -> int:
-    """Fold injected LoRA adapters into their base Linear layers and remove them; returns how many."""
-    from peft.tuners.lora import LoraLayer
+    """Fold injected PEFT adapters (LoRA, DoRA, IA3, VeRA: any PEFT tuner layer) into their base
+    Linear layers and remove them; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = 0
     for name, module in list(llm.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, BaseTunerLayer):
             module.merge()
             parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
             setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
@@ -60,10 +62,11 @@ def export(cfg, ckpt: str | None, out: str | Path) -> Path:
         from safetensors.torch import save_file
 
         (out / "vision").mkdir(parents=True, exist_ok=True)
-        save_file(mllm.vision.backbone.state_dict(), str(out / "vision" / "model.safetensors"))
+        with atomic_path(out / "vision" / "model.safetensors") as tmp:
+            save_file(mllm.vision.backbone.state_dict(), str(tmp))
         overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
     merged = OmegaConf.merge(cfg, overrides)
-    (out / "config.yaml").write_text(to_yaml(merged))
+    write_text(out / "config.yaml", to_yaml(merged))
     return out
 
 

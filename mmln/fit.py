@@ -42,29 +42,33 @@ class RunResult:
     metrics: dict
 
 
-class FailAt(__import__("lightning").pytorch.Callback):
-    """debug.fail_at_step: raise after that optimizer step, as a killed or crashing run would."""
+def fail_at(step: int):
+    """debug.fail_at_step: a callback that raises after that optimizer step, as a killed or crashing
+    run would (built on use: importing this module must not import Lightning)."""
+    from lightning.pytorch import Callback
 
-    def __init__(self, step: int):
-        self.step = step
+    class FailAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= step:
+                raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError(f"debug.fail_at_step={self.step}: failing on purpose at step {trainer.global_step}")
+    return FailAt()
 
 
-class PauseAt(__import__("lightning").pytorch.Callback):
-    """debug.pause_at_steps: at the first batch that starts at one of those optimizer steps, write
-    `<run dir>/paused-<step>` and sleep, so that a test can kill the process there (once per step)."""
+def pause_at(steps, run_dir: Path):
+    """debug.pause_at_steps: a callback that, at the first batch starting at one of those optimizer
+    steps, writes `<run dir>/paused-<step>` and sleeps, so that a test can kill the process there
+    (once per step: a resumed run passes it)."""
+    from lightning.pytorch import Callback
 
-    def __init__(self, steps, run_dir: Path):
-        self.steps, self.run_dir = set(steps), run_dir
+    class PauseAt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            marker = run_dir / f"paused-{trainer.global_step}"
+            if trainer.global_step in set(steps) and not marker.exists():
+                write_text(marker, str(os.getpid()))
+                time.sleep(600)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        marker = self.run_dir / f"paused-{trainer.global_step}"
-        if trainer.global_step in self.steps and not marker.exists():
-            write_text(marker, str(os.getpid()))
-            time.sleep(600)
+    return PauseAt()
 
 
 def preflight(cfg) -> None:
@@ -225,7 +229,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
         params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
-                  "percent": counts.percent}
+                  "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
         close_orphans(logger, "run_dir", str(run_dir.resolve()))  # runs of this folder a kill left RUNNING
@@ -240,9 +244,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     if not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
-        callbacks.append(FailAt(cfg.debug.fail_at_step))
+        callbacks.append(fail_at(cfg.debug.fail_at_step))
     if cfg.debug.pause_at_steps:
-        callbacks.append(PauseAt(cfg.debug.pause_at_steps, run_dir))
+        callbacks.append(pause_at(cfg.debug.pause_at_steps, run_dir))
     stopper = StopOnSignal(ckpt_dir / "last.ckpt")
     callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit,
                                  check_grads=not precision(cfg).startswith("16")), stopper]
@@ -267,6 +271,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         wall = time.time() - t0
         metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                    "params/total": counts.total, "params/percent": counts.percent,
+                   **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                    "data/bad_samples": float(module.bad_log.total)}
         if trainer.is_global_zero:
             for path in module.export(run_dir):

@@ -142,15 +142,3 @@ def close_orphans(logger, tag: str, value: str) -> list[str]:
         client.set_terminated(run_id, "KILLED")
     return orphans
 
-
-def find_run(uri: str, experiment: str, run_name: str):
-    """The newest run of that name in the experiment (None when there is none)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None

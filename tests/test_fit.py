@@ -16,19 +16,6 @@ from mmln.fit import fit, main
 from tests.conftest import ROOT, TINY
 
 
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory):
-    """Synthetic data in the real formats + a tiny LLaMA-style tokenizer, made once per session."""
-    from mmln.data.synth import synthesize, text_corpus
-    from mmln.data.tokenizer import train_tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("world")
-    paths = synthesize(out, image_size=64, n_pretrain=192, n_instruct=96, n_mme_per_subtask=2, n_pope_images=4,
-                       n_vqa_images=4, n_caption_images=6, seed=0)
-    tok = train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
-    return out, paths, tok
-
-
 def stage_overrides(world, tmp_path, stage: str, *extra: str) -> list[str]:
     out, _, tok = world
     common = [f"model.llm.tokenizer={tok}", f"output_dir={tmp_path / 'outputs'}", "data.num_workers=0",
@@ -60,7 +47,8 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert len(l1) == 24 and sum(l1[-4:]) / 4 < sum(l1[:4]) / 4  # 192 samples / 16 x 2 epochs; loss falls
 
     s2 = fit(cfg_for(tiny_world, tmp_path, "instruct", f"model.connector.path={projector}",
-                     "tune.strategy=layernorm", "train.lr=1e-3"))
+                     "tune.strategy=layernorm", "train.lr=1e-3", "train.group_lr.norms=2e-3",
+                     "train.connector_lr=5e-4"))
     conn = load_file(str(s2.run_dir / "trainable.safetensors"))
     start = torch.load(projector)["model.mm_projector.weight"]
     assert conn["connector.weight"].shape == start.shape and not torch.equal(conn["connector.weight"], start)
@@ -71,6 +59,9 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     run = client.get_run(s2.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["tune.strategy"] == "layernorm" and run.data.params["train.lr"] == "0.001"
+    assert run.data.params["train.group_lr.norms"] == "0.002" and run.data.params["train.group_lr.connector"] == "0.0005"
+    assert run.data.params["train.connector_lr"] == "0.0005" and run.data.params["train.group_lr.head"] == ""
+    assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
     for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
                 "params/trainable", "params/total"):

@@ -28,9 +28,11 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
 from .images import ImageProcessor, load_image
 from .records import Record
-from .templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ConversationError, tokenize_conversation
+from .templates import ConversationError, tokenize_conversation
 
 # DataLoader workers are the parallelism; keeps tokenizers quiet (and safe) after fork.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -90,7 +92,9 @@ def truncate(
 
 
 class LlavaDataset(torch.utils.data.Dataset):
-    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker)."""
+    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker).
+    A record without an "image" key is a text-only sample (pixel_values None, no image slot);
+    "image" is a path under the split's one image root, sub-folders included (coco/train2017/...)."""
 
     def __init__(
         self,
@@ -122,10 +126,11 @@ class LlavaDataset(torch.utils.data.Dataset):
         raw = rec.raw
         if not isinstance(raw, dict) or "conversations" not in raw:
             raise _Bad("malformed", "record is not an object with 'conversations'")
-        if not isinstance(raw.get("image"), str) or not raw["image"]:
-            raise _Bad("malformed", "record has no 'image' path")
+        has_image = "image" in raw  # no "image" key: a text-only record (LLaVA-1.5's ShareGPT ones)
+        if has_image and (not isinstance(raw.get("image"), str) or not raw["image"]):
+            raise _Bad("malformed", "record's 'image' is not a path")
         try:
-            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer)
+            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer, image=has_image)
         except ConversationError as e:
             raise _Bad(e.reason, e.detail) from None
         kept_ids, kept_labels = truncate(ids, labels, self.num_image_tokens, self.max_length)
@@ -139,8 +144,8 @@ class LlavaDataset(torch.utils.data.Dataset):
     def load_image(self, rec: Record) -> Image.Image:
         """The record's image as RGB, or raises `_Bad`."""
         path = self.image_path(rec)
-        folder = os.path.normpath(rec.image_folder)
-        if os.path.commonpath([folder, os.path.normpath(path)]) != folder:
+        folder = os.path.abspath(rec.image_folder)  # lexical (abspath normalises): symlinked folders stay fine
+        if os.path.commonpath([folder, os.path.abspath(path)]) != folder:
             raise _Bad("image_outside_folder", f"{rec.raw['image']!r} resolves outside the image folder {folder}")
         try:
             return load_image(path)
@@ -159,13 +164,15 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
+        pixels = None  # a text-only record has none
         try:
             ids, labels, _ = self.encode_text(rec)
-            image = self.load_image(rec)
-            try:
-                pixels = self.image_processor(image)
-            except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
-                raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
+            if "image" in rec.raw:
+                image = self.load_image(rec)
+                try:
+                    pixels = self.image_processor(image)
+                except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
+                    raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
         except _Bad as bad:
             return self._bad(i, rec, bad)
         return {
@@ -181,12 +188,30 @@ class LlavaDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         try:
             _, _, truncated = self.encode_text(rec)
-            self.image_processor(self.load_image(rec))
+            if "image" in rec.raw:
+                self.image_processor(self.load_image(rec))
         except _Bad as bad:
             return bad.reason, bad.detail, False
         except Exception as e:  # preprocessing failure
             return "corrupt_image", f"{e}", False
         return None, "", truncated
+
+
+def pad_right(ids: Sequence[Sequence[int]], pad_token_id: int, labels: Optional[Sequence[Sequence[int]]] = None
+              ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Right-pad token id sequences to one (B, T) long tensor: (input_ids padded with
+    `pad_token_id`, attention_mask, labels padded with IGNORE_INDEX or None). The one padding rule
+    of training, analysis and evaluation batches."""
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), n), dtype=torch.long)
+    out_labels = None if labels is None else torch.full((len(ids), n), IGNORE_INDEX, dtype=torch.long)
+    for k, x in enumerate(ids):
+        input_ids[k, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+        attention_mask[k, :len(x)] = 1
+        if out_labels is not None:
+            out_labels[k, :len(x)] = torch.as_tensor(labels[k], dtype=torch.long)
+    return input_ids, attention_mask, out_labels
 
 
 class Collator:
@@ -209,21 +234,16 @@ class Collator:
                 "bad": bad,
                 "empty": True,
             }
-        n = max(len(s["input_ids"]) for s in good)
-        input_ids = torch.full((len(good), n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(good), n), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(good), n), dtype=torch.long)
-        for k, s in enumerate(good):
-            m = len(s["input_ids"])
-            input_ids[k, :m] = s["input_ids"]
-            labels[k, :m] = s["labels"]
-            attention_mask[k, :m] = 1
+        input_ids, attention_mask, labels = pad_right([s["input_ids"] for s in good], self.pad_token_id,
+                                                      [s["labels"] for s in good])
         return {
             "ids": [s["id"] for s in good],
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": attention_mask,
-            "pixel_values": torch.stack([s["pixel_values"] for s in good]),
+            # text-only samples have no image (None when the batch has none at all)
+            "pixel_values": torch.stack(images) if (images := [s["pixel_values"] for s in good
+                                                               if s["pixel_values"] is not None]) else None,
             "bad": bad,
             "empty": False,
         }

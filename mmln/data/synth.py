@@ -1,4 +1,4 @@
-"""Synthetic data sets in the real on-disk formats (SPEC 5, 7), drawn from a tiny shape world.
+"""Synthetic data sets in the real on-disk formats (training data and benchmarks), drawn from a tiny shape world.
 
 Every image is a plain background with 1-3 objects (shape x colour x size) in distinct cells of a
 3x3 grid, drawn with PIL plus colour jitter and pixel noise. Every caption, question and answer is
@@ -42,6 +42,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
+from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION
 from mmln.io import write_bytes, write_json, write_text  # noqa: F401 (write_json: part of this module's API)
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -54,14 +56,9 @@ SIZES = {"small": 0.075, "large": 0.12}  # radius as a fraction of the image sid
 LABELS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
-                  "landmark", "artwork", "OCR")
-MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
-                 "code_reasoning")
 MME_SUBTASKS = MME_PERCEPTION + MME_COGNITION
 MME_IMAGES_DIR = {"artwork", "celebrity", "landmark", "posters", "scene"}  # images/ + questions_answers_YN/
-YN = " Please answer yes or no."
-SHORT = "\nAnswer the question using a single word or phrase."
+YN, SHORT = YES_NO_SUFFIX, SHORT_ANSWER
 BRIEF_PROMPTS = (
     "Describe the image concisely.", "Provide a brief description of the given image.",
     "Offer a succinct explanation of the picture presented.",
@@ -887,6 +884,34 @@ def bad_samples(out: str | Path) -> Path:
          "conversations": _conv("<image>\nDescribe the image concisely.\n<image>", "some simple shapes .")},
     ]
     return write_json(out / "bad_instruct.json", good[:2] + bad + good[2:])
+
+
+# LLaVA-1.5's llava_v1_5_mix665k.json: image paths under one root, by source; ShareGPT records text-only
+MIX665K_SOURCES = (("coco/train2017", "{:012d}"), ("gqa/images", "{:d}"), ("ocr_vqa/images", "{:d}"),
+                   ("textvqa/train_images", "{:016x}"), ("vg/VG_100K", "{:d}"))
+
+
+def mix665k(out: str | Path, n_per_source: int = 2, n_text: int = 2, image_size: int = 64, seed: int = 0) -> Path:
+    """Write ``out/llava_v1_5_mix665k.json`` in LLaVA-1.5's format: ``n_per_source`` image records
+    for each source folder (images written under ``out/`` at the record's sub-folder path, so the
+    one image root is ``out``) and ``n_text`` multi-turn text-only records (no ``image`` key, as
+    the ShareGPT part). Returns the JSON path."""
+    out, w, recs = Path(out), _Writer(Path(out), image_size), []
+    for folder, fmt in MIX665K_SOURCES:
+        for i in range(n_per_source):
+            rnd = _rng(seed, f"mix665k:{folder}", i)
+            scene, sid = sample_scene(rnd), fmt.format(rnd.getrandbits(40))
+            w.image(f"{folder}/{sid}.jpg", scene, rnd)
+            turns = [t for q, a, _ in qa_turns(scene, rnd, 2) for t in (q, a)]
+            recs.append({"id": sid, "image": f"{folder}/{sid}.jpg",
+                         "conversations": _conv(_with_image(turns[0], rnd), *turns[1:])})
+    for i in range(n_text):
+        rnd = _rng(seed, "mix665k:sharegpt", i)
+        a, b = sample_scene(rnd), sample_scene(rnd)
+        recs.append({"id": f"sg{rnd.getrandbits(24):06x}_{i}", "conversations": _conv(
+            f"Describe a picture of {_a(a.objects[0].name)}.", sentence(a, rnd),
+            f"And one of {_a(b.objects[0].name)}?", sentence(b, rnd))})
+    return write_json(out / "llava_v1_5_mix665k.json", recs)
 
 
 def main(argv: list[str] | None = None) -> int:
