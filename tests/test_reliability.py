@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from mmln.fit import main
 from tests.conftest import ROOT, TINY
-from tests.test_fit import cfg_for, losses, stage_overrides, tiny_world  # noqa: F401  (fixture)
+from tests.test_fit import cfg_for, stage_overrides
 
 
 class Evil:
