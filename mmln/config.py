@@ -115,6 +115,8 @@ class DataConfig:
     image_aspect: str = "square"  # square (center crop) | pad (pad to square with the mean colour)
     on_bad_sample: str = "skip"  # skip (count + report) | error (stop, naming file, record and reason)
     num_workers: int = 2
+    batching: str = "length_grouped"  # training micro-batches: length_grouped (similar lengths, little padding) | random
+    megabatch: int = 8  # length_grouped: global batches sorted by length together (more = less padding)
 
 
 # --------------------------------------------------------------------------------------- train
@@ -211,6 +213,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "data.batching": ("length_grouped", "random"),
     "eval.profile": ("official", "paper"),
     "eval.yes_no": ("generate", "logits"),
 }

@@ -29,11 +29,19 @@ class Efficiency(Callback):
         self.tokens = self.samples = self.steps = 0
         self.elapsed = 0.0
         self.summary: dict[str, float] = {}
+        self.pad_fraction: float | None = None
 
     def on_train_start(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.reset()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        pad = sampler.pad_fraction() if sampler is not None and hasattr(sampler, "pad_fraction") else None
+        if pad is not None:  # padded share of all positions this epoch (see mmln.data.sampler)
+            self.pad_fraction = pad
+            pl_module.log("data/pad_fraction", pad, on_step=False, on_epoch=True, prog_bar=False)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if pl_module.device.type == "cuda":
@@ -66,3 +74,5 @@ class Efficiency(Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.summary = self.metrics(pl_module.device)
+        if self.pad_fraction is not None:
+            self.summary["data/pad_fraction"] = self.pad_fraction
