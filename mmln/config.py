@@ -71,6 +71,7 @@ class ModelConfig:
     dtype: str = "auto"  # frozen-weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
     max_length: int = 2048  # after image expansion
     gradient_checkpointing: bool = False
+    loss_chunk: int = 1024  # positions per cross-entropy chunk (no full fp32 logits); 0 = the full-logits loss
     attn_implementation: str = "sdpa"
 
 

@@ -7,6 +7,7 @@ Read top to bottom:
                     there, truncate to `max_length` AFTER expansion, re-pad (right for training,
                     left for generation),
 4. `forward`        token-level mean cross-entropy over every supervised token of the micro-batch,
+                    in chunks of `loss_chunk` positions (`chunked_cross_entropy`: no full logits),
 5. `generate`       batched, KV-cached decoding that stops at the end-of-turn token(s).
 """
 from __future__ import annotations
@@ -25,8 +26,8 @@ IMAGE_TOKEN_INDEX = -200
 @dataclass
 class MLLMOutput:
     loss: Optional[torch.Tensor]
-    logits: torch.Tensor
-    n_tokens: int  # supervised (label != -100) next-token targets in the micro-batch
+    logits: Optional[torch.Tensor]  # None when the loss was computed in chunks (the logits never exist whole)
+    n_tokens: int | torch.Tensor  # supervised (label != -100) next-token targets; a device tensor when chunked
     seq_len: int  # padded length after splicing
 
 
@@ -38,9 +39,36 @@ class Spliced:
     image_mask: torch.Tensor  # (B, T) bool: positions holding image embeddings
 
 
+def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk: int):
+    """(mean next-token cross-entropy, supervised-token count) from the last hidden states.
+
+    The LM head and the fp32 log-softmax run `chunk` positions at a time under non-reentrant
+    activation checkpointing, so neither the (B, T, V) logits nor their fp32 copy ever exist
+    whole: each chunk's are rebuilt in the backward pass and freed. Equal to cross-entropy over the
+    full fp32 logits (token mean over label != -100) up to summation order. No host sync: the count
+    stays a device tensor, and a micro-batch with nothing supervised gives a zero loss that keeps
+    the graph (every DDP rank must backward).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:].reshape(-1)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        total = total + checkpoint(_ce_sum, head, h[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+    n = (targets != IGNORE_INDEX).sum()
+    return total / n.clamp(min=1), n
+
+
 class MLLM(nn.Module):
-    def __init__(self, vision: nn.Module, connector: nn.Module, llm: nn.Module, max_length: int = 2048):
+    def __init__(self, vision: nn.Module, connector: nn.Module, llm: nn.Module, max_length: int = 2048,
+                 loss_chunk: int = 1024):
         super().__init__()
+        self.loss_chunk = loss_chunk  # tokens per cross-entropy chunk; 0 = full logits (see chunked_cross_entropy)
         self.vision = vision
         self.connector = connector
         self.llm = llm
@@ -114,6 +142,12 @@ class MLLM(nn.Module):
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
                 image_features: Optional[torch.Tensor] = None) -> MLLMOutput:
         s = self.embed_batch(input_ids, attention_mask, labels, pixel_values, image_features)
+        if s.labels is not None and self.loss_chunk > 0:
+            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+            hidden = base.get_decoder()(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                                        use_cache=False).last_hidden_state
+            loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), s.labels, self.loss_chunk)
+            return MLLMOutput(loss, None, n, hidden.shape[1])
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, use_cache=False).logits
         if s.labels is None:
             return MLLMOutput(None, logits, 0, logits.shape[1])
