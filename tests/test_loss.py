@@ -75,3 +75,24 @@ def test_chunking_does_not_keep_full_fp32_logits():
         head(hidden)[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1)))
     chunked = saved_bytes(lambda: chunked_cross_entropy(hidden, head, labels, 32))
     assert full > B * (T - 1) * V * 4 > 20 * chunked
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "lora", "layernorm", "layernorm_simple"])
+def test_bf16_mixed_keeps_every_block_in_bf16_while_trainables_stay_fp32(strategy):
+    """The GPU precision setting on CPU: bf16 frozen weights, fp32 trainables, bf16 autocast."""
+    cfg = tiny_config("model.dtype=bfloat16", f"tune.strategy={strategy}")
+    m = build_mllm(cfg.model).train()
+    apply_strategy(m, cfg.tune)
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    seen = []
+    hooks = [layer.register_forward_hook(lambda mod, i, o: seen.append(
+        (i[0].dtype, (o[0] if isinstance(o, tuple) else o).dtype))) for layer in m.decoder_layers()]
+    ids, mask, labels, px = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(ids, mask, labels, pixel_values=px)
+    out.loss.backward()
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(m.decoder_layers()) and all(a == b == torch.bfloat16 for a, b in seen), seen
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable)

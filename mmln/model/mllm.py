@@ -135,7 +135,14 @@ class MLLM(nn.Module):
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
         image_embeds = None if image_features is None else self.project(image_features)
-        return self.splice(input_ids, image_embeds, attention_mask, labels, padding_side)
+        s = self.splice(input_ids, image_embeds, attention_mask, labels, padding_side)
+        # under autocast (bf16-mixed) the decoder's activations stay in the compute dtype: without
+        # this cast an fp32 trainable embedding table or connector makes every layer's residual
+        # stream fp32 (the trainable master weights themselves stay fp32)
+        dev = s.inputs_embeds.device.type
+        if torch.is_autocast_enabled(dev):
+            s.inputs_embeds = s.inputs_embeds.to(torch.get_autocast_dtype(dev))
+        return s
 
     # 4 ------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
