@@ -147,6 +147,7 @@ class TrainConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+    artifact_max_mb: float = 1024.0  # larger run files (a 7B finetune's weights) are logged as a path reference, not copied
 
 
 @dataclass

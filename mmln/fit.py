@@ -241,8 +241,11 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                "params/total": counts.total, "params/percent": counts.percent,
                "data/bad_samples": float(module.bad_log.total)}
     if trainer.is_global_zero:
+        from mmln.tracking import log_file_or_reference
+
         for path in module.export(run_dir):
-            logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+            if path.is_file():
+                log_file_or_reference(logger.experiment, logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
         write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
         for f in ("config.yaml", "params.json", "efficiency.json"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / f))

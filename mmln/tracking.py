@@ -61,3 +61,22 @@ def find_run(uri: str, experiment: str, run_name: str):
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> str:
+    """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
+    27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
+    instead, so the weights are not stored twice. Returns the artifact name logged."""
+    import json
+    import tempfile
+
+    size = path.stat().st_size
+    if size <= max_bytes:
+        client.log_artifact(run_id, str(path))
+        return path.name
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / f"{path.name}.ref.json"
+        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
+                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        client.log_artifact(run_id, str(ref))
+    return ref.name
