@@ -23,9 +23,13 @@ def batch():
     return ids, mask, labels, torch.randn(3, 3, 64, 64, generator=g)
 
 
-@pytest.mark.parametrize("strategy", ["finetune", "lora", "layernorm", "layernorm_simple"])  # head/embeddings/adapters/norms
-def test_chunked_loss_and_gradients_equal_the_full_logits_loss(strategy):
-    cfg = tiny_config(f"tune.strategy={strategy}")
+@pytest.mark.parametrize("strategy,arch", [("finetune", "llama"), ("lora", "llama"), ("layernorm", "llama"),
+                                           ("layernorm_simple", "llama"), ("finetune", "gemma2"), ("layernorm", "qwen2")])
+def test_chunked_loss_and_gradients_equal_the_full_logits_loss(strategy, arch):
+    """Head, embeddings, adapters, norms; Gemma-2's logit soft-capping and tied head; Qwen2's sdpa path."""
+    archs = {"gemma2": ["model.llm.tie_word_embeddings=true", "model.llm.head_dim=16", "model.attn_implementation=eager"],
+             "qwen2": ["model.llm.tie_word_embeddings=true"]}
+    cfg = tiny_config(f"tune.strategy={strategy}", f"model.llm.arch={arch}", *archs.get(arch, []))
     m = build_mllm(cfg.model).train()
     apply_strategy(m, cfg.tune)
     ids, mask, labels, px = batch()

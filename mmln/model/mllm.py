@@ -52,11 +52,15 @@ class HostBatch:
         self.input_ids, self.attention_mask, self.labels = cpu(input_ids), cpu(attention_mask), cpu(labels)
 
 
-def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
+    logits = head(hidden)
+    if softcap:  # Gemma-2's final logit soft-capping, as its CausalLM head applies it
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk: int):
+def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk: int,
+                          softcap: Optional[float] = None):
     """(mean next-token cross-entropy, supervised-token count) from the last hidden states.
 
     The LM head and the fp32 log-softmax run `chunk` positions at a time under non-reentrant
@@ -72,7 +76,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.T
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
-        total = total + checkpoint(_ce_sum, head, h[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+        total = total + checkpoint(_ce_sum, head, h[i:i + chunk], targets[i:i + chunk], softcap, use_reentrant=False)
     n = (targets != IGNORE_INDEX).sum()
     return total / n.clamp(min=1), n
 
@@ -180,7 +184,8 @@ class MLLM(nn.Module):
             base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
             hidden = base.get_decoder()(inputs_embeds=s.inputs_embeds, attention_mask=self._train_mask(s),
                                         use_cache=False).last_hidden_state
-            loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), s.labels, self.loss_chunk)
+            loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), s.labels, self.loss_chunk,
+                                            getattr(base.config, "final_logit_softcapping", None))
             return MLLMOutput(loss, None, n, hidden.shape[1])
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, use_cache=False).logits
         if s.labels is None:
@@ -198,9 +203,10 @@ class MLLM(nn.Module):
         """The attention mask for a right-padded training batch. For SDPA, the 4-D boolean
         causal-and-padding mask transformers would build itself, built here on the device: given a
         2-D mask, transformers first checks it for padding (`.all()`), a host sync every forward."""
-        if getattr(self.llm.config, "_attn_implementation", None) != "sdpa":
-            return s.attention_mask
         T = s.attention_mask.shape[1]
+        window = getattr(self.llm.config, "sliding_window", None)
+        if getattr(self.llm.config, "_attn_implementation", None) != "sdpa" or (window and window < T):
+            return s.attention_mask  # (a sliding-window model builds its own two masks)
         causal = torch.ones(T, T, dtype=torch.bool, device=s.attention_mask.device).tril()
         return causal[None, None] & s.attention_mask.bool()[:, None, None, :]
 
