@@ -50,19 +50,6 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
                         log_model=False, run_id=run_id)
 
 
-def find_run(uri: str, experiment: str, run_name: str):
-    """The newest run of that name in the experiment (None when there is none)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> str:
     """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
     27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.model.layout import base_llm, llm_decoder
 
 
 @dataclass
@@ -28,7 +28,6 @@ class MLLMOutput:
     loss: Optional[torch.Tensor]
     logits: Optional[torch.Tensor]  # None when the loss was computed in chunks (the logits never exist whole)
     n_tokens: int | torch.Tensor  # supervised (label != -100) next-token targets; a device tensor when chunked
-    seq_len: int  # padded length after splicing
 
 
 @dataclass
@@ -181,23 +180,23 @@ class MLLM(nn.Module):
         """With `host` and `loss_chunk > 0` (the training path) nothing here reads device memory."""
         s = self.embed_batch(input_ids, attention_mask, labels, pixel_values, image_features, host=host)
         if s.labels is not None and self.loss_chunk > 0:
-            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-            hidden = base.get_decoder()(inputs_embeds=s.inputs_embeds, attention_mask=self._train_mask(s),
+            base = base_llm(self.llm)
+            hidden = llm_decoder(self)(inputs_embeds=s.inputs_embeds, attention_mask=self._train_mask(s),
                                         use_cache=False).last_hidden_state
             loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), s.labels, self.loss_chunk,
                                             getattr(base.config, "final_logit_softcapping", None))
-            return MLLMOutput(loss, None, n, hidden.shape[1])
+            return MLLMOutput(loss, None, n)
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, use_cache=False).logits
         if s.labels is None:
-            return MLLMOutput(None, logits, 0, logits.shape[1])
+            return MLLMOutput(None, logits, 0)
         targets = s.labels[:, 1:]
         n = int((targets != IGNORE_INDEX).sum())
         if n == 0:  # keep the graph (DDP needs every rank to backward) but contribute nothing
-            return MLLMOutput(logits.sum() * 0.0, logits, 0, logits.shape[1])
+            return MLLMOutput(logits.sum() * 0.0, logits, 0)
         loss = F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
-        return MLLMOutput(loss, logits, n, logits.shape[1])
+        return MLLMOutput(loss, logits, n)
 
     def _train_mask(self, s: Spliced) -> torch.Tensor:
         """The attention mask for a right-padded training batch. For SDPA, the 4-D boolean
@@ -237,5 +236,4 @@ class MLLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def decoder_layers(self) -> nn.ModuleList:
         """The LLM's decoder blocks (through a PEFT wrapper too)."""
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        return base.get_decoder().layers
+        return llm_decoder(self).layers
