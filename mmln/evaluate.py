@@ -165,6 +165,14 @@ def plan_logging(cfg: Any, ckpt: Optional[str], run_id: Optional[str]) -> tuple[
     return run_id, "merge" if same or not has_eval else "child", identity
 
 
+def new_run_name(cfg: Any, ckpt: Optional[str], identity: dict[str, str]) -> str:
+    """`eval-<model>-<strategy>` for a checkpoint, `eval-<model>-untuned` for the bare model, and
+    `eval-<model>-export-<run>` for an export (its config's run_name names what was exported)."""
+    exported = str(cfg.run_name or "").startswith("export-")
+    what = cfg.tune.strategy if ckpt else (cfg.run_name if exported else "untuned")
+    return f"eval-{cfg.model.name}-{what}" + ("" if identity["eval_limit"] == "none" else f"-limit{identity['eval_limit']}")
+
+
 def child_suffix(identity: dict[str, str], parent_tags: dict[str, str]) -> str:
     """`limit16`, `full`, `ckpt-<sha8>`, `paper`: how the child's evaluation differs from its parent's."""
     parts = []
@@ -263,9 +271,7 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
     metrics = scores["metrics"]
     if mode == "new":
         experiment = get_or_create_experiment(client, cfg.tracking.experiment or DEFAULT_EXPERIMENT, uri)
-        what = cfg.tune.strategy if ckpt else (cfg.run_name or "untuned")  # an export's config names its source
-        limit = "" if identity["eval_limit"] == "none" else f"-limit{identity['eval_limit']}"
-        run_id = client.create_run(experiment, run_name=f"eval-{cfg.model.name}-{what}{limit}", tags={
+        run_id = client.create_run(experiment, run_name=new_run_name(cfg, ckpt, identity), tags={
             "model": cfg.model.name, "strategy": cfg.tune.strategy, "ckpt": ckpt or "none", **tags}).info.run_id
     elif mode == "child":
         parent = client.get_run(run_id)

@@ -15,7 +15,9 @@ directory. A re-run skips a point that has a FINISHED run with that hash holding
 metric and every requested benchmark; evaluates only what is missing when training finished; and
 otherwise trains it, which continues an interrupted run from `checkpoints/last.ckpt` (fit's
 `resume=auto`). A run directory that holds a run of a *different* config is moved aside to
-`<run>.replaced-<hash>` first (never overwritten, never resumed from). A failing point is recorded
+`<run>.replaced-<hash>` first (never overwritten, never resumed from; the sweep lists every such
+move before it starts, `--dry-run` lists them without moving, and the old MLflow run gets a
+`moved_to` tag). A failing point is recorded
 FAILED (fit does that), logged, and the sweep goes on; the exit code is then 1, listing them.
 
 Tracking: the store and the experiment are created once, up front (sqlite dislikes concurrent
@@ -198,16 +200,41 @@ def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tu
     return "train", None
 
 
-def prepare_run_dir(p: Point) -> None:
-    """Write the point's hash into its run dir; move a run dir of another config aside first."""
+def displaced(p: Point) -> Optional[str]:
+    """When the point's run dir holds a run of *another* config: what training the point moves aside
+    (`<dir> -> <dir>.replaced-<hash>`, naming the run), else None."""
+    f = p.run_dir / "config_hash"
+    old = f.read_text().strip() if f.is_file() else (
+        config_hash(OmegaConf.load(p.run_dir / "config.yaml")) if (p.run_dir / "config.yaml").is_file() else None)
+    if old is None or old == p.hash:
+        return None
+    id_file = p.run_dir / "mlflow_run_id"
+    run = id_file.read_text().strip() if id_file.is_file() else "?"
+    done = "finished" if (p.run_dir / "trainable.safetensors").is_file() else "unfinished"
+    return f"{p.run_dir} ({done} run {run}, config {old[:8]}) -> {aside_dir(p, old)}"
+
+
+def aside_dir(p: Point, old_hash: str) -> Path:
+    return p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old_hash[:8]}")
+
+
+def prepare_run_dir(p: Point, client=None) -> None:
+    """Write the point's hash into its run dir; move a run dir of another config aside first (said
+    up front by `main`, listed by `--dry-run`; its MLflow run is tagged `moved_to`)."""
     f = p.run_dir / "config_hash"
     old = f.read_text().strip() if f.is_file() else (
         config_hash(OmegaConf.load(p.run_dir / "config.yaml")) if (p.run_dir / "config.yaml").is_file() else None)
     if old is not None and old != p.hash:
-        aside = p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old[:8]}")
+        aside = aside_dir(p, old)
+        id_file = p.run_dir / "mlflow_run_id"
         shutil.rmtree(aside, ignore_errors=True)
         p.run_dir.rename(aside)
         _say(f"{p.name}: {p.run_dir} held a run of another config; moved to {aside}")
+        if client is not None and (aside / id_file.name).is_file():
+            try:
+                client.set_tag((aside / id_file.name).read_text().strip(), "moved_to", str(aside))
+            except Exception:  # the old run is not in this store: the files moved all the same
+                pass
     p.run_dir.mkdir(parents=True, exist_ok=True)
     f.write_text(p.hash + "\n")
 
@@ -232,7 +259,7 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
         return
     if action == "train":
         _say(f"[{p.index}] {p.name}: training")
-        prepare_run_dir(p)
+        prepare_run_dir(p, client)
         try:
             # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
             with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
@@ -429,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in points:
             action = decide(p, client, exp.experiment_id, args.bench, args.select_metric)[0] if exp else "train"
             print(f"  [{p.index}] {p.name:32s} {action:9s} hash {p.hash}  {' '.join(p.overrides)}")
+            moved = displaced(p) if action == "train" else None
+            if moved:
+                print(f"      would move aside {moved}")
         return 0
 
     client = MlflowClient(uri)  # the store, its schema and the experiment: once, up front
@@ -450,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(header + f" (parent run {parent_id})")
     todo = points if args.only_index is None else [points[args.only_index]]
+    moves = [m for p in todo if not args.summarize and decide(p, client, exp_id, args.bench, args.select_metric)[0] == "train"
+             for m in [displaced(p)] if m]
+    if moves:  # said before anything runs: a finished run of another config is never moved silently
+        _say(f"WARNING: {len(moves)} run dir(s) hold runs of another config and will be moved aside "
+             "(their MLflow runs stay; `--dry-run` lists this):\n  " + "\n  ".join(moves))
     if parent_id and args.only_index is None:
         client.update_run(parent_id, status="RUNNING")
     try:

@@ -2,7 +2,8 @@
 
 URI precedence: `tracking.uri` in the config, then $MLFLOW_TRACKING_URI, then `sqlite:///mlflow.db`
 in the working directory. A relative sqlite path is made absolute (a relative one would create a
-new database per working directory). Artifacts live beside the database in `mlartifacts/`.
+new database per working directory). Artifacts live beside the database in `mlartifacts/`, also
+after the project folder is moved or copied (`relocate_artifacts`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,56 @@ def tracking_uri(configured: Optional[str] = None) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db"
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
         uri = SQLITE + str(Path(uri[len(SQLITE):]).resolve())
+    relocate_artifacts(uri)
     return uri
+
+
+def relocate_artifacts(uri: str) -> int:
+    """Keep a moved or copied project's artifacts beside its own database.
+
+    MLflow stores absolute artifact URIs, so after `mv project elsewhere` (or a copy) a sqlite store
+    would still read and write the old `<dir>/mlartifacts`. Every experiment whose location is some
+    other folder's `mlartifacts` (the layout `artifact_root` creates) is pointed at this database's
+    `mlartifacts`, with its runs and logged models; nothing else is touched. Returns how many
+    experiments moved (0 when nothing needed it, which costs one SELECT)."""
+    if not uri.startswith(SQLITE):
+        return 0
+    db = Path(uri[len(SQLITE):])
+    if not db.is_file():
+        return 0
+    import sqlite3
+
+    new = artifact_root(uri)
+    moved = 0
+    with sqlite3.connect(db, timeout=60) as con:
+        try:
+            rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # a store MLflow has not created its tables in yet
+            return 0
+        for exp_id, loc in rows:
+            if not loc or not loc.startswith("file://") or "/mlartifacts" not in loc:
+                continue
+            old = loc[: loc.rindex("/mlartifacts") + len("/mlartifacts")]
+            if old == new or loc[len(old):][:1] not in ("", "/"):
+                continue
+            n = len(old) + 1
+            con.execute("UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
+                        "WHERE experiment_id = ?", (new, n, exp_id))
+            for table, col in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                try:
+                    con.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "
+                                f"WHERE experiment_id = ? AND substr({col}, 1, ?) = ?", (new, n, exp_id, n - 1, old))
+                except sqlite3.OperationalError:  # an older schema without that table
+                    pass
+            moved += 1
+    if moved:  # MLflow caches each run's artifact repository per process: forget the old locations
+        try:
+            from mlflow.tracking._tracking_service import utils as _mlflow_utils
+
+            _mlflow_utils._artifact_repos_cache.clear()
+        except (ImportError, AttributeError):  # another MLflow layout: a new process reads the new locations
+            pass
+    return moved
 
 
 def artifact_root(uri: str) -> Optional[str]:

@@ -115,3 +115,40 @@ def test_tables_without_data_say_so(tmp_path, capsys):
     assert "No figures" in md
     assert report.main(["--experiment", "nowhere"]) == 2
     assert "no MLflow experiment 'nowhere'" in capsys.readouterr().err
+
+
+def test_default_output_from_another_cwd_and_the_row_rule(tmp_path, monkeypatch, capsys):
+    """The default `--out` (relative) works from any working directory, analysis figures included;
+    with `--config`, a row comes from the run of the reference config even when a smoke run of
+    another config (here: train.max_steps=8) is newer, and a full evaluation beats a limited one."""
+    from tests.conftest import TINY
+
+    c = client()
+    exp = get_or_create_experiment(c, "tiny_ln", tracking_uri())
+    ref = make_run(c, exp, "layernorm", 1e-3, {FLICKR: 50.0}, model="tiny")
+    c.log_param(ref, "train.max_steps", "-1")  # the config default
+    smoke = make_run(c, exp, "layernorm", 1e-3, {FLICKR: 10.0}, model="tiny")
+    c.log_param(smoke, "train.max_steps", "8")
+    full = make_run(c, exp, "lora", 1e-3, {FLICKR: 30.0}, model="tiny")
+    make_run(c, exp, "lora", 1e-3, {FLICKR: 5.0}, model="tiny", tags={"eval_limit": "16"})  # newer, limited
+    png = tmp_path / "layer_similarity.png"
+    png.write_bytes(b"\x89PNG fake")
+    c.log_artifact(ref, str(png), artifact_path="analysis")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    assert report.main(["--config", str(TINY), "tracking.experiment=tiny_ln", "--no-log"]) == 0  # its experiment
+    out = work / "outputs" / "tiny_ln" / "report"
+    t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}
+    assert float(t1["layernorm"]["Flickr30k"]) == 50.0 and t1["layernorm"]["run"] == f"layernorm-lr0.001 ({ref[:8]})"
+    assert float(t1["lora"]["Flickr30k"]) == 30.0 and t1["lora"]["run"] == f"lora-lr0.001 ({full[:8]})"
+    assert (out / "analysis" / "tiny-layernorm" / "layer_similarity.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "a run of the reference config (`--config`) first" in md and f"`layernorm-lr0.001 ({ref[:8]})`" in md
+
+    # without --config every run counts as the reference's: the newest full evaluation wins, and says so
+    assert report.main(["--experiment", "tiny_ln", "--no-log", "--tables", "table1"]) == 0
+    t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}
+    assert float(t1["layernorm"]["Flickr30k"]) == 10.0 and smoke[:8] in t1["layernorm"]["run"]
+    assert float(t1["lora"]["Flickr30k"]) == 30.0

@@ -257,3 +257,25 @@ def test_slurm_array_script(tmp_path, monkeypatch, capsys):
     runs = client.search_runs([client.get_experiment_by_name("slurm_x").experiment_id])
     assert [(r.data.tags["kind"], r.data.tags["sweep_id"]) for r in runs] == [("sweep", sweep_id)]
     assert f"--sweep-id {sweep_id}" in array and f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db" in array
+
+
+def test_a_run_of_another_config_is_never_moved_aside_silently(world, tmp_path, capsys):
+    """The point's run dir holds a finished run of another config (e.g. the demo's, before a smoke
+    sweep with other overrides): --dry-run lists the move, a real sweep warns before it trains."""
+    db = tmp_path / "mlflow.db"
+    args = sweep_args(world, db, "--lrs", "1e-3", "--bench", "none", "--select-metric", "params/percent")
+    (p,) = sweep.plan(str(TINY), ["layernorm"], [1e-3], overrides(world, db))
+    p.run_dir.mkdir(parents=True)
+    (p.run_dir / "config_hash").write_text("0123456789abcdef\n")
+    (p.run_dir / "mlflow_run_id").write_text("feedc0de\n")
+    (p.run_dir / "trainable.safetensors").write_bytes(b"old")
+    assert sweep.main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would move aside {p.run_dir} (finished run feedc0de, config 01234567) -> {p.run_dir}.replaced-01234567" in out
+    assert (p.run_dir / "trainable.safetensors").read_bytes() == b"old"  # a dry run moves nothing
+
+    assert sweep.main([*args, "train.max_steps=1"]) == 0
+    err = capsys.readouterr().err
+    warn = err.index("WARNING: 1 run dir(s) hold runs of another config")
+    assert warn < err.index("layernorm-lr0.001: training") and "finished run feedc0de" in err
+    assert (Path(f"{p.run_dir}.replaced-01234567") / "trainable.safetensors").read_bytes() == b"old"
