@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
@@ -38,10 +39,10 @@ from mmln.data.templates import IMAGE_TOKEN_INDEX, encode_prompt, get_template, 
 @dataclass
 class Query:
     """One question: LLaVA turns (`[{"from": "human"|"gpt", "value": str}]`, last = the human
-    question holding `<image>`) and the image file (None for a text-only query)."""
+    question holding `<image>`) and the image file or a PIL image (None for a text-only query)."""
 
     conversations: list[dict[str, str]]
-    image: Optional[Path] = None
+    image: Optional[Path | Image.Image] = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,8 @@ class Collate:
         for b, (ids, _) in enumerate(batch):
             input_ids[b, : len(ids)] = torch.tensor(ids)
             mask[b, : len(ids)] = 1
-        images = [self.image_processor(load_image(p)) for _, p in batch if p is not None]
+        images = [self.image_processor(p if isinstance(p, Image.Image) else load_image(p))  # a path, or a PIL image
+                  for _, p in batch if p is not None]
         return {"input_ids": input_ids, "attention_mask": mask,
                 "pixel_values": torch.stack(images) if images else None}
 
