@@ -6,6 +6,8 @@ Paper-style tables and figures from the MLflow runs of one or more experiments (
     report.md              every table, in the paper's shapes (a table without data says so in one line)
     <table>.csv            the same numbers, unrounded
     lr_curves_<model>.png  the selection metric over the learning rate, one line per strategy
+    fig3_similarity_<model>.png  finetune and LayerNorm layer-similarity heatmaps, one colour scale
+    fig4_ln_grads_<model>.png    the same norm's gradient histograms over steps, finetune | LayerNorm
     data_types_<model>.png Table 3 as bars (the paper's Fig. 2)
     analysis/<model>-<strategy>/...  the `analysis/` PNGs (layer-similarity heatmaps, LayerNorm
                            gradient plots) that each strategy's best run logged, when there are any
@@ -333,19 +335,78 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     paths = []
     ref = [r for r in reference(runs) if metric in r.metrics]
     for model in sorted({r.model for r in ref}):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (strategy,), g in group([r for r in ref if r.model == model], lambda r: (r.strategy,)).items():
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        mine = [r for r in ref if r.model == model]
+        for (strategy,), g in group(mine, lambda r: (r.strategy,)).items():
             g = sorted(g, key=lambda r: r.lr)
             ax.plot([r.lr for r in g], [r.metrics[metric] for r in g], marker="o", label=strategy)
-        ax.set(xscale="log", xlabel="learning rate", ylabel=metric, title=f"{model}: {metric} per learning rate")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        lrs = sorted({r.lr for r in mine})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(lrs))  # a tick at every swept lr, none between
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{x:g}" for x in lrs], rotation=45 if len(lrs) > 4 else 0, ha="right" if len(lrs) > 4 else "center")
+        ax.set(xlabel="learning rate (log scale)", ylabel=metric_label(metric),
+               title=f"{model}: {metric_label(metric)} per learning rate")
+        ax.grid(alpha=0.3)
+        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
         paths.append(out / f"lr_curves_{model}.png")
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
+    return paths
+
+
+def metric_label(metric: str) -> str:
+    """`eval/flickr30k_cider` -> "Flickr30k CIDEr" (the table's column name and unit), else the key."""
+    names = {m: c for c, m in BENCH_COLS} | {"params/percent": "trainable %", "perf/peak_mem_gb": "peak memory (GB)"}
+    name = names.get(metric, metric)
+    return name + (" CIDEr" if metric.endswith("_cider") else "")
+
+
+PAPER_PAIR = ("finetune", "layernorm")  # the paper's Fig. 3 and Fig. 4 compare these two
+
+
+def paper_figures(client, runs: list[Run], metric: str, out: Path) -> list[Path]:
+    """Fig. 3 (layer-similarity heatmaps) and Fig. 4 (the same norm's gradients) of finetune and
+    LayerNorm side by side on one scale, from the best reference runs' `analysis/*.npz`."""
+    import tempfile
+
+    import numpy as np
+
+    from mmln.analysis import GRADS_FILE, SIMILARITY_FILE, load_grads, load_similarity
+    from mmln.analysis.figures import grads_side_by_side, similarity_side_by_side
+
+    paths = []
+    for model in sorted({r.model for r in runs}):
+        mats, grads = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for (m, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
+                if m != model or strategy not in PAPER_PAIR:
+                    continue
+                run, _ = best(g, metric)
+                label = f"{strategy} (lr {run.lr:g})"
+                for name in (SIMILARITY_FILE, GRADS_FILE):
+                    try:
+                        local = Path(client.download_artifacts(run.run_id, f"analysis/{name}", f"{tmp}/{strategy}"))
+                    except Exception:  # this run recorded no such analysis
+                        continue
+                    if name == SIMILARITY_FILE and "token" in (sim := load_similarity(local)):
+                        mats[label] = sim["token"]
+                    elif name == GRADS_FILE:
+                        grads[label] = load_grads(local)
+        if mats:
+            paths.append(similarity_side_by_side(mats, out / f"fig3_similarity_{model}.png",
+                                                 f"{model}: layer similarity (lower = more expressive)"))
+        shared = sorted(set.intersection(*(set(a) for _, a in grads.values()))) if grads else []
+        steps = set.intersection(*(set(np.asarray(s).tolist()) for s, _ in grads.values())) if grads else set()
+        if shared and steps:
+            param = shared[0]
+            paths.append(grads_side_by_side({k: (s, a[param]) for k, (s, a) in grads.items()}, param,
+                                            out / f"fig4_ln_grads_{model}.png", model))
     return paths
 
 
@@ -430,7 +491,8 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             write_csv(t, out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
-        figs = lr_curves(runs, metric, out) + analysis_figures(client, runs, metric, out)
+        figs = lr_curves(runs, metric, out) + paper_figures(client, runs, metric, out) + \
+            analysis_figures(client, runs, metric, out)
         if "table3" in built:
             figs += data_type_bars(built["table3"], metric, out)
         md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" for p in figs] or ["No figures (no data)."])

@@ -152,3 +152,30 @@ def test_default_output_from_another_cwd_and_the_row_rule(tmp_path, monkeypatch,
     t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}
     assert float(t1["layernorm"]["Flickr30k"]) == 10.0 and smoke[:8] in t1["layernorm"]["run"]
     assert float(t1["lora"]["Flickr30k"]) == 30.0
+
+
+def test_paper_figures_put_finetune_and_layernorm_side_by_side(tmp_path):
+    """Fig. 3 and Fig. 4 from the best finetune and LayerNorm runs' analysis/*.npz (as fit logs them)."""
+    import numpy as np
+    from PIL import Image
+
+    from mmln.analysis import GradientRecord, save_similarity
+
+    c = client()
+    exp = get_or_create_experiment(c, "fig_ln", tracking_uri())
+    rng = np.random.default_rng(0)
+    for strategy, scale in (("finetune", 1e-3), ("layernorm", 3e-3)):
+        run = make_run(c, exp, strategy, 1e-3, {FLICKR: 1.0})
+        d = tmp_path / strategy
+        save_similarity(d / "layer_similarity.npz", {"token": np.eye(4) * 0.5 + 0.5}, 8)
+        rec = GradientRecord()
+        for step in range(0, 10, 2):
+            rec.add(step, {"layers.1.input_layernorm.weight": rng.normal(0, scale, 16).astype(np.float32)})
+        rec.save(d / "ln_grads.npz")
+        c.log_artifacts(run, str(d), artifact_path="analysis")
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "fig_ln", "--out", str(out), "--no-log", "--tables", "figures"]) == 0
+    for name in ("fig3_similarity_m7.png", "fig4_ln_grads_m7.png"):
+        with Image.open(out / name) as im:
+            assert im.width > 1.6 * im.height  # two panels side by side
+    assert "`fig4_ln_grads_m7.png`" in (out / "report.md").read_text()
