@@ -207,23 +207,24 @@ def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, 
               log: bool) -> dict[str, Any]:
     from mmln.eval.runner import Runner, decoding_for
 
+    if os.environ.get("MMLN_QUIET") == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    mllm, tokenizer, image_processor = load_model(cfg, ckpt)  # a bad checkpoint fails before the store is touched
     target, mode, identity = plan_logging(cfg, ckpt, run_id) if log else (None, "new", {})
     old_scores = out_dir / "scores.json"
     if mode == "child" or (mode == "new" and old_scores.is_file()):  # never overwrite another evaluation's files
         out_dir = out_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         _say(f"another evaluation's results are in {old_scores.parent}: writing this one to {out_dir}")
 
-    if os.environ.get("MMLN_QUIET") == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    mllm, tokenizer, image_processor = load_model(cfg, ckpt)
     runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
                     num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
     scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
                               "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}}
     for bench in benches:
         t0 = time.perf_counter()
+        runner.desc = f"eval {bench}"  # a progress bar per benchmark (per call: POPE's splits, MME's subtasks)
         result = run_benchmark(bench, runner, cfg, out_dir)
         seconds = time.perf_counter() - t0
         scores["benches"][bench] = result

@@ -489,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         client.update_run(parent_id, status="RUNNING")
     try:
         if not args.summarize:
-            for p in todo:
+            from mmln.progress import eta
+
+            t0 = time.time()
+            for k, p in enumerate(todo):
+                _say(f"point {k + 1}/{len(todo)}: {p.name} ({time.time() - t0:.0f}s so far, "
+                     f"ETA {eta(k, len(todo), time.time() - t0)})")
                 try:
                     run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
                 except Exception as e:

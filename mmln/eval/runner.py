@@ -95,6 +95,7 @@ class Runner:
         self.cut_at = [s for s in stop_strings(self.template) if s not in tokenizer.all_special_tokens]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.num_image_tokens = mllm.vision.num_patches
+        self.desc = ""  # names the progress bar of each call (e.g. the benchmark); "" = no bar
 
     # prompts --------------------------------------------------------------------------------
     def encode(self, query: Query) -> list[int]:
@@ -124,6 +125,14 @@ class Runner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _bar(self, loader: DataLoader):
+        """Batches with a progress bar (rate, ETA) named `desc`, on rank 0 only; the bare loader otherwise."""
+        if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
+            return loader
+        from mmln.progress import bar
+
+        return bar(loader, total=len(loader), desc=self.desc, unit="batch")
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         device = next(self.mllm.parameters()).device
         return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
@@ -152,7 +161,7 @@ class Runner:
         out: list[str] = []
         if d.do_sample:
             torch.manual_seed(self.seed)  # sampling (paper profile) is reproducible for a given batching
-        for batch in loader:
+        for batch in self._bar(loader):
             with self._autocast():
                 new = self.mllm.generate(**self._to_device(batch), max_new_tokens=d.max_new_tokens,
                                          eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
@@ -180,7 +189,7 @@ class Runner:
         yes, no = self.yes_no_token_ids()
         order, loader = self._loader(queries)
         out: list[str] = []
-        for batch in loader:
+        for batch in self._bar(loader):
             with self._autocast():
                 logits = self.mllm.next_token_logits(**self._to_device(batch)).float()
             # a tie goes where argmax (greedy) sends it: to the lower token id
