@@ -21,6 +21,8 @@ install: $(STAMP)  ## create .venv with the pinned stack (torch 2.14.1 + torchvi
 $(STAMP): pyproject.toml requirements.lock
 	@command -v java >/dev/null || { echo "installing Java (pycocoevalcap's PTB tokenizer needs it)"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v chromium >/dev/null || { echo "installing chromium (the headless dashboard test loads the MLflow UI)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	grep -v '^deepspeed==' requirements.lock > $(VENV)/lock-no-ds.txt

@@ -140,7 +140,7 @@ def lightning_strategy(cfg):
 def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -214,7 +214,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+
+        callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(FailAt(cfg.debug.fail_at_step))
     trainer = L.Trainer(

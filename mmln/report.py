@@ -527,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks each strategy's best lr (default: %(default)s)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    ap.add_argument("--open", action="store_true",
+                    help="then serve the MLflow UI on 127.0.0.1:--port and print links to the experiment and to its "
+                         "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
+    ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
     from mlflow import MlflowClient
 
@@ -560,7 +564,27 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(t, bold_max=t.key == "tableA1"))
     run = "" if args.no_log else f"; MLflow run {log_report(client, uri, experiments[0], '+'.join(experiments), out)}"
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
+    if args.open:
+        return open_ui(client, uri, experiments, references, args.port)
     return 0
+
+
+def open_ui(client, uri: str, experiments: list[str], references, port: int) -> int:
+    """Serve the dashboard and print where the comparison is (until Ctrl-C)."""
+    from mmln.tracking import serve_ui, ui_links
+
+    exp = client.get_experiment_by_name(experiments[0])
+    runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (_strategy_key(r.strategy), -r.lr))
+    links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
+    proc = serve_ui(uri, port)
+    print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)\n  experiment '{experiments[0]}': {links['experiment']}\n"
+          f"  its {len(runs)} runs (strategies x learning rates) side by side: {links['compare']}", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=20)
+        return 0
 
 
 if __name__ == "__main__":

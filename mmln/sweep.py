@@ -172,11 +172,16 @@ def sweep_id_of(points: list[Point], benches: list[str]) -> str:
     return hashlib.sha256(json.dumps([sorted(p.hash for p in points), benches]).encode()).hexdigest()[:8]
 
 
+def sweep_name(model: str, strategies: list[str], n_lrs: int, variant: str = "") -> str:
+    """What the parent run is called in the dashboard: `<model> <strategies> x <n> lrs`."""
+    return f"{model}{' ' + variant if variant else ''} {','.join(strategies)} x {n_lrs} lr{'s' if n_lrs != 1 else ''}"
+
+
 def parent_run(client, exp_id: str, sweep_id: str, create: bool, params: dict[str, Any], tags: dict[str, str]):
     runs = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.kind = 'sweep'", max_results=1)
     if runs or not create:
         return runs[0].info.run_id if runs else None
-    run_id = client.create_run(exp_id, run_name=f"sweep-{sweep_id}",
+    run_id = client.create_run(exp_id, run_name=tags.pop("name", f"sweep-{sweep_id}"),
                                tags={"kind": "sweep", "sweep_id": sweep_id, **tags}).info.run_id
     from mlflow.entities import Param
 
@@ -246,6 +251,17 @@ def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
     return tags | ({"mlflow.parentRunId": parent_id} if parent_id else {})
 
 
+def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
+    """A reused point shows under this sweep's parent too: it becomes the parent's child (its
+    earlier sweeps stay listed in the `sweeps` tag)."""
+    if not parent_id:
+        return
+    tags = client.get_run(run_id).data.tags
+    seen = [s for s in tags.get("sweeps", tags.get("sweep_id", "")).split(",") if s]
+    client.set_tag(run_id, "sweeps", ",".join(dict.fromkeys(seen + [sweep_id])))
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+
+
 def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
               metric: str, config_path: str) -> None:
     from mmln.evaluate import evaluate
@@ -256,6 +272,7 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
     if action == "skip":
         p.status, p.run_id = "skipped", run.info.run_id
         _say(f"[{p.index}] {p.name}: done before (run {p.run_id}), skipped")
+        adopt(client, p.run_id, parent_id, sweep_id)
         return
     if action == "train":
         _say(f"[{p.index}] {p.name}: training")
@@ -272,6 +289,7 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
                     client.set_tag(p.run_id, k, v)
     else:
         p.run_id = run.info.run_id
+        adopt(client, p.run_id, parent_id, sweep_id)
     metrics = client.get_run(p.run_id).data.metrics
     missing = [b for b in benches if not has_bench(metrics, b)]
     if missing:
@@ -323,6 +341,32 @@ def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Poi
         path.write_text(json.dumps({"select_metric": metric, "points": rows,
                                     "best": {s: p.index for s, p in best.items()}}, indent=1))
         client.log_artifact(parent_id, str(path))
+        client.log_artifacts(parent_id, str(comparison(points, best, metric, Path(tmp) / "comparison")), "comparison")
+
+
+def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Path) -> Path:
+    """The parent's at-a-glance view: `comparison.md` (strategies x learning rates, Table A1's
+    shape, best per strategy in bold, each cell's run) and the report's LR-curve PNG."""
+    from mmln.report import Run, lr_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    lrs = sorted({p.lr for p in points}, reverse=True)
+    strategies = list(dict.fromkeys(p.strategy for p in points))
+    lines = [f"# {metric} per strategy x learning rate", "", "| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for s in strategies:
+        cells = []
+        for lr in lrs:
+            p = next((q for q in points if q.strategy == s and q.lr == lr), None)
+            v = "-" if p is None or p.value is None else f"{p.value:.4g}"
+            cells.append(f"**{v}**" if best.get(s) is p and p is not None else v)
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "runs: " + ", ".join(f"{p.name} = {p.run_id}" for p in points if p.run_id)]
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    model = points[0].cfg.model.name if points else "?"
+    lr_curves([Run(p.run_id or "", model, p.strategy, p.lr, "", "", "", p.index, {metric: p.value})
+               for p in points if p.value is not None], metric, out)
+    return out
 
 
 # --------------------------------------------------------------------------------------- SLURM
@@ -466,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
               "overrides": " ".join(args.overrides), "n_points": len(points)}
-    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant}
+    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant,
+            "name": sweep_name(base.model.name, args.strategies, len(args.lrs), args.variant)}
     parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
 
     if args.launcher == "slurm":

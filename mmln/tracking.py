@@ -7,6 +7,7 @@ after the project folder is moved or copied (`relocate_artifacts`).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -77,12 +78,21 @@ def artifact_root(uri: str) -> Optional[str]:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI layout (runs labelled "Evaluations")
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id; created with its artifacts beside the store and tagged as a training
+    experiment (`EXPERIMENT_TAGS`), which an existing experiment of ours gets too when it lacks it."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in EXPERIMENT_TAGS.items():
+            if k not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
+        return client.create_experiment(name, artifact_location=artifact_root(uri), tags=EXPERIMENT_TAGS)
     except Exception:  # created concurrently by another run of a sweep
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -111,3 +121,24 @@ def find_run(uri: str, experiment: str, run_name: str):
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str]:
+    """Dashboard links: the experiment's runs, and MLflow's compare page for `run_ids` (their
+    params and metrics side by side, e.g. every strategy x learning rate of a sweep)."""
+    from urllib.parse import quote
+
+    exp = json.dumps([str(experiment_id)], separators=(",", ":"))
+    runs = json.dumps(list(run_ids), separators=(",", ":"))
+    return {"experiment": f"{base}/#/experiments/{experiment_id}",
+            "compare": f"{base}/#/compare-runs?runs={quote(runs)}&experiments={quote(exp)}"}
+
+
+def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
+    """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
+    import subprocess
+    import sys
+
+    mlflow = Path(sys.executable).parent / "mlflow"
+    return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                             "--workers", "1"], start_new_session=True)

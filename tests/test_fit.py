@@ -197,3 +197,15 @@ def test_bad_data_ends_with_one_line_exit_2(tiny_world, tmp_path, capsys):
     text = capsys.readouterr().err
     err = [line for line in text.strip().splitlines() if line.startswith("error:")]
     assert "Traceback" not in text and len(err) == 1 and f"bad sample in {bad}" in err[0] and "missing_image" in err[0], err
+
+
+def test_the_progress_bar_total_respects_max_steps(tiny_world, tmp_path, capfd, monkeypatch):
+    """2 optimizer steps of 2 micro-batches: the bar counts to 4, not to the epoch's length."""
+    import re
+
+    monkeypatch.setenv("MMLN_QUIET", "0")
+    cfg = cfg_for(tiny_world, tmp_path, "instruct", "train.max_steps=2", "quiet=false")
+    fit(cfg, None)
+    cap = capfd.readouterr()  # Lightning's bar writes to stdout
+    totals = {int(t) for t in re.findall(r"\d+/(\d+) \[", cap.out + cap.err)}
+    assert totals == {4}, totals
