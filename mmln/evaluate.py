@@ -12,7 +12,9 @@ untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.pr
 - logs them to MLflow as `eval/mme_perception`, `eval/mme_cognition`, `eval/vqav2`,
   `eval/coco_cider`, `eval/flickr30k_cider`, `eval/pope_<split>_accuracy`, `eval/pope_<split>_f1`
   into `--run-id`, else the run named by the run directory's `mlflow_run_id` file, else a new
-  run of experiment `tracking.experiment` (default "mmln-eval").
+  run of experiment `tracking.experiment` (default "mmln-eval"). Never replacing a result
+  (`plan_logging`): the same evaluation (limit, profile, yes/no mode, checkpoint content) only adds
+  the metrics a run lacks; another one goes to a child run of it, tagged with what differs.
 
 Runs on one device (the first GPU when there is one), or data parallel under torchrun
 (`torchrun --nproc_per_node 8 -m mmln.evaluate ...`: one GPU per process, gloo on CPU): each rank
