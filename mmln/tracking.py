@@ -110,19 +110,6 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
                         log_model=False, run_id=run_id)
 
 
-def find_run(uri: str, experiment: str, run_name: str):
-    """The newest run of that name in the experiment (None when there is none)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str]:
     """Dashboard links: the experiment's runs, and MLflow's compare page for `run_ids` (their
     params and metrics side by side, e.g. every strategy x learning rate of a sweep)."""
