@@ -21,12 +21,13 @@ from mmln.model.errors import MissingWeightsError
 
 
 def merge_lora(llm: torch.nn.Module) -> int:
-    """Fold injected LoRA adapters into their base Linear layers and remove them; returns how many."""
-    from peft.tuners.lora import LoraLayer
+    """Fold injected PEFT adapters (LoRA, DoRA, IA3, VeRA: any PEFT tuner layer) into their base
+    Linear layers and remove them; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = 0
     for name, module in list(llm.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, BaseTunerLayer):
             module.merge()
             parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
             setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
