@@ -142,7 +142,7 @@ def lightning_strategy(cfg):
 def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -204,7 +204,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
         params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
-                  "percent": counts.percent}
+                  "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
 
@@ -216,7 +216,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+
+        callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
     trainer = L.Trainer(
@@ -241,6 +243,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         raise
     metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                "params/total": counts.total, "params/percent": counts.percent,
+               **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                "data/bad_samples": float(module.bad_log.total)}
     if trainer.is_global_zero:
         from mmln.tracking import log_file_or_reference
@@ -264,6 +267,9 @@ def _prior_run_id(run_dir: Path) -> Optional[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmln.data.dataset import BadSampleError
+    from mmln.data.records import DataError
+
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
@@ -271,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, MissingWeightsError, FileNotFoundError, DataError, BadSampleError) as e:
+        print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")
