@@ -267,9 +267,6 @@ def _prior_run_id(run_dir: Path) -> Optional[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmln.data.dataset import BadSampleError
-    from mmln.data.records import DataError
-
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
@@ -277,8 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, DataError, BadSampleError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
+        return 2
+    except Exception as e:  # the data errors live with torch-importing modules: imported only now
+        from mmln.data.dataset import BadSampleError
+        from mmln.data.records import DataError
+
+        if not isinstance(e, (DataError, BadSampleError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")
