@@ -36,6 +36,7 @@ def merge_lora(llm: torch.nn.Module) -> int:
 
 
 def export(cfg, ckpt: str | None, out: str | Path) -> Path:
+    from mmln.evaluate import run_dir_of
     from mmln.model import build_mllm, save_mm_projector
     from mmln.model.checkpoint import load_trainable, read_trainable
     from mmln.model.llm import load_tokenizer
@@ -53,7 +54,9 @@ def export(cfg, ckpt: str | None, out: str | Path) -> Path:
     load_tokenizer(cfg.model.llm).save_pretrained(out / "llm")
     overrides = {"model": {"llm": {"path": str((out / "llm").resolve()), "tokenizer": None},
                            "connector": {"path": str((out / "mm_projector.bin").resolve())}},
-                 "tune": {"strategy": "layernorm"}}
+                 "tune": {"strategy": "layernorm"},
+                 # evaluations of the export are named after what was exported, not "untuned"
+                 "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
     save_mm_projector(mllm.connector, out / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(out / "vision")

@@ -160,7 +160,7 @@ def lightning_strategy(cfg):
 def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -242,7 +242,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+
+        callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
     if cfg.debug.pause_at_steps:
@@ -274,8 +276,12 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                    **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                    "data/bad_samples": float(module.bad_log.total)}
         if trainer.is_global_zero:
+            from mmln.tracking import log_file_or_reference
+
             for path in module.export(run_dir):
-                logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+                if path.is_file():
+                    log_file_or_reference(logger.experiment, logger.run_id, path,
+                                          int(cfg.tracking.artifact_max_mb * 2**20))
             write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
             for f in ("config.yaml", "params.json", "efficiency.json"):
                 logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
@@ -376,16 +382,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
     except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
-    except RuntimeError as e:
+    except Exception as e:  # these errors live with torch-importing modules: imported only now
+        from mmln.data.dataset import BadSampleError
+        from mmln.data.records import DataError
         from mmln.lit.safety import NonFiniteError
         from mmln.tracking import TrackingUnreachable
 
         if isinstance(e, (NonFiniteError, TrackingUnreachable)):
             print(f"error: {e}", file=sys.stderr)
             return 1
-        raise
+        if not isinstance(e, (DataError, BadSampleError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted
 
