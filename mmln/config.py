@@ -304,6 +304,11 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    from mmln.tuning import strategy_problem  # light: the registry imports no torch
+
+    problem = strategy_problem(cfg.tune.strategy, cfg.stage)
+    if problem:
+        raise ConfigError(problem)
     t = cfg.train
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")

@@ -52,9 +52,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _datasets(cfg: Any, tok: Any) -> dict[str, Any]:
+    from mmln.model.vision import image_positions
+
     from .dataset import build_datasets
 
-    train, val = build_datasets(cfg, tok)
+    train, val = build_datasets(cfg, tok, image_positions(cfg.model.vision))
     return {"train": train} if val is None else {"train": train, "val": val}
 
 

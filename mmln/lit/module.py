@@ -2,7 +2,7 @@
 
 They share the step, the optimizer recipe and trainable-only checkpointing (`MLLMModule`); the
 stage-1 module adds LLaVA's `mm_projector.bin` export, the stage-2 module the PEFT adapter export
-for LoRA runs. The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
+of strategies that have a PEFT form (`mmln.formats.peft_adapter`). The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
 """
 from __future__ import annotations
 
@@ -127,23 +127,14 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy; LoRA runs also export a PEFT adapter directory."""
+    """Stage 2: any tuning strategy; one with a PEFT form (LoRA, norm tuning) also exports a PEFT
+    adapter directory (`lora_adapter/`, `ln_tuning_adapter/`)."""
 
     def export(self, run_dir: Path) -> list[Path]:
-        paths = super().export(run_dir)
-        if self.cfg.tune.strategy == "lora":
-            from peft import LoraConfig, get_peft_model_state_dict
-            from safetensors.torch import save_file
+        from mmln.formats.peft_adapter import export_peft_adapter
 
-            out = run_dir / "lora_adapter"
-            out.mkdir(exist_ok=True)
-            lc = self.cfg.tune.lora
-            LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                       target_modules=list(lc.target_modules), task_type="CAUSAL_LM").save_pretrained(out)
-            state = get_peft_model_state_dict(self.mllm.llm)
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"))
-            paths.append(out)
-        return paths
+        out = export_peft_adapter(self.mllm, self.cfg, run_dir)
+        return super().export(run_dir) + ([out] if out else [])
 
 
 def module_for(cfg, mllm, total_steps: int) -> MLLMModule:

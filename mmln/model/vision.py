@@ -15,6 +15,14 @@ from mmln.config import VisionConfig
 from mmln.model.errors import MissingWeightsError
 
 
+def image_positions(cfg: VisionConfig) -> int:
+    """Positions one image takes in the LLM sequence: (image_size / patch_size)^2 (+1 with CLS).
+
+    The one definition: `VisionEncoder.num_patches` returns it, and the data side is handed it.
+    """
+    return (cfg.image_size // cfg.patch_size) ** 2 + (1 if cfg.select_feature == "cls_patch" else 0)
+
+
 class VisionEncoder(nn.Module):
     """Pixel values (B, 3, H, W) -> patch features (B, N, hidden). Pure and frozen."""
 
@@ -30,8 +38,7 @@ class VisionEncoder(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        n = (self.cfg.image_size // self.cfg.patch_size) ** 2
-        return n + (1 if self.cfg.select_feature == "cls_patch" else 0)
+        return image_positions(self.cfg)
 
     @property
     def dtype(self) -> torch.dtype:

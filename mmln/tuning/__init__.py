@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 # import order = registry order (what `--strategy all` lists)
 from mmln.tuning import connector, full, lora, blocks, layernorm  # noqa: F401,I001  (registers the strategies)
-from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register
+from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register, strategy_problem
 
-__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register", "trainable_names"]
+__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register",
+           "strategy_problem", "trainable_names"]
 
 
 def apply_strategy(mllm, tune) -> list[str]:
+    import torch
+
     strategy = get_strategy(tune.strategy)
     mllm.requires_grad_(False)
     if strategy.prepare is not None:

@@ -1,14 +1,17 @@
 """Locating the parts strategies train, by module type (norms) or by block structure (projections)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from torch import nn
-from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def is_norm(module: nn.Module) -> bool:
     """LayerNorm, RMSNorm and the RMSNorm classes of Hugging Face architectures (by type, never by name)."""
+    from torch import nn
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+
     norm_types = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, *ALL_LAYERNORM_LAYERS)
     return isinstance(module, norm_types) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
