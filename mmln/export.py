@@ -55,11 +55,12 @@ def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
 
 
 def _export_llava(mllm, cfg, out: Path) -> Path:
+    from mmln.formats.llava_hf import save_tokenizer
     from mmln.model import save_mm_projector
     from mmln.model.llm import load_tokenizer
 
     mllm.llm.save_pretrained(out / "llm")
-    load_tokenizer(cfg.model.llm).save_pretrained(out / "llm")
+    save_tokenizer(load_tokenizer(cfg.model.llm), out / "llm")
     overrides = {"model": {"llm": {"path": str((out / "llm").resolve()), "tokenizer": None},
                            "connector": {"path": str((out / "mm_projector.bin").resolve())}},
                  "stage": "instruct", "tune": {"strategy": "layernorm"}}  # merged: nothing left to load on top

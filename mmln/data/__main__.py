@@ -39,7 +39,9 @@ def load_tokenizer(cfg: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        legacy = cfg.model.llm.tokenizer_legacy  # pinned as training pins it (mmln.model.llm.load_tokenizer)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             **({} if legacy is None else {"legacy": bool(legacy)}))
     except Exception as e:  # transformers raises several types for an unusable dir
         raise UsageError(f"{key}={path}: cannot load a tokenizer from it ({type(e).__name__}: {e})") from None
 

@@ -90,9 +90,15 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
                     "a Hugging Face CLIP directory (config.json + model.safetensors or pytorch_model.bin), "
                     "e.g. a local copy of openai/clip-vit-large-patch14",
                 )
+            from mmln.formats.strict import check_kind, check_loading_info
+
+            check_kind(path, "model.vision.path", ("clip_vision_model", "clip"))  # e.g. a llava-hf dir: init_from
             hf_cfg = CLIPVisionConfig.from_pretrained(path)
             _check_arch(cfg, hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.image_size, hf_cfg.patch_size)
-            backbone = CLIPVisionModel.from_pretrained(path, local_files_only=True)
+            backbone, info = CLIPVisionModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+            text_side = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")  # a full CLIP dir
+            info["unexpected_keys"] = [k for k in info["unexpected_keys"] if not k.startswith(text_side)]
+            check_loading_info(info, path, "model.vision.path")
         elif cfg.path and (Path(cfg.path) / "config.json").is_file():  # architecture only (meta builds)
             hf_cfg = CLIPVisionConfig.from_pretrained(cfg.path)
             backbone = CLIPVisionModel(hf_cfg)
