@@ -321,7 +321,6 @@ def _apply_init_from(cfg: DictConfig) -> None:
         raise ConfigError(str(e)) from None
     if not cfg.model.llm.tokenizer:
         fields_["llm"]["tokenizer"] = cfg.model.init_from
-    fields_["vision"].pop("path", None)  # llava-hf: the tower is in the checkpoint; LLaVA: model.vision.path
     cfg.model = OmegaConf.merge(cfg.model, fields_)
 
 

@@ -124,3 +124,20 @@ def test_hf_llava_export_imports_back_with_init_from(exported):
     with torch.no_grad():
         a, b = m(ids, pixel_values=px).logits, again(ids, pixel_values=px).logits
     assert (a - b[..., : a.shape[-1]]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_tokenizer_legacy_key_pins_training_and_every_export(tmp_path, tok_dirs, pin):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from mmln.formats.llava_hf import save_tokenizer
+
+    text = "USER: hi ASSISTANT: a circle</s>USER: and now"
+    for legacy_dir in (True, False):  # whatever the directory says, the key decides
+        tok = load_tokenizer(tiny_config(f"model.llm.tokenizer={tok_dirs[legacy_dir]}",
+                                         f"model.llm.tokenizer_legacy={pin}").model.llm)
+        pieces = tok.convert_ids_to_tokens(tok(text).input_ids)
+        after = pieces[pieces.index("</s>") + 1:]
+        assert (after[0] == "▁USER") == pin, after  # legacy: "▁USER"; not: "US", "ER"
+        save_tokenizer(tok, tmp_path / f"out{legacy_dir}")
+        assert AutoTokenizer.from_pretrained(tmp_path / f"out{legacy_dir}")(text).input_ids == tok(text).input_ids

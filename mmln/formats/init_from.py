@@ -47,7 +47,7 @@ def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, 
         if not isinstance(layer, int):
             raise WeightsMismatchError(f"{KEY}={path}: vision_feature_layer={layer} (several layers) is not "
                                        "supported; mmln selects one layer", KEY, str(path))
-        vision = {"backend": "hf_clip", "path": None, "select_layer": layer,
+        vision = {"backend": "hf_clip", "path": None, "select_layer": layer,  # the tower is in the checkpoint
                   "select_feature": "patch" if c.get("vision_feature_select_strategy", "default") == "default"
                   else "cls_patch", **_vision_fields(v)}
         llm = {"arch": t.get("model_type", "llama"), **_llm_fields(t)}

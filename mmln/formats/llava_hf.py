@@ -167,7 +167,9 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
         image_processor=image_processor_for(cfg.model.vision, cfg.data.image_aspect), tokenizer=tokenizer,
         patch_size=int(cfg.model.vision.patch_size),
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=chat_template(cfg.data.template), image_token=IMAGE_TOKEN, num_additional_image_tokens=1,
+        chat_template=(tokenizer.chat_template if cfg.data.template == "chat_template"  # the tokenizer's own
+                       else chat_template(cfg.data.template)),
+        image_token=IMAGE_TOKEN, num_additional_image_tokens=1,
     )
     out = Path(out)
     with atomic_dir(out) as tmp:
