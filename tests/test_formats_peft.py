@@ -67,3 +67,19 @@ def test_adapter_missing_a_trained_tensor_is_an_error(tmp_path, base_llm_dir):
     with pytest.raises(ValueError, match="would not carry 1 tensors"):
         save_peft_adapter(m, cfg.tune, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_tied_embeddings_travel_as_modules_to_save(tmp_path):
+    """A tied head is the trained embedding under a second name: both go into the adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tied = ("model.llm.arch=qwen2", "model.llm.tie_word_embeddings=true")
+    build_model(tiny_config(*tied)).llm.save_pretrained(tmp_path / "llm")
+    cfg, m = _trained("layernorm", tmp_path / "llm", *tied)
+    assert m.llm.lm_head.weight is m.llm.get_input_embeddings().weight
+    out = export_peft_adapter(m, cfg, tmp_path)
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "llm"), out).eval()
+    with torch.no_grad():
+        assert (m.llm(input_ids=IDS, attention_mask=MASK).logits
+                - pm(input_ids=IDS, attention_mask=MASK).logits)[MASK.bool()].abs().max() <= 1e-5

@@ -41,7 +41,8 @@ def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None)
         raise ValueError(f"tune.strategy={tune.strategy!r} has no PEFT form: export it merged "
                          "(python -m mmln.export --format hf-llava) instead")
     llm = mllm.llm
-    trained = {n: p.detach() for n, p in llm.named_parameters() if p.requires_grad}
+    # every name of a trained tensor, tied ones too (a tied head is the trained embedding under a second name)
+    trained = {n: p for n, p in llm.named_parameters(remove_duplicate=False) if p.requires_grad}
     config = strategy.peft_config(mllm, tune)
     trio = _trio_modules(llm)
     if trio:
@@ -58,9 +59,9 @@ def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None)
         if src not in trained:
             raise ValueError(f"PEFT adapter tensor '{name}' ({config.peft_type}) has no trained counterpart in "
                              f"the run (looked for '{src}'): the strategy's PEFT config does not describe it")
-        state[name] = trained[src].to(torch.float32).clone()
-        used.add(src)
-    left = sorted(set(trained) - used)
+        state[name] = trained[src].detach().to(torch.float32).clone()
+        used.add(id(trained[src]))
+    left = sorted(n for n, p in llm.named_parameters() if p.requires_grad and id(p) not in used)
     if left:
         raise ValueError(f"the {config.peft_type} adapter would not carry {len(left)} tensors the run trained, "
                          f"e.g. {left[:4]}: the strategy's PEFT config misses them")

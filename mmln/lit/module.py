@@ -133,8 +133,9 @@ class InstructFinetune(MLLMModule):
     def export(self, run_dir: Path) -> list[Path]:
         from mmln.formats.peft_adapter import export_peft_adapter
 
+        paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
-        return super().export(run_dir) + ([out] if out else [])
+        return paths + ([out] if out else [])
 
 
 def module_for(cfg, mllm, total_steps: int) -> MLLMModule:
