@@ -105,7 +105,10 @@ def _connector_state(proj: dict, linear: bool) -> dict:
         w1, b1, w2, b2 = (proj[k].float() for k in ("linear_1.weight", "linear_1.bias", "linear_2.weight",
                                                      "linear_2.bias"))
         return {"weight": w2 @ w1, "bias": w2 @ b1 + b2}
-    return {k.replace("linear_1.", "0.").replace("linear_2.", "2."): v for k, v in proj.items()}
+    from mmln.formats.llava_hf import PROJECTOR
+
+    return {ours + k[len(theirs):]: v for k, v in proj.items() for theirs, ours in PROJECTOR.items()
+            if k.startswith(theirs)}
 
 
 def _llava_hf_parts(cfg, dtype):

@@ -12,11 +12,8 @@ connector is written exactly as `linear_1` = the connector, activation `linear` 
 embedding row (the mean) and one zero LM-head row are appended, and the generation config
 suppresses that id (mmln's model has no such row to produce).
 
-In, `load_llava_hf(mllm, path)`: fills a built MLLM from a llava-hf directory, transformers 5
-layout (`model.language_model.*`, `model.vision_tower.*`, `model.multi_modal_projector.*`,
-`lm_head.*`) or the older one (`language_model.model.*`, `language_model.lm_head.*`,
-`vision_tower.*`, `multi_modal_projector.*`), strictly (`mmln.formats.strict`).
-`llava_hf_model_fields(path)` gives the `model.*` config fields such a directory implies.
+In: `model.init_from=DIR` (`mmln.formats.init_from`), which reads both key layouts through
+transformers' own loader.
 """
 from __future__ import annotations
 
@@ -26,17 +23,6 @@ from typing import Any
 
 IMAGE_TOKEN = "<image>"
 
-# (prefix in the checkpoint, prefix in mmln's MLLM); first match wins, transformers 5 layout first
-KEY_MAP = (
-    ("model.language_model.", "llm.model."),
-    ("model.vision_tower.", "vision.backbone."),
-    ("model.multi_modal_projector.", "connector."),
-    ("lm_head.", "llm.lm_head."),
-    ("language_model.model.", "llm.model."),
-    ("language_model.lm_head.", "llm.lm_head."),
-    ("vision_tower.", "vision.backbone."),
-    ("multi_modal_projector.", "connector."),
-)
 PROJECTOR = {"linear_1.": "0.", "linear_2.": "2."}  # llava-hf projector -> mmln's nn.Sequential
 
 
