@@ -72,7 +72,8 @@ def _export_llava(mllm, cfg, out: Path) -> Path:
         from safetensors.torch import save_file
 
         (out / "vision").mkdir(parents=True, exist_ok=True)
-        save_file(mllm.vision.backbone.state_dict(), str(out / "vision" / "model.safetensors"))
+        with atomic_path(out / "vision" / "model.safetensors") as tmp:
+            save_file(mllm.vision.backbone.state_dict(), str(tmp))
         overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
     merged = OmegaConf.merge(cfg, overrides)
     write_text(out / "config.yaml", to_yaml(merged))

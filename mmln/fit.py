@@ -40,15 +40,17 @@ class RunResult:
     metrics: dict
 
 
-class FailAt(__import__("lightning").pytorch.Callback):
-    """debug.fail_at_step: raise after that optimizer step, as a killed or crashing run would."""
+def fail_at(step: int):
+    """debug.fail_at_step: a callback that raises after that optimizer step, as a killed or crashing
+    run would (built on use: importing this module must not import Lightning)."""
+    from lightning.pytorch import Callback
 
-    def __init__(self, step: int):
-        self.step = step
+    class FailAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= step:
+                raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError(f"debug.fail_at_step={self.step}: failing on purpose at step {trainer.global_step}")
+    return FailAt()
 
 
 def preflight(cfg) -> None:
@@ -215,7 +217,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     if not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
-        callbacks.append(FailAt(cfg.debug.fail_at_step))
+        callbacks.append(fail_at(cfg.debug.fail_at_step))
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy=lightning_strategy(cfg), precision=precision(cfg),

@@ -8,7 +8,7 @@ Norm tuning changes no structure, so an export needs no merge; its PEFT form is 
 """
 from itertools import chain
 
-from mmln.tuning.parts import block_norm_params, final_norm_params, is_norm
+from mmln.tuning.selectors import block_norm_params, final_norm_params, is_norm
 from mmln.tuning.registry import Strategy, register
 
 
