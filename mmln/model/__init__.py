@@ -57,6 +57,7 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     dtype = frozen_dtype(cfg.dtype)
     if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
         from mmln.formats.init_from import build_parts
+        from mmln.model.vision import VisionEncoder
 
         backbone, connector, llm = build_parts(cfg, dtype)
         vision = VisionEncoder(cfg.vision, backbone.to(dtype))
