@@ -96,6 +96,22 @@ class LoraConfig:
 
 
 @dataclass
+class IA3TuneConfig:
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # PEFT's LLaMA default
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # scaled on the input side
+
+
+@dataclass
+class VeraTuneConfig:
+    r: int = 256
+    d_initial: float = 0.1
+    seed: int = 0  # projection_prng_key of the shared random projections
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TuneConfig:
     # WHAT trains: a tuning strategy of mmln.tuning (layernorm, lora, finetune, ...); `python -m mmln.params
     # --strategy all` lists them. Not to be confused with train.strategy (HOW Lightning runs: ddp, deepspeed).
@@ -105,7 +121,9 @@ class TuneConfig:
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
+    ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
+    vera: VeraTuneConfig = field(default_factory=VeraTuneConfig)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -132,9 +150,22 @@ class DataConfig:
 
 # --------------------------------------------------------------------------------------- train
 @dataclass
+class GroupLRConfig:
+    """Learning rate per parameter group (mmln.tuning.selectors.GROUPS); None = `train.lr`."""
+
+    norms: Optional[float] = None
+    connector: Optional[float] = None
+    embeddings: Optional[float] = None
+    head: Optional[float] = None
+    adapters: Optional[float] = None
+    other: Optional[float] = None  # LLM weights and biases outside the groups above
+
+
+@dataclass
 class TrainConfig:
     lr: float = 2e-5
-    connector_lr: Optional[float] = None
+    connector_lr: Optional[float] = None  # alias of group_lr.connector
+    group_lr: GroupLRConfig = field(default_factory=GroupLRConfig)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     epochs: int = 1
@@ -341,6 +372,13 @@ def validate(cfg: DictConfig) -> None:
     if problem:
         raise ConfigError(problem)
     t = cfg.train
+    if t.connector_lr is not None:  # the alias: one value under both keys (both are logged as params)
+        if t.group_lr.connector is not None and t.group_lr.connector != t.connector_lr:
+            raise ConfigError(f"train.connector_lr={t.connector_lr} and train.group_lr.connector={t.group_lr.connector} "
+                              "disagree: set one of them")
+        t.group_lr.connector = t.connector_lr
+    elif t.group_lr.connector is not None:
+        t.connector_lr = t.group_lr.connector
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
     if not 0 <= t.warmup_ratio < 1:

@@ -29,15 +29,29 @@ from mmln.model.errors import MissingWeightsError
 FORMATS = ("llava", "hf-llava")
 
 
+def merge_lora(llm) -> int:
+    """Fold injected PEFT adapters (LoRA, DoRA, IA3, VeRA: any PEFT tuner layer) into their base
+    Linear layers and remove them; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    for name, module in list(llm.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
+            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
+            merged += 1
+    return merged
+
+
 def merged_model(cfg, ckpt: str | None):
     """The tuned model with the strategy's additions merged into plain weights, frozen, eval mode."""
     from mmln.build import build_model
     from mmln.tuning import get_strategy
 
     mllm = build_model(cfg, ckpt)
-    merge = get_strategy(cfg.tune.strategy).merge
-    if merge is not None:
-        merge(mllm.llm)
+    merge = get_strategy(cfg.tune.strategy).merge or merge_lora  # any injected PEFT tuner layer; none: no-op
+    merge(mllm.llm)
     mllm.requires_grad_(False).eval()
     mllm.llm.config.use_cache = True
     return mllm

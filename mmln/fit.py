@@ -203,7 +203,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
         params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
-                  "percent": counts.percent}
+                  "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
 
@@ -240,6 +240,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         raise
     metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                "params/total": counts.total, "params/percent": counts.percent,
+               **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                "data/bad_samples": float(module.bad_log.total)}
     if trainer.is_global_zero:
         for path in module.export(run_dir):

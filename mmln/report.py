@@ -170,16 +170,22 @@ def table1(runs, metric):
                                  f"(by {metric})", ref, metric, empty="no stage-2 evaluation results")
 
 
+PARAM_GROUPS = ("norms", "connector", "embeddings", "head", "adapters", "other")  # mmln.tuning.selectors.GROUPS
+
+
 def table2(runs, metric):
+    """Per strategy: the total (adapters included) and trainable counts, the trainable count of each
+    group (`params/trainable_<group>`), peak memory and throughput."""
     rows = []
     for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
         run, scored = best(g, metric)
         m = run.metrics
-        rows.append([model, strategy, lr_label(run, scored), m.get("params/trainable"), m.get("params/percent"),
+        rows.append([model, strategy, lr_label(run, scored), m.get("params/total"), m.get("params/trainable"),
+                     m.get("params/percent"), *(m.get(f"params/trainable_{k}") for k in PARAM_GROUPS),
                      m.get("perf/peak_mem_gb"), m.get("perf/tokens_per_s")])
-    return Table("table2", "Table 2: trainable parameters and peak memory per strategy",
-                 ["model", "strategy", "lr", "trainable", "trainable %", "peak mem (GB)", "tokens/s"], rows, 3,
-                 "no params/* or perf/* metrics")
+    return Table("table2", "Table 2: trainable parameters (split by group) and peak memory per strategy",
+                 ["model", "strategy", "lr", "total", "trainable", "trainable %", *PARAM_GROUPS, "peak mem (GB)",
+                  "tokens/s"], rows, 3, "no params/* or perf/* metrics")
 
 
 def axis_table(name: str, title: str, runs, metric, axis: str, fixed: str, empty: str) -> Table:

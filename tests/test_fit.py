@@ -47,7 +47,8 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert len(l1) == 24 and sum(l1[-4:]) / 4 < sum(l1[:4]) / 4  # 192 samples / 16 x 2 epochs; loss falls
 
     s2 = fit(cfg_for(tiny_world, tmp_path, "instruct", f"model.connector.path={projector}",
-                     "tune.strategy=layernorm", "train.lr=1e-3"))
+                     "tune.strategy=layernorm", "train.lr=1e-3", "train.group_lr.norms=2e-3",
+                     "train.connector_lr=5e-4"))
     conn = load_file(str(s2.run_dir / "trainable.safetensors"))
     start = torch.load(projector)["model.mm_projector.weight"]
     assert conn["connector.weight"].shape == start.shape and not torch.equal(conn["connector.weight"], start)
@@ -58,6 +59,9 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     run = client.get_run(s2.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["tune.strategy"] == "layernorm" and run.data.params["train.lr"] == "0.001"
+    assert run.data.params["train.group_lr.norms"] == "0.002" and run.data.params["train.group_lr.connector"] == "0.0005"
+    assert run.data.params["train.connector_lr"] == "0.0005" and run.data.params["train.group_lr.head"] == ""
+    assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
     for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
                 "params/trainable", "params/total"):

@@ -37,7 +37,8 @@ def rows(path: Path) -> list[dict]:
 def test_tables_from_runs(tmp_path):
     c = client()
     exp = get_or_create_experiment(c, "m7_ln", tracking_uri())  # artifacts beside the test store, not in ./mlruns
-    eff = {"params/trainable": 1000.0, "params/percent": 0.25, "perf/peak_mem_gb": 20.0}
+    eff = {"params/trainable": 1000.0, "params/percent": 0.25, "perf/peak_mem_gb": 20.0, "params/total": 400000.0,
+           "params/trainable_norms": 40.0, "params/trainable_adapters": 0.0}
     grid = {"finetune": {1e-3: 30.0, 1e-4: 40.0}, "layernorm": {1e-3: 50.0, 1e-4: 45.0}, "lora": {1e-3: 20.0}}
     for s, by_lr in grid.items():
         for lr, v in by_lr.items():
@@ -75,6 +76,8 @@ def test_tables_from_runs(tmp_path):
     t2 = {r["strategy"]: r for r in rows(out / "table2.csv")}
     assert float(t2["finetune"]["trainable %"]) == 95.0 and float(t2["layernorm"]["peak mem (GB)"]) == 20.0
     assert set(t2) == {"finetune", "lora", "layernorm", "connector", "layernorm_no_connector"}
+    assert float(t2["layernorm"]["total"]) == 400000.0 and float(t2["layernorm"]["norms"]) == 40.0
+    assert float(t2["lora"]["adapters"]) == 0.0 and t2["lora"]["head"] == ""  # a group not logged stays empty
     t3 = [(r["strategy"], r["data"], r["lr"], float(r["Flickr30k"])) for r in rows(out / "table3.csv")]
     assert ("layernorm", "conversation (20000)", "0.0001", 61.0) in t3 and ("layernorm", "all", "0.001", 50.0) in t3
     assert all(r[0] != "layernorm" or r[3] != 5.0 for r in t3)  # the ImageNet-ViT run is not a data-type row

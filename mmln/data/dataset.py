@@ -85,7 +85,9 @@ def truncate(
 
 
 class LlavaDataset(torch.utils.data.Dataset):
-    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker)."""
+    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker).
+    A record without an "image" key is a text-only sample (pixel_values None, no image slot);
+    "image" is a path under the split's one image root, sub-folders included (coco/train2017/...)."""
 
     def __init__(
         self,
@@ -117,10 +119,11 @@ class LlavaDataset(torch.utils.data.Dataset):
         raw = rec.raw
         if not isinstance(raw, dict) or "conversations" not in raw:
             raise _Bad("malformed", "record is not an object with 'conversations'")
-        if not isinstance(raw.get("image"), str) or not raw["image"]:
-            raise _Bad("malformed", "record has no 'image' path")
+        has_image = "image" in raw  # no "image" key: a text-only record (LLaVA-1.5's ShareGPT ones)
+        if has_image and (not isinstance(raw.get("image"), str) or not raw["image"]):
+            raise _Bad("malformed", "record's 'image' is not a path")
         try:
-            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer)
+            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer, image=has_image)
         except ConversationError as e:
             raise _Bad(e.reason, e.detail) from None
         kept_ids, kept_labels = truncate(ids, labels, self.num_image_tokens, self.max_length)
@@ -151,13 +154,15 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
+        pixels = None  # a text-only record has none
         try:
             ids, labels, _ = self.encode_text(rec)
-            image = self.load_image(rec)
-            try:
-                pixels = self.image_processor(image)
-            except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
-                raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
+            if "image" in rec.raw:
+                image = self.load_image(rec)
+                try:
+                    pixels = self.image_processor(image)
+                except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
+                    raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
         except _Bad as bad:
             return self._bad(i, rec, bad)
         return {
@@ -173,7 +178,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         try:
             _, _, truncated = self.encode_text(rec)
-            self.image_processor(self.load_image(rec))
+            if "image" in rec.raw:
+                self.image_processor(self.load_image(rec))
         except _Bad as bad:
             return bad.reason, bad.detail, False
         except Exception as e:  # preprocessing failure
@@ -225,7 +231,9 @@ class Collator:
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": attention_mask,
-            "pixel_values": torch.stack([s["pixel_values"] for s in good]),
+            # text-only samples have no image (None when the batch has none at all)
+            "pixel_values": torch.stack(images) if (images := [s["pixel_values"] for s in good
+                                                               if s["pixel_values"] is not None]) else None,
             "bad": bad,
             "empty": False,
         }

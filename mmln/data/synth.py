@@ -886,6 +886,34 @@ def bad_samples(out: str | Path) -> Path:
     return write_json(out / "bad_instruct.json", good[:2] + bad + good[2:])
 
 
+# LLaVA-1.5's llava_v1_5_mix665k.json: image paths under one root, by source; ShareGPT records text-only
+MIX665K_SOURCES = (("coco/train2017", "{:012d}"), ("gqa/images", "{:d}"), ("ocr_vqa/images", "{:d}"),
+                   ("textvqa/train_images", "{:016x}"), ("vg/VG_100K", "{:d}"))
+
+
+def mix665k(out: str | Path, n_per_source: int = 2, n_text: int = 2, image_size: int = 64, seed: int = 0) -> Path:
+    """Write ``out/llava_v1_5_mix665k.json`` in LLaVA-1.5's format: ``n_per_source`` image records
+    for each source folder (images written under ``out/`` at the record's sub-folder path, so the
+    one image root is ``out``) and ``n_text`` multi-turn text-only records (no ``image`` key, as
+    the ShareGPT part). Returns the JSON path."""
+    out, w, recs = Path(out), _Writer(Path(out), image_size), []
+    for folder, fmt in MIX665K_SOURCES:
+        for i in range(n_per_source):
+            rnd = _rng(seed, f"mix665k:{folder}", i)
+            scene, sid = sample_scene(rnd), fmt.format(rnd.getrandbits(40))
+            w.image(f"{folder}/{sid}.jpg", scene, rnd)
+            turns = [t for q, a, _ in qa_turns(scene, rnd, 2) for t in (q, a)]
+            recs.append({"id": sid, "image": f"{folder}/{sid}.jpg",
+                         "conversations": _conv(_with_image(turns[0], rnd), *turns[1:])})
+    for i in range(n_text):
+        rnd = _rng(seed, "mix665k:sharegpt", i)
+        a, b = sample_scene(rnd), sample_scene(rnd)
+        recs.append({"id": f"sg{rnd.getrandbits(24):06x}_{i}", "conversations": _conv(
+            f"Describe a picture of {_a(a.objects[0].name)}.", sentence(a, rnd),
+            f"And one of {_a(b.objects[0].name)}?", sentence(b, rnd))})
+    return write_json(out / "llava_v1_5_mix665k.json", recs)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmln.data synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder")

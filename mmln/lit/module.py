@@ -30,19 +30,31 @@ def warmup_cosine(total_steps: int, warmup_ratio: float):
     return factor
 
 
-def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None) -> list[dict]:
-    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings."""
+def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None = None,
+                 group_lr: dict | None = None) -> list[dict]:
+    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings.
+
+    `group_lr` ({norms, connector, embeddings, head, adapters, other: lr or None}, groups as in
+    `mmln.tuning.selectors.param_groups_of`) gives a group its own lr; `connector_lr` is its alias
+    for the connector. Each optimizer group carries `"group"`: the group name, or "base" at `lr`.
+    """
+    from mmln.tuning.selectors import param_groups_of
+
+    rates = {k: v for k, v in dict(group_lr or {}).items() if v is not None}
+    if connector_lr is not None:
+        rates.setdefault("connector", connector_lr)
     embeddings = {id(mllm.llm.get_input_embeddings().weight)}
-    connector = {id(p) for p in mllm.connector.parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+    group_of = param_groups_of(mllm)
+    groups: dict[tuple[str, bool], list] = {}
     for p in mllm.parameters():
         if not p.requires_grad:
             continue
         decay = weight_decay > 0 and p.ndim >= 2 and id(p) not in embeddings
-        groups.setdefault((id(p) in connector and connector_lr is not None, decay), []).append(p)
+        name = group_of.get(id(p), "other")
+        groups.setdefault((name if name in rates else "base", decay), []).append(p)
     return [
-        {"params": ps, "lr": connector_lr if is_conn else lr, "weight_decay": weight_decay if decay else 0.0}
-        for (is_conn, decay), ps in groups.items() if ps  # empty groups break ZeRO
+        {"params": ps, "lr": rates.get(name, lr), "weight_decay": weight_decay if decay else 0.0, "group": name}
+        for (name, decay), ps in groups.items() if ps  # empty groups break ZeRO
     ]
 
 
@@ -85,7 +97,7 @@ class MLLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr), lr=t.lr,
+        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr, t.group_lr), lr=t.lr,
                                 betas=(0.9, 0.999), eps=1e-8)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.total_steps, t.warmup_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -128,15 +140,36 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy; one with a PEFT form (LoRA, norm tuning) also exports a PEFT
-    adapter directory (`lora_adapter/`, `ln_tuning_adapter/`)."""
+    """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning)
+    exports a PEFT adapter directory through `mmln.formats.peft_adapter` (`lora_adapter/`,
+    `ln_tuning_adapter/`, trained embeddings / head as modules_to_save); other runs with PEFT adapters
+    injected (dora, ia3, vera, layernorm_lora) export `<strategy>_adapter/` (the adapters only: norms,
+    connector, embeddings and head trained next to them are in trainable.safetensors)."""
 
     def export(self, run_dir: Path) -> list[Path]:
         from mmln.formats.peft_adapter import export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
-        return paths + ([out] if out else [])
+        if out is not None:
+            return paths + [out]
+        peft_config = getattr(self.mllm.llm, "peft_config", None)
+        if peft_config:
+            import dataclasses
+
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            out = run_dir / f"{self.cfg.tune.strategy}_adapter"
+            out.mkdir(exist_ok=True)
+            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
+            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
+            state = get_peft_model_state_dict(self.mllm.llm)
+            with atomic_path(out / "adapter_model.safetensors") as tmp:
+                save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
+                          str(tmp))
+            paths.append(out)
+        return paths
 
 
 def module_for(cfg, mllm, total_steps: int) -> MLLMModule:
