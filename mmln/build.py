@@ -29,7 +29,15 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     apply_strategy(mllm, cfg.tune)
     if ckpt:
         try:
-            load_trainable(mllm, read_trainable(ckpt), source=str(ckpt))
+            state = read_trainable(ckpt)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # not a safetensors file / not a Lightning checkpoint of this project
+            first = str(e).splitlines()[0][:200] if str(e) else "-"
+            raise ConfigError(f"--ckpt {ckpt}: not a checkpoint ({type(e).__name__}: {first}); give a run's "
+                              "trainable.safetensors or checkpoints/last.ckpt, or 'none'") from None
+        try:
+            load_trainable(mllm, state, source=str(ckpt))
         except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
             raise ConfigError(str(e)) from None
     return mllm

@@ -65,10 +65,11 @@ def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
         from mmln.formats.llava_hf import save_llava_hf
 
         return save_llava_hf(mllm, cfg, out)
-    return _export_llava(mllm, cfg, Path(out))
+    return _export_llava(mllm, cfg, Path(out), ckpt)
 
 
-def _export_llava(mllm, cfg, out: Path) -> Path:
+def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
+    from mmln.evaluate import run_dir_of
     from mmln.formats.llava_hf import save_tokenizer
     from mmln.model import save_mm_projector
     from mmln.model.llm import load_tokenizer
@@ -77,7 +78,9 @@ def _export_llava(mllm, cfg, out: Path) -> Path:
     save_tokenizer(load_tokenizer(cfg.model.llm), out / "llm")
     overrides = {"model": {"llm": {"path": str((out / "llm").resolve()), "tokenizer": None},
                            "connector": {"path": str((out / "mm_projector.bin").resolve())}},
-                 "stage": "instruct", "tune": {"strategy": "layernorm"}}  # merged: nothing left to load on top
+                 "stage": "instruct", "tune": {"strategy": "layernorm"},  # merged: nothing left to load on top
+                 # evaluations of the export are named after what was exported, not "untuned"
+                 "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
     save_mm_projector(mllm.connector, out / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(out / "vision")

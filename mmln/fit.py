@@ -142,7 +142,7 @@ def lightning_strategy(cfg):
 def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -215,7 +215,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+
+        callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
     trainer = L.Trainer(
@@ -261,6 +263,9 @@ def _prior_run_id(run_dir: Path) -> Optional[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmln.data.dataset import BadSampleError
+    from mmln.data.records import DataError
+
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
@@ -268,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, MissingWeightsError, FileNotFoundError, DataError, BadSampleError) as e:
+        print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")

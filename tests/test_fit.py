@@ -1,6 +1,7 @@
 """Training end to end on CPU: stage chaining, MLflow records, failures, exact resume, DDP, precision."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,35 @@ def test_deepspeed_strategies_are_built_from_names_and_shipped_configs(strategy,
     s = lightning_strategy(load_config(TINY, [f"train.strategy={ROOT / strategy if strategy.endswith('.json') else strategy}"]))
     assert isinstance(s, DeepSpeedStrategy)
     assert s.config["zero_optimization"]["stage"] == stage
+
+
+def test_bad_data_ends_with_one_line_exit_2(tiny_world, tmp_path, capsys):
+    """An invalid JSON data file, and a bad sample under data.on_bad_sample=error: the one-line message, exit 2."""
+    out = tiny_world[0]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"id": "1", "conversations": [')
+    args = ["--config", str(TINY), *stage_overrides(tiny_world, tmp_path, "instruct", "train.max_steps=2")]
+    assert main([*args, f"data.train.files=[{broken}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {broken} is not valid JSON"), err
+
+    records = json.loads((out / "llava_instruct/llava_instruct_80k.json").read_text())[:8]
+    records[0]["image"] = "no_such_image.jpg"
+    bad = tmp_path / "bad_sample.json"
+    bad.write_text(json.dumps(records))
+    assert main([*args, f"data.train.files=[{bad}]", "data.on_bad_sample=error"]) == 2
+    text = capsys.readouterr().err
+    err = [line for line in text.strip().splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(err) == 1 and f"bad sample in {bad}" in err[0] and "missing_image" in err[0], err
+
+
+def test_the_progress_bar_total_respects_max_steps(tiny_world, tmp_path, capfd, monkeypatch):
+    """2 optimizer steps of 2 micro-batches: the bar counts to 4, not to the epoch's length."""
+    import re
+
+    monkeypatch.setenv("MMLN_QUIET", "0")
+    cfg = cfg_for(tiny_world, tmp_path, "instruct", "train.max_steps=2", "quiet=false")
+    fit(cfg, None)
+    cap = capfd.readouterr()  # Lightning's bar writes to stdout
+    totals = {int(t) for t in re.findall(r"\d+/(\d+) \[", cap.out + cap.err)}
+    assert totals == {4}, totals

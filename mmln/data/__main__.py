@@ -76,7 +76,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         counts: Counter[str] = Counter()
         ids: dict[str, list[str]] = defaultdict(list)
         truncated = 0
-        for batch in loader:
+        from mmln.progress import bar
+
+        for batch in bar(loader, total=len(loader), desc=f"check {name}", unit="batch"):
             for rid, reason, detail, trunc in batch:
                 truncated += trunc
                 if reason:

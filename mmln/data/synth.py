@@ -458,9 +458,12 @@ def _ids(seed: int, tag: str, lo: int, hi: int, n: int) -> list[int]:
 class _Writer:
     def __init__(self, out: Path, size: int) -> None:
         self.out, self.size = out, size
+        self.bar: Any = None  # a progress bar over the images (synthesize sets it)
         self.scenes: list[dict[str, Any]] = []  # ground truth of every image written, for scenes.jsonl
 
     def image(self, rel: str, scene: Scene, rnd: random.Random) -> Path:
+        if self.bar is not None:
+            self.bar.update(1)
         img, buf = draw(scene, self.size, np.random.default_rng(rnd.getrandbits(64))), io.BytesIO()
         if rel.endswith(".png"):
             img.save(buf, format="PNG")
@@ -809,14 +812,19 @@ def synthesize(out: str | Path, *, image_size: int = 224, n_pretrain: int = 3000
     about 6 s on 2 CPU cores (about 4,700 images, 62 MB at 224 px). Files from an earlier run into
     the same folder are overwritten, not deleted.
     """
+    from mmln.progress import bar
+
     out = Path(out)
     w = _Writer(out, image_size)
+    w.bar = bar(total=n_pretrain + n_instruct + 14 * n_mme_per_subtask + n_pope_images + n_vqa_images
+                + 2 * n_caption_images, desc=f"synth {out.name}", unit="img")  # every image, one each
     paths = _cc3m(w, n_pretrain, seed) | _instruct(w, n_instruct, seed) | _mme(w, n_mme_per_subtask, seed)
     paths |= _pope(w, n_pope_images, seed) | _vqa(w, n_vqa_images, seed)
     paths["karpathy_coco"] = _karpathy(w, n_caption_images, seed, coco=True)
     paths["karpathy_flickr30k"] = _karpathy(w, n_caption_images, seed, coco=False)
     paths |= {"coco_train2014": out / "coco/train2014", "flickr30k_images": out / "flickr30k"}
     paths["scenes"] = write_jsonl(out / "scenes.jsonl", w.scenes)
+    w.bar.close()
     return paths
 
 
