@@ -81,6 +81,7 @@ class ModelConfig:
     dtype: str = "auto"  # frozen-weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
     max_length: int = 2048  # after image expansion
     gradient_checkpointing: bool = False
+    loss_chunk: int = 1024  # positions per cross-entropy chunk (no full fp32 logits); 0 = the full-logits loss
     attn_implementation: str = "sdpa"
 
 
@@ -146,6 +147,8 @@ class DataConfig:
     image_aspect: str = "square"  # square (center crop) | pad (pad to square with the mean colour)
     on_bad_sample: str = "skip"  # skip (count + report) | error (stop, naming file, record and reason)
     num_workers: int = 2
+    batching: str = "length_grouped"  # training micro-batches: length_grouped (similar lengths, little padding) | random
+    megabatch: int = 8  # length_grouped: global batches sorted by length together (more = less padding)
 
 
 # --------------------------------------------------------------------------------------- train
@@ -190,6 +193,7 @@ class TrainConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+    artifact_max_mb: float = 1024.0  # larger run files (a 7B finetune's weights) are logged as a path reference, not copied
 
 
 @dataclass
@@ -257,6 +261,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "data.batching": ("length_grouped", "random"),
     "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }

@@ -245,8 +245,11 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                "data/bad_samples": float(module.bad_log.total)}
     if trainer.is_global_zero:
+        from mmln.tracking import log_file_or_reference
+
         for path in module.export(run_dir):
-            logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+            if path.is_file():
+                log_file_or_reference(logger.experiment, logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
         write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
         for f in ("config.yaml", "params.json", "efficiency.json"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
@@ -263,9 +266,6 @@ def _prior_run_id(run_dir: Path) -> Optional[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmln.data.dataset import BadSampleError
-    from mmln.data.records import DataError
-
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
@@ -273,8 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, DataError, BadSampleError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
+        return 2
+    except Exception as e:  # the data errors live with torch-importing modules: imported only now
+        from mmln.data.dataset import BadSampleError
+        from mmln.data.records import DataError
+
+        if not isinstance(e, (DataError, BadSampleError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")

@@ -110,6 +110,25 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
                         log_model=False, run_id=run_id)
 
 
+def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> str:
+    """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
+    27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
+    instead, so the weights are not stored twice. Returns the artifact name logged."""
+    import json
+    import tempfile
+
+    size = path.stat().st_size
+    if size <= max_bytes:
+        client.log_artifact(run_id, str(path))
+        return path.name
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / f"{path.name}.ref.json"
+        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
+                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        client.log_artifact(run_id, str(ref))
+    return ref.name
+
+
 def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str]:
     """Dashboard links: the experiment's runs, and MLflow's compare page for `run_ids` (their
     params and metrics side by side, e.g. every strategy x learning rate of a sweep)."""

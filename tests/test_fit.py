@@ -65,7 +65,7 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
     for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
-                "params/trainable", "params/total"):
+                "params/trainable", "params/total", "data/pad_fraction"):
         assert key in run.data.metrics, key
     assert run.data.metrics["params/trainable"] == sum(v.numel() for v in conn.values())
     artifacts = {a.path for a in client.list_artifacts(s2.run_id)}

@@ -131,6 +131,21 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise _Bad("no_supervised_tokens", f"{len(ids)} ids, nothing supervised within max_length={self.max_length}")
         return kept_ids, kept_labels, len(kept_ids) < len(ids)
 
+    def lengths(self) -> list[int]:
+        """Every sample's length after image expansion and truncation (the positions the LLM sees),
+        from the text alone (no image decoded); a bad record counts 0. Length-grouped batching and
+        the `data/pad_fraction` metric use it."""
+        out = []
+        for rec in self.records:
+            try:
+                ids, _, _ = self.encode_text(rec)
+            except _Bad:
+                out.append(0)
+                continue
+            n = len(ids) + sum(self.num_image_tokens - 1 for t in ids if t == IMAGE_TOKEN_INDEX)
+            out.append(n if self.max_length is None else min(n, self.max_length))
+        return out
+
     def image_path(self, rec: Record) -> Path:
         return Path(rec.image_folder) / rec.raw["image"]
 

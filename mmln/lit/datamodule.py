@@ -63,6 +63,7 @@ class MMLNDataModule(L.LightningDataModule):
         self.train_set: Optional[LlavaDataset] = None
         self.val_set: Optional[LlavaDataset] = None
         self.train_sampler: Optional[GlobalBatchSampler] = None
+        self.train_lengths: Optional[list[int]] = None  # post-expansion length of every training sample
         self._resume_skip: Optional[tuple[int, int]] = None  # (epoch, micro-batches done) from a checkpoint
 
     # ---- datasets
@@ -127,9 +128,13 @@ class MMLNDataModule(L.LightningDataModule):
         self.setup()
         assert self.train_set is not None
         t = self.cfg.train
+        if self.train_lengths is None:
+            self.train_lengths = self.train_set.lengths()
         self.train_sampler = _EpochBatchSampler(
             len(self.train_set), t.global_batch_size, t.micro_batch_size,
             world_size=self._world(), rank=self._rank(), seed=t.seed, shuffle=True,
+            lengths=self.train_lengths, grouped=self.cfg.data.batching == "length_grouped",
+            megabatch=int(self.cfg.data.megabatch),
         )
         # Lightning creates the first iterator before its own set_epoch call, and DataLoader workers
         # draw indices at once, so the first epoch to run is set here: the trainer's current epoch,

@@ -15,6 +15,7 @@ import torch
 from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
+from mmln.model.mllm import HostBatch
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float):
@@ -66,8 +67,15 @@ class MLLMModule(L.LightningModule):
         self.last_batch = {"tokens": 0, "samples": 0}
         self.bad_log = None  # set by fit: mmln.data BadSampleLog fed from batch["bad"]
 
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        # CPU copies of ids / mask / labels: splicing and token counts then never read the GPU (no host sync)
+        if isinstance(batch, dict) and "input_ids" in batch and not batch.get("empty"):
+            batch["host"] = HostBatch(batch["input_ids"], batch["attention_mask"], batch.get("labels"))
+        return batch
+
     def forward(self, batch):
-        return self.mllm(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"])
+        return self.mllm(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
+                         host=batch.get("host"))
 
     def training_step(self, batch, batch_idx):
         if self.bad_log is not None and batch.get("bad"):
@@ -75,7 +83,8 @@ class MLLMModule(L.LightningModule):
         if batch.get("empty"):
             return None  # every sample of this micro-batch was bad and skipped
         out = self(batch)
-        self.last_batch = {"tokens": int(batch["attention_mask"].sum()) + self._image_tokens(batch),
+        mask = batch["host"].attention_mask if batch.get("host") is not None else batch["attention_mask"]
+        self.last_batch = {"tokens": int(mask.sum()) + self._image_tokens(batch),
                            "samples": int(batch["input_ids"].shape[0])}
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False)

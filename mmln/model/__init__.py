@@ -72,4 +72,4 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
         # non-reentrant: with frozen embeddings and connector, reentrant checkpointing drops the norms' grads
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     llm.config.use_cache = False
-    return MLLM(vision, connector, llm, max_length=cfg.max_length)
+    return MLLM(vision, connector, llm, max_length=cfg.max_length, loss_chunk=cfg.loss_chunk)
