@@ -54,6 +54,10 @@ class ConnectorConfig:
 class LLMConfig:
     path: Optional[str] = None  # local Hugging Face model dir; None = random init from the fields below
     tokenizer: Optional[str] = None  # tokenizer dir; defaults to `path`
+    # LLaMA tokenizer `legacy` (True: text after a special token such as </s> gets the "▁" prefix, as
+    # LLaVA trained; False: it does not). None = what the tokenizer directory says. Applied to training,
+    # evaluation and written into every exported tokenizer.
+    tokenizer_legacy: Optional[bool] = None
     arch: str = "llama"  # transformers model_type used when building from the fields below
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -70,6 +74,9 @@ class LLMConfig:
 @dataclass
 class ModelConfig:
     name: str = "custom"  # preset name, used for run names and MLflow tags
+    # one directory holding a whole MLLM (llava-hf, or original LLaVA + model.vision.path): weights and
+    # the architecture fields below come from it (mmln.formats.init_from)
+    init_from: Optional[str] = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -354,8 +361,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = _merge(cfg, raw, where)
     if overrides:
         cfg = _merge(cfg, parse_overrides(list(overrides)), "command-line overrides")
+    if cfg.model.init_from:
+        _apply_init_from(cfg)
     validate(cfg)
     return cfg
+
+
+def _apply_init_from(cfg: DictConfig) -> None:
+    """The architecture fields a `model.init_from` checkpoint implies override the config's."""
+    from mmln.formats.init_from import model_fields
+    from mmln.model.errors import MissingWeightsError
+
+    try:
+        fields_ = model_fields(cfg.model.init_from, cfg.model.vision.path)
+    except MissingWeightsError as e:
+        raise ConfigError(str(e)) from None
+    if not cfg.model.llm.tokenizer:
+        fields_["llm"]["tokenizer"] = cfg.model.init_from
+    cfg.model = OmegaConf.merge(cfg.model, fields_)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -363,6 +386,11 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    from mmln.tuning import strategy_problem  # light: the registry imports no torch
+
+    problem = strategy_problem(cfg.tune.strategy, cfg.stage)
+    if problem:
+        raise ConfigError(problem)
     t = cfg.train
     if t.connector_lr is not None:  # the alias: one value under both keys (both are logged as params)
         if t.group_lr.connector is not None and t.group_lr.connector != t.connector_lr:

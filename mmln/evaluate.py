@@ -1,6 +1,6 @@
 """python -m mmln.evaluate --config CFG --ckpt PATH|none --bench mme,pope,vqav2,coco,flickr30k [key=value ...]
 
-Builds the model from the config (`build_mllm`, `apply_strategy`, then the tuned tensors of
+Builds the model from the config (`mmln.build.build_model`: the MLLM, its strategy, the tuned tensors of
 `--ckpt`: a run's `trainable.safetensors` or `checkpoints/last.ckpt`; `--ckpt none` evaluates the
 untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.profile`), and
 
@@ -53,28 +53,12 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     """(mllm in eval mode on the device, tokenizer, image processor)."""
     import torch
 
+    from mmln.build import build_model
     from mmln.data.images import build_image_processor
-    from mmln.model import build_mllm
-    from mmln.model.checkpoint import load_trainable, read_trainable
     from mmln.model.llm import load_tokenizer
-    from mmln.tuning import apply_strategy
 
     tokenizer = load_tokenizer(cfg.model.llm)
-    torch.manual_seed(cfg.train.seed)  # randomly initialised parts match training's (fit seeds the same way)
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
-    if ckpt:
-        try:
-            state = read_trainable(ckpt)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # not a safetensors file / not a Lightning checkpoint of this project
-            raise ConfigError(f"--ckpt {ckpt}: not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else '-'}); "
-                              "give a run's trainable.safetensors or checkpoints/last.ckpt, or 'none'") from None
-        try:
-            load_trainable(mllm, state, source=str(ckpt))
-        except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
-            raise ConfigError(str(e)) from None
+    mllm = build_model(cfg, ckpt)
     mllm.requires_grad_(False).eval()
     mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
     return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)

@@ -167,12 +167,12 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     from mmln.data import BadSampleLog
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
+    from mmln.build import build_model
     from mmln.lit.safety import (NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal,
                                  StopRequested)
-    from mmln.model import build_mllm
     from mmln.model.llm import load_tokenizer
     from mmln.tracking import TrackingUnreachable, check_reachable, close_orphans, make_logger, offline_uri, tracking_uri
-    from mmln.tuning import apply_strategy, count_params
+    from mmln.tuning import count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
     if quiet:  # Lightning's device / tips banner and transformers' progress bars; warnings still show
@@ -204,8 +204,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
 
     # data and model -----------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.llm)
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
+    mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     ws = world_size(cfg)
     dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)

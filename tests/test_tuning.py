@@ -91,7 +91,8 @@ def batch(cfg, n=2):
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad-ckpt"])
 @pytest.mark.parametrize("strategy", sorted(EXPECTED))
 def test_strategy_trains_exactly_its_parameters(strategy, checkpointing):
-    cfg = tiny_config(f"tune.strategy={strategy}", f"model.gradient_checkpointing={checkpointing}")
+    cfg = tiny_config(f"stage={REGISTRY[strategy].stage}", f"tune.strategy={strategy}",
+                      f"model.gradient_checkpointing={checkpointing}")
     mllm = build_mllm(cfg.model)
     names = set(apply_strategy(mllm, cfg.tune))
     assert names == EXPECTED[strategy](mllm)
@@ -128,7 +129,12 @@ def test_shared_trio_switches_override_defaults():
 
 
 def test_unknown_strategy_lists_registered():
-    cfg = tiny_config("tune.strategy=nope")
+    from mmln.config import ConfigError
+
+    with pytest.raises(ConfigError, match="registered: .*layernorm_simple"):  # when the config loads
+        tiny_config("tune.strategy=no_such_strategy")
+    cfg = tiny_config()
+    cfg.tune.strategy = "no_such_strategy"  # set after validation: apply_strategy still refuses it
     with pytest.raises(ValueError, match="registered: .*layernorm_simple"):
         apply_strategy(build_mllm(cfg.model), cfg.tune)
 

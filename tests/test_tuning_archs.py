@@ -82,7 +82,7 @@ def test_strategies_and_accounting(arch):
     assert (probe.llm.get_input_embeddings().weight is probe.llm.get_output_embeddings().weight) == tied
     n_norm = L * sum(norm_size(n) for n in norms) + H
     for strategy in REGISTRY:
-        cfg, mllm = build(arch, f"tune.strategy={strategy}", "tune.vera.r=8")
+        cfg, mllm = build(arch, f"stage={REGISTRY[strategy].stage}", f"tune.strategy={strategy}", "tune.vera.r=8")
         if expected_names(arch, strategy, mllm) == "refused":
             with pytest.raises(ValueError, match="has no bias parameters"):
                 apply_strategy(mllm, cfg.tune)

@@ -70,11 +70,6 @@ class _Bad(Exception):
         self.reason, self.detail = reason, detail
 
 
-def image_tokens(image_size: int, patch_size: int, select_feature: str = "patch") -> int:
-    """Positions one image takes after expansion: (image_size / patch_size)^2 (+1 with CLS)."""
-    return (image_size // patch_size) ** 2 + (1 if select_feature == "cls_patch" else 0)
-
-
 def truncate(
     input_ids: list[int], labels: list[int], num_image_tokens: int, max_length: Optional[int]
 ) -> tuple[list[int], list[int]]:
@@ -308,9 +303,10 @@ class BadSampleLog:
         return f"bad samples skipped: {self.total} ({'; '.join(parts)})"
 
 
-def build_datasets(cfg: Any, tokenizer: Any) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
+def build_datasets(cfg: Any, tokenizer: Any, num_image_tokens: int) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
     """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
-    `cfg.model` (vision preprocessing and size, max_length)."""
+    `cfg.model` (vision preprocessing, max_length). `num_image_tokens`: positions one image takes,
+    from the vision encoder (`mllm.vision.num_patches`, or `mmln.model.vision.image_positions`)."""
     from .images import build_image_processor
     from .records import load_train_val
 
@@ -319,7 +315,7 @@ def build_datasets(cfg: Any, tokenizer: Any) -> tuple[LlavaDataset, Optional[Lla
     kw = dict(
         template=cfg.data.template,
         image_processor=build_image_processor(vision, cfg.data.image_aspect),
-        num_image_tokens=image_tokens(vision.image_size, vision.patch_size, vision.select_feature),
+        num_image_tokens=num_image_tokens,
         max_length=cfg.model.max_length,
         on_bad_sample=cfg.data.on_bad_sample,
     )

@@ -2,7 +2,7 @@
 
 They share the step, the optimizer recipe and trainable-only checkpointing (`MLLMModule`); the
 stage-1 module adds LLaVA's `mm_projector.bin` export, the stage-2 module the PEFT adapter export
-for LoRA runs. The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
+of strategies that have a PEFT form (`mmln.formats.peft_adapter`). The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
 """
 from __future__ import annotations
 
@@ -149,12 +149,19 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy; runs with PEFT adapters (lora, dora, ia3, vera, layernorm_lora)
-    also export a PEFT adapter directory `<strategy>_adapter/` (the adapters only: norms, connector,
-    embeddings and head trained next to them are in trainable.safetensors)."""
+    """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning)
+    exports a PEFT adapter directory through `mmln.formats.peft_adapter` (`lora_adapter/`,
+    `ln_tuning_adapter/`, trained embeddings / head as modules_to_save); other runs with PEFT adapters
+    injected (dora, ia3, vera, layernorm_lora) export `<strategy>_adapter/` (the adapters only: norms,
+    connector, embeddings and head trained next to them are in trainable.safetensors)."""
 
     def export(self, run_dir: Path) -> list[Path]:
-        paths = super().export(run_dir)
+        from mmln.formats.peft_adapter import export_peft_adapter
+
+        paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
+        out = export_peft_adapter(self.mllm, self.cfg, run_dir)
+        if out is not None:
+            return paths + [out]
         peft_config = getattr(self.mllm.llm, "peft_config", None)
         if peft_config:
             import dataclasses

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 # import order = registry order (what `--strategy all` lists)
 from mmln.tuning import connector, finetune, lora, projections, layernorm  # noqa: F401,I001  (registers the strategies)
 from mmln.tuning import peft_zoo  # noqa: F401,E402  (DoRA, IA3, VeRA, LayerNorm + LoRA, BitFit)
 from mmln.tuning.selectors import GROUPS, param_groups_of
-from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register
+from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register, strategy_problem
 
-__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register", "trainable_names"]
+__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register",
+           "strategy_problem", "trainable_names"]
 
 
 def apply_strategy(mllm, tune) -> list[str]:
+    import torch
+
     strategy = get_strategy(tune.strategy)
     mllm.requires_grad_(False)
     if strategy.prepare is not None:

@@ -1,12 +1,25 @@
 """Parameter selectors for the strategies: the norms (by module type) and the projections (by block
-structure) a strategy trains."""
+structure) a strategy trains. torch is imported only when a selector runs, so that importing the
+strategy registry (as config validation does for `tune.strategy`) stays light."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from mmln.model.layout import is_norm, llm_decoder
+
+def is_norm(module: nn.Module) -> bool:
+    """`mmln.model.layout.is_norm` (norms by type), imported on first use."""
+    from mmln.model.layout import is_norm as by_type
+
+    return by_type(module)
+
+
+def llm_decoder(mllm) -> nn.Module:
+    from mmln.model.layout import llm_decoder as decoder
+
+    return decoder(mllm)
 
 __all__ = ["block_linear_params", "block_norm_params", "final_norm_params", "is_norm"]
 
