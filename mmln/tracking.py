@@ -150,6 +150,8 @@ class RetryingClient:
         self._client = client
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_client":  # copy/pickle probing a half-built instance
+            raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
