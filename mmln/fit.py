@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
@@ -38,6 +38,8 @@ class RunResult:
     experiment: str
     run_name: str
     metrics: dict
+    total_steps: int = 0  # the run's full schedule (optimizer steps)
+    paused_at: Optional[int] = None  # `stop_at` paused it there (checkpoints/last.ckpt continues it)
 
 
 class FailAt(__import__("lightning").pytorch.Callback):
@@ -137,7 +139,22 @@ def lightning_strategy(cfg):
     return s
 
 
-def fit(cfg, config_path: Optional[str] = None) -> RunResult:
+class PauseAt(__import__("lightning").pytorch.Callback):
+    """Save `last.ckpt` at optimizer step `step` (where the Trainer's max_steps stops the run), so a
+    later fit with `resume=auto` continues it exactly; the schedule stays the full run's."""
+
+    def __init__(self, step: int, path: Path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:  # the micro-batch of that optimizer step; max_steps stops after it
+            trainer.save_checkpoint(self.path)
+
+
+def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None) -> RunResult:
+    """Train `cfg`. `stop_at(total_steps)` (successive halving's rungs): pause after that many
+    optimizer steps of the full run's schedule; the run is then left KILLED, not exported, and
+    continues exactly from `checkpoints/last.ckpt` on the next call."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -184,6 +201,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                           f"train.global_batch_size={cfg.train.global_batch_size}: lower it or add data")
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else steps_per_epoch * cfg.train.epochs
     module = module_for(cfg, mllm, total)
+    pause = stop_at(total) if stop_at is not None else None
+    pause = pause if pause is not None and pause < total else None
     module.bad_log = BadSampleLog()
 
     # tracking -------------------------------------------------------------------------------
@@ -209,7 +228,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
     efficiency = Efficiency()
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False),
+                        every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False,
+                        save_on_train_epoch_end=False if pause is not None else None),  # PauseAt's ckpt stays
         efficiency,
         *analysis_callbacks(cfg, run_dir),
     ]
@@ -217,10 +237,12 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(FailAt(cfg.debug.fail_at_step))
+    if pause is not None:
+        callbacks.append(PauseAt(pause, ckpt_dir / "last.ckpt"))
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy=lightning_strategy(cfg), precision=precision(cfg),
-        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps if pause is None else pause,
         accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
@@ -237,6 +259,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
         logger.finalize("FAILED")  # Lightning already marked it failed when the error came from inside fit
         raise
+    if pause is not None:
+        logger.finalize("KILLED")  # paused, not finished: a sweep decides whether it continues
+        return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
     metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                "params/total": counts.total, "params/percent": counts.percent,
                "data/bad_samples": float(module.bad_log.total)}
@@ -250,7 +275,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         if module.bad_log.total:
             logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
     logger.finalize("success")
-    return RunResult(run_dir, logger.run_id, experiment, name, metrics)
+    return RunResult(run_dir, logger.run_id, experiment, name, metrics, total)
 
 
 def _prior_run_id(run_dir: Path) -> Optional[str]:
