@@ -139,6 +139,17 @@ def lightning_strategy(cfg):
     return s
 
 
+class StepCheckpoint(__import__("lightning").pytorch.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation window.
+    Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after a
+    resume, that the restored step was saved, and would save again after the next micro-batch: a
+    checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class PauseAt(__import__("lightning").pytorch.Callback):
     """Save `last.ckpt` at optimizer step `step` (where the Trainer's max_steps stops the run), so a
     later fit with `resume=auto` continues it exactly; the schedule stays the full run's."""
@@ -157,7 +168,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     continues exactly from `checkpoints/last.ckpt` on the next call."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -227,7 +238,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
     efficiency = Efficiency()
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+        StepCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,  # last.ckpt only
                         every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False,
                         save_on_train_epoch_end=False if pause is not None else None),  # PauseAt's ckpt stays
         efficiency,

@@ -33,7 +33,13 @@ point, each `python -m mmln.sweep ... --only-index $SLURM_ARRAY_TASK_ID`) and
 `sweep_<id>_summary.sbatch` (`--summarize`: best learning rates, `--final-bench`), creates the
 store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 
-Exit codes: 0 every point done; 1 some point failed (listed); 2 a config problem, before any run.
+`--search halving` (mmln.halving) trains the same points by successive halving instead: every
+point to a first rung (`--first-rung`, 1/9 of the run), scored by a cheap proxy (`--proxy-metric`),
+the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
+SuccessiveHalvingPruner on an RDB study (`--study-storage`); survivors end bit-identical to the
+grid's runs and get the `--bench` evaluation; the parent records the steps spent.
+
+Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, before any run.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from mmln.config import PAPER_LRS, ConfigError, load_config
+from mmln.halving import fraction
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
 DEFAULT_BENCH = ["flickr30k"]
@@ -220,12 +227,14 @@ def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
 
 
 def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
-              metric: str, config_path: str) -> None:
+              metric: str, config_path: str, stop_at=None, extra_tags: Optional[dict[str, str]] = None) -> None:
+    """Train (or continue) and evaluate one point. `stop_at` (successive halving): pause the
+    training after `stop_at(total_steps)` steps; the point is then `paused`, not evaluated."""
     from mmln.evaluate import evaluate
     from mmln.fit import fit
 
     action, run = decide(p, client, exp_id, benches, metric)
-    tags = point_tags(p, parent_id)
+    tags = point_tags(p, parent_id) | (extra_tags or {})
     if action == "skip":
         p.status, p.run_id = "skipped", run.info.run_id
         _say(f"[{p.index}] {p.name}: done before (run {p.run_id}), skipped")
@@ -236,13 +245,17 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
         try:
             # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
             with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
-                p.run_id = fit(p.cfg, config_path).run_id
+                result = fit(p.cfg, config_path, stop_at=stop_at)
+                p.run_id = result.run_id
         finally:
             id_file = p.run_dir / "mlflow_run_id"
             p.run_id = p.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
             if p.run_id:  # a resumed run was created before: tag it here
                 for k, v in tags.items():
                     client.set_tag(p.run_id, k, v)
+        if result.paused_at is not None:
+            p.status = "paused"
+            return
     else:
         p.run_id = run.info.run_id
     metrics = client.get_run(p.run_id).data.metrics
@@ -265,7 +278,7 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
         if run is not None and metric in run.data.metrics:
             p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
             p.status = "done" if p.status == "pending" else p.status
-        elif p.status != "failed":
+        elif p.status not in ("failed", "pruned"):  # pruned: successive halving stopped it on purpose
             p.status = "missing"
             p.error = p.error or f"no FINISHED run with {metric}"
         if p.value is not None and not math.isnan(p.value):
@@ -367,6 +380,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--only-index", type=int, default=None, help="run only this point (a SLURM array task)")
     ap.add_argument("--summarize", action="store_true", help="train nothing: best lrs (+ --final-bench) from MLflow")
     ap.add_argument("--sweep-id", default=None, help="default: a hash of the grid, so a re-run continues the sweep")
+    h = ap.add_argument_group("successive halving (--search halving; see mmln.halving)")
+    h.add_argument("--search", choices=("grid", "halving"), default="grid",
+                   help="grid: every point to the end; halving: Optuna successive halving over the lrs")
+    h.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
+    h.add_argument("--first-rung", type=fraction, default=fraction("1/9"), metavar="1/9",
+                   help="halving: the first rung, as a fraction of the run (default 1/9)")
+    h.add_argument("--proxy-bench", default="flickr30k", help="halving: the benchmark of the proxy score")
+    h.add_argument("--proxy-metric", default=DEFAULT_METRIC,
+                   help="halving: the proxy score, an eval/* metric of --proxy-bench or val/loss (data.val; "
+                        "default %(default)s)")
+    h.add_argument("--proxy-overrides", default="eval.limit=100", metavar="'eval.limit=100'",
+                   help="halving: overrides of the proxy evaluation (default: the first 100 items)")
+    h.add_argument("--study-storage", default=None, metavar="URL",
+                   help="halving: Optuna RDB storage (default: sqlite optuna.db beside the MLflow store)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every point")
     return ap
 
@@ -399,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         args.strategies = args.strategies or [base.tune.strategy]
         args.lrs = args.lrs or list(PAPER_LRS)
         check_select(args.select_metric, args.bench)
+        halving = halving_options(args, base)
         points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant)
         if args.only_index is not None and not 0 <= args.only_index < len(points):
             raise ConfigError(f"--only-index {args.only_index}: the grid has points 0..{len(points) - 1}")
@@ -406,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             from mmln.eval.benchmarks import check_inputs
             from mmln.eval.caption import require_java
 
-            benches = args.bench + args.final_bench
+            benches = args.bench + args.final_bench + ([halving.bench] if halving and halving.bench else [])
             check_inputs(base, benches)  # a missing benchmark file fails now, not after the first training
             if {"coco", "flickr30k"} & set(benches):
                 require_java()
@@ -419,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 
     experiment = experiment_name(points[0].cfg, args.config)
     uri = tracking_uri(points[0].cfg.tracking.uri)
-    sweep_id = args.sweep_id or sweep_id_of(points, args.bench)
+    sweep_id = args.sweep_id or sweep_id_of(points, args.bench + ([f"halving:{halving}"] if halving else []))
     header = f"sweep {sweep_id}: experiment '{experiment}', {len(points)} points, select by {args.select_metric}"
     if args.dry_run:
         print(header)
@@ -436,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
               "overrides": " ".join(args.overrides), "n_points": len(points)}
-    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant}
+    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search}
     parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
 
     if args.launcher == "slurm":
@@ -453,7 +481,16 @@ def main(argv: list[str] | None = None) -> int:
     if parent_id and args.only_index is None:
         client.update_run(parent_id, status="RUNNING")
     try:
-        if not args.summarize:
+        if halving and not args.summarize:
+            from mmln.halving import default_storage, log_budget, run_halving
+
+            storage = args.study_storage or default_storage(uri, Path(points[0].cfg.output_dir) / experiment)
+            budget = run_halving(points, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric,
+                                 args.config, halving, storage, _say)
+            _say(f"halving: {budget['halving/steps_spent']} of {budget['halving/steps_full_grid']} steps "
+                 f"({budget['halving/budget_fraction']:.3f} of the full grid)")
+            log_budget(client, parent_id, budget, halving, storage)
+        elif not args.summarize:
             for p in todo:
                 try:
                     run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
@@ -483,6 +520,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def halving_options(args, base):
+    """The successive-halving options (None for a grid search); config problems are ConfigErrors."""
+    if args.search != "halving":
+        return None
+    from mmln.halving import Options
+
+    if args.launcher == "slurm" or args.only_index is not None:
+        raise ConfigError("--search halving drives its Optuna study from one process: "
+                          "no --launcher slurm / --only-index (submit the whole sweep as one job)")
+    opts = Options(args.eta, args.first_rung, args.proxy_metric, args.proxy_bench, args.proxy_overrides.split(),
+                   args.study_storage)
+    opts.check()
+    if opts.bench is None and not base.data.val.files:
+        raise ConfigError("--proxy-metric val/loss needs held-out validation records: set data.val.files "
+                          "(data.val.limit=N for a fixed subset)")
+    return opts
+
+
 def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> list[str]:
     """Evaluate each strategy's best point on `benches` it lacks; the names of points that failed."""
     from mmln.evaluate import evaluate
@@ -503,7 +558,8 @@ def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> lis
 
 
 def report_text(points: list[Point], best: dict[str, Point], metric: str, header: str) -> str:
-    counts = {s: sum(p.status == s for p in points) for s in ("trained", "evaluated", "skipped", "done", "failed", "missing")}
+    counts = {s: sum(p.status == s for p in points)
+              for s in ("trained", "evaluated", "skipped", "done", "pruned", "failed", "missing")}
     lines = [header + ": " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     for p in points:
         value = "-" if p.value is None else f"{p.value:.4g}"
