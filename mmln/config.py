@@ -56,6 +56,7 @@ class LLMConfig:
     num_layers: int = 32
     num_heads: int = 32
     num_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None  # None = the architecture's default (LLaMA: hidden / heads; Gemma-2: 256)
     vocab_size: int = 32000
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
@@ -92,6 +93,7 @@ class TuneConfig:
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
+    exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -108,7 +110,7 @@ class DataSplitConfig:
 
 @dataclass
 class DataConfig:
-    template: str = "vicuna_v1"  # plain | vicuna_v1 | llava_llama_2
+    template: str = "vicuna_v1"  # plain | vicuna_v1 | llava_llama_2 | chat_template (the tokenizer's own Jinja template)
     train: DataSplitConfig = field(default_factory=DataSplitConfig)
     val: DataSplitConfig = field(default_factory=DataSplitConfig)
     val_fraction: float = 0.0  # carve a seeded validation split out of train when val.files is empty
@@ -208,7 +210,7 @@ CHOICES = {
     "model.vision.preprocess": ("clip", "timm"),
     "model.connector.type": ("linear", "mlp2x_gelu"),
     "model.dtype": ("auto", "float32", "bfloat16"),
-    "data.template": ("plain", "vicuna_v1", "llava_llama_2"),
+    "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
     "eval.profile": ("official", "paper"),

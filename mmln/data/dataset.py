@@ -14,7 +14,8 @@ left with no good sample has `batch["empty"] = True` so the training step can sk
 
 Reasons: missing_image, corrupt_image, truncated_image, malformed, no_assistant,
 missing_image_token, repeated_image_token, mask_mismatch, no_supervised_tokens (nothing
-supervised left once the model cuts the sequence to `max_length` after image expansion).
+supervised left once the model cuts the sequence to `max_length` after image expansion),
+template_error (`data.template=chat_template`: the tokenizer's template refused the conversation).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ REASONS = (
     "repeated_image_token",
     "mask_mismatch",
     "no_supervised_tokens",
+    "template_error",
 )
 
 

@@ -17,11 +17,16 @@ full prompt, so every segment is tokenized in exactly the left context the full 
 it, whatever the tokenizer does after special tokens. The concatenated segments must equal the
 full-string tokenization; when they do not, `ConversationError("mask_mismatch")` is raised, to
 be counted and reported, never silently zeroed.
+
+`chat_template` renders with the tokenizer's own Jinja template (`apply_chat_template`, any
+Hugging Face chat model): `chat_segments` finds each answer's span in the rendered text by
+rendering growing prefixes of the conversation (see there), and its end-of-turn token is the
+template's own (`chat_end_of_turn`), used by generation and the yes/no-from-logits scoring.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
@@ -98,6 +103,8 @@ TEMPLATES: dict[str, Template] = {
         sep2="</s>",
         stop=("</s>",),
     ),
+    # the tokenizer's own Jinja chat template (any Hugging Face chat model); see `chat_segments`
+    "chat_template": Template("chat_template", "chat"),
     # conv_vicuna_v0 (SeparatorStyle.SINGLE, with its one few-shot exchange); the paper's harness.
     "v0": Template(
         "v0",
@@ -218,18 +225,120 @@ def render_segments(
 
 
 def render_prompt(
-    template: str | Template, conversations: list[dict[str, str]], add_generation_prompt: bool = True
+    template: str | Template, conversations: list[dict[str, str]], add_generation_prompt: bool = True,
+    tokenizer: Any = None,
 ) -> str:
     """The prompt text of a conversation (LLaVA's `conv.get_prompt()`); for evaluation the last
-    turn is the human question and the assistant header is appended."""
+    turn is the human question and the assistant header is appended. `chat_template` needs the
+    tokenizer (its template renders the text)."""
     turns = normalize_turns(conversations, template, training=False)
+    if get_template(template).style == "chat":
+        return render_chat(tokenizer, turns, add_generation_prompt=add_generation_prompt)
     return "".join(s for s, _ in render_segments(template, turns, add_generation_prompt=add_generation_prompt))
 
 
+# ----------------------------------------------------------------------- tokenizer templates
+CHAT_ROLES = {HUMAN: "user", GPT: "assistant"}
+
+
+def render_chat(tokenizer: Any, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False) -> str:
+    """`turns` rendered by the tokenizer's Jinja chat template (roles user / assistant).
+
+    A tokenizer without a template is a configuration error (ValueError); a conversation the
+    template refuses (e.g. Mistral's "roles must alternate") is `ConversationError("template_error")`.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "data.template=chat_template needs a tokenizer with a chat template (chat_template in its "
+            "tokenizer_config.json or a chat_template.jinja); this one has none: pick another data.template"
+        )
+    messages = [{"role": CHAT_ROLES[r], "content": v} for r, v in turns]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja2 TemplateError / the template's raise_exception
+        raise ConversationError("template_error", f"the chat template cannot render the conversation: {e}") from None
+
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    """Every special token's text (added tokens flagged special too, e.g. Llama-3's <|eot_id|>)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return list(dict.fromkeys([*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)]))
+
+
+def _answer_span(span: str, content: str, specials: Sequence[str]) -> tuple[int, int]:
+    """(start, end) in `span` (the text an assistant turn adds) of what is supervised: the answer's
+    text (from the whitespace just before it, which tokenizers merge into its first token) through
+    the last special token after it (its end-of-turn; ChatML's trailing newline stays prompt)."""
+    content = content.strip()
+    at = span.find(content) if content else -1
+    if at < 0:
+        raise ConversationError("mask_mismatch", "an assistant turn's text does not occur in its rendering")
+    start, end = at, at + len(content)
+    while start > 0 and span[start - 1] in " \t":
+        start -= 1
+    tail, last = span[end:], 0
+    for tok in specials:
+        k = tail.rfind(tok)
+        if k >= 0:
+            last = max(last, k + len(tok))
+    return start, end + (last if last else len(tail))
+
+
+def chat_segments(
+    tokenizer: Any, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False
+) -> list[tuple[str, bool]]:
+    """[(text, supervised)] of a conversation rendered by the tokenizer's chat template.
+
+    The span of assistant turn k is found from the rendered text itself, never by counting: the
+    rendering of turns[:k] with the generation prompt must be a prefix of the rendering of
+    turns[:k+1], which must be a prefix of the whole conversation's rendering; the difference is
+    what turn k adds, and in it the answer's text through its end-of-turn token(s) is supervised
+    (`_answer_span`). A template that renders earlier turns differently once later ones follow
+    (e.g. one that drops past reasoning) breaks the prefix property: `ConversationError("mask_mismatch")`.
+    """
+    full = render_chat(tokenizer, turns, add_generation_prompt=add_generation_prompt)
+    specials = _special_tokens(tokenizer)
+    segs: list[tuple[str, bool]] = []
+    pos = 0
+    for k, (role, value) in enumerate(turns):
+        if role != GPT:
+            continue
+        before = render_chat(tokenizer, turns[:k], add_generation_prompt=True) if k else ""
+        after = render_chat(tokenizer, turns[: k + 1])
+        if not (after.startswith(before) and full.startswith(after) and len(before) >= pos):
+            raise ConversationError(
+                "mask_mismatch", f"the chat template renders turns 1..{k + 1} differently inside the whole conversation"
+            )
+        start, end = _answer_span(after[len(before):], value, specials)
+        segs += [(full[pos : len(before) + start], False), (full[len(before) + start : len(before) + end], True)]
+        pos = len(before) + end
+    segs.append((full[pos:], False))
+    return [(t, sup) for t, sup in segs if t]
+
+
+def chat_answer_token(tokenizer: Any, word: str) -> int:
+    """The first token of `word` as an answer in the chat template's context (after its
+    generation prompt, e.g. "Yes" right after "assistant\\n"), for yes/no-from-logits."""
+    ids, labels = tokenize_segments(chat_segments(tokenizer, [(HUMAN, "Question"), (GPT, word)]), tokenizer,
+                                    add_special_tokens=False)
+    return next(label for label in labels if label != IGNORE_INDEX)
+
+
+def chat_end_of_turn(tokenizer: Any) -> Optional[str]:
+    """The template's own end-of-turn token: the first special token after an answer's text
+    (<|eot_id|> for Llama-3, <|im_end|> for ChatML, </s> for Mistral); None when there is none."""
+    turns = [(HUMAN, "Hi"), (GPT, "Fine")]
+    span = render_chat(tokenizer, turns)[len(render_chat(tokenizer, turns[:1], add_generation_prompt=True)):]
+    tail = span[span.find("Fine") + 4 :] if "Fine" in span else ""
+    hits = [(tail.find(t), t) for t in _special_tokens(tokenizer) if t in tail]
+    return min(hits)[1] if hits else None
+
+
 # -------------------------------------------------------------------------------- tokenize
-def _encode_chunks(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Tokenize each text on its own, with the tokenizer's special tokens (LLaMA: BOS)."""
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+def _encode_chunks(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Tokenize each text on its own, with the tokenizer's special tokens (LLaMA: BOS) unless
+    `add_special_tokens=False` (chat templates write BOS into the text themselves)."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
 
 
 def _join_chunks(chunks: list[list[int]], bos: int | None) -> list[int]:
@@ -243,18 +352,22 @@ def _join_chunks(chunks: list[list[int]], bos: int | None) -> list[int]:
     return out
 
 
-def tokenizer_image_token(prompt: str, tokenizer: Any) -> list[int]:
+def tokenizer_image_token(prompt: str, tokenizer: Any, add_special_tokens: bool = True) -> list[int]:
     """LLaVA's `tokenizer_image_token`: chunks split at `<image>`, tokenized separately, the
     image slot (-200) between them, BOS only from the first chunk."""
-    return _join_chunks(_encode_chunks(tokenizer, prompt.split(DEFAULT_IMAGE_TOKEN)), tokenizer.bos_token_id)
+    chunks = _encode_chunks(tokenizer, prompt.split(DEFAULT_IMAGE_TOKEN), add_special_tokens)
+    return _join_chunks(chunks, tokenizer.bos_token_id)
 
 
 def encode_prompt(template: str | Template, conversations: list[dict[str, str]], tokenizer: Any) -> list[int]:
     """Input ids of an evaluation prompt whose last assistant turn is to be generated."""
-    return tokenizer_image_token(render_prompt(template, conversations, add_generation_prompt=True), tokenizer)
+    prompt = render_prompt(template, conversations, add_generation_prompt=True, tokenizer=tokenizer)
+    return tokenizer_image_token(prompt, tokenizer, add_special_tokens=get_template(template).style != "chat")
 
 
-def tokenize_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any) -> tuple[list[int], list[int]]:
+def tokenize_segments(
+    segments: Sequence[tuple[str, bool]], tokenizer: Any, add_special_tokens: bool = True
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of rendered segments; labels = ids on supervised segments, else -100.
 
     input_ids are the full-string `tokenizer_image_token` ids, as LLaVA feeds them. Segment k
@@ -273,7 +386,7 @@ def tokenize_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any) -> t
     for b in bounds[:-1]:
         head = text[:b].split(DEFAULT_IMAGE_TOKEN)
         partial.append((len(head) - 1, head[-1]))
-    encoded = _encode_chunks(tokenizer, chunks + [p for _, p in partial])
+    encoded = _encode_chunks(tokenizer, chunks + [p for _, p in partial], add_special_tokens)
     full_chunks, part_ids = encoded[: len(chunks)], encoded[len(chunks) :]
     bos = tokenizer.bos_token_id
     ids = _join_chunks(full_chunks, bos)
@@ -303,7 +416,10 @@ def tokenize_conversation(
     """A training record's conversation -> (input_ids, labels), LLaVA v1's `preprocess(...)`
     without its legacy-tokenizer dependency. Raises `ConversationError` with a reason."""
     turns = normalize_turns(conversations, template, training=True)
-    ids, labels = tokenize_segments(render_segments(template, turns), tokenizer)
+    if get_template(template).style == "chat":
+        ids, labels = tokenize_segments(chat_segments(tokenizer, turns), tokenizer, add_special_tokens=False)
+    else:
+        ids, labels = tokenize_segments(render_segments(template, turns), tokenizer)
     if ids.count(IMAGE_TOKEN_INDEX) != 1:
         raise ConversationError("mask_mismatch", f"{ids.count(IMAGE_TOKEN_INDEX)} image slots in the ids")
     return ids, labels
@@ -319,6 +435,10 @@ def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
     """EOS plus every stop string that is a single token after text (e.g. "\\n" -> <0x0A>).
     Multi-token stop strings (v0's "###") need `stop_strings` in `generate`."""
     out = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if get_template(template).style == "chat":
+        eot = chat_end_of_turn(tokenizer)
+        eot_id = tokenizer.convert_tokens_to_ids(eot) if eot is not None else None
+        return out + ([eot_id] if eot_id is not None and eot_id not in out else [])
     anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
     for s in stop_strings(template):
         ids = tokenizer("a" + s, add_special_tokens=False)["input_ids"]

@@ -7,7 +7,8 @@
   greedy, `cfg.eval.max_new_tokens`; profile `paper` = the paper's harness: LLaVA `v0` template,
   sampling at temperature 0.2 with top-k 50, at most 10 new tokens.
 - Stopping: EOS and every single-token stop string end a sequence inside `generate`
-  (`</s>` for vicuna_v1 / llava_llama_2); multi-token stop strings (v0's "###") cut the decoded text.
+  (`</s>` for vicuna_v1 / llava_llama_2; for `chat_template` EOS and the template's own end-of-turn
+  token, e.g. <|eot_id|> / <|im_end|>); multi-token stop strings (v0's "###") cut the decoded text.
 - Batching: queries are sorted by prompt length (after image expansion, longest first so memory
   runs out on the first batch if at all), batched, and answers are returned in the input order.
 - Data parallel: under `torch.distributed` (e.g. `torchrun --nproc_per_node N -m mmln.evaluate`),
@@ -32,7 +33,9 @@ from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
 from mmln.data.images import load_image
-from mmln.data.templates import IMAGE_TOKEN_INDEX, encode_prompt, get_template, stop_strings, stop_token_ids
+from mmln.data.templates import (
+    IMAGE_TOKEN_INDEX, chat_answer_token, encode_prompt, get_template, stop_strings, stop_token_ids,
+)
 
 
 @dataclass
@@ -160,7 +163,13 @@ class Runner:
         return _unsort(order, out)
 
     def yes_no_token_ids(self) -> tuple[int, int]:
-        """Ids of the first token of " Yes" and of " No" as they follow the prompt's last text."""
+        """Ids of the first token of " Yes" and of " No" as they follow the prompt's last text
+        (chat templates: of "Yes" and "No" as answers right after the template's generation prompt)."""
+        if self.template.style == "chat":
+            ids = [chat_answer_token(self.tokenizer, word) for word in ("Yes", "No")]
+            if ids[0] == ids[1]:
+                raise ValueError("'Yes' and 'No' start with the same token: use eval.yes_no=generate")
+            return ids[0], ids[1]
         anchor = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         ids = []
         for word in ("Yes", "No"):

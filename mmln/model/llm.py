@@ -28,6 +28,7 @@ def llm_config(cfg: LLMConfig) -> PretrainedConfig:
         rms_norm_eps=cfg.rms_norm_eps,
         tie_word_embeddings=cfg.tie_word_embeddings,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        **({"head_dim": cfg.head_dim} if cfg.head_dim else {}),
     )
 
 

@@ -1,6 +1,8 @@
 """LayerNorm tuning (the paper's method) and its ablations.
 
-`tune.final_norm` (default on) adds the decoder's final norm to the per-block norms.
+`tune.final_norm` (default on) adds the decoder's final norm to the per-block norms;
+`tune.exclude_norms` leaves block norms of those names frozen (e.g. Qwen3's [q_norm, k_norm],
+Gemma-2's [pre_feedforward_layernorm, post_feedforward_layernorm]).
 """
 from itertools import chain
 
@@ -9,7 +11,8 @@ from mmln.tuning.registry import Strategy, register
 
 
 def norms(mllm, tune):
-    return chain(block_norm_params(mllm), final_norm_params(mllm) if tune.final_norm else ())
+    return chain(block_norm_params(mllm, getattr(tune, "exclude_norms", None) or ()),
+                 final_norm_params(mllm) if tune.final_norm else ())
 
 
 register(Strategy(

@@ -18,9 +18,24 @@ def _params(modules: Iterator[nn.Module]) -> Iterator[nn.Parameter]:
         yield from m.parameters()
 
 
-def block_norm_params(mllm) -> Iterator[nn.Parameter]:
-    """Every norm inside every decoder block (LLaMA: input_layernorm, post_attention_layernorm)."""
-    return _params(m for layer in mllm.decoder_layers() for m in layer.modules() if is_norm(m))
+def block_norms(mllm) -> Iterator[tuple[str, nn.Module]]:
+    """(name inside the block, module) of every norm in every decoder block: LLaMA / Mistral /
+    Qwen2 input_layernorm, post_attention_layernorm; Gemma-2 also pre_ and post_feedforward_layernorm;
+    Qwen3 also self_attn.q_norm, self_attn.k_norm."""
+    return ((n, m) for layer in mllm.decoder_layers() for n, m in layer.named_modules() if is_norm(m))
+
+
+def block_norm_params(mllm, exclude: tuple[str, ...] | list[str] = ()) -> Iterator[nn.Parameter]:
+    """Every norm inside every decoder block, but those whose last name is in `exclude`
+    (e.g. ("q_norm", "k_norm")); a name that matches no norm of the model is a ValueError."""
+    exclude = tuple(exclude)
+    if exclude:
+        present = {n.rsplit(".", 1)[-1] for n, _ in block_norms(mllm)}
+        unknown = sorted(set(exclude) - present)
+        if unknown:
+            raise ValueError(f"tune.exclude_norms: {', '.join(unknown)} name no norm of this model's blocks; "
+                             f"its block norms are {', '.join(sorted(present))}")
+    return _params(m for n, m in block_norms(mllm) if n.rsplit(".", 1)[-1] not in exclude)
 
 
 def final_norm_params(mllm) -> Iterator[nn.Parameter]:
