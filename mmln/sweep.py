@@ -22,7 +22,9 @@ Tracking: the store and the experiment are created once, up front (sqlite dislik
 creation), then points run sequentially in this process. A parent MLflow run `sweep-<id>` (tags
 `kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` (env
 `MMLN_SWEEP_ID`, read by fit) and `mlflow.parentRunId`. At the end the parent gets, per strategy,
-the best learning rate by `--select-metric` (higher is better; a tie goes to the higher lr): metrics
+the best learning rate by `--select-metric` (`mmln.selection.best_lr`: the highest mean over the
+training seeds, `--seeds N` training each point with train.seed, +1, ..., +N-1 as `...-seed<S>`
+runs; a tie goes to the higher lr): metrics
 `best_lr/<strategy>` and `best_<metric>/<strategy>`, tags `best_lr/<strategy>` and
 `best_run/<strategy>` (tags and metrics, not params: MLflow params are immutable, and a re-run
 that completes a failed point may change the winner). The sweep id is a hash of the grid's
@@ -81,6 +83,7 @@ class Point:
     hash: str
     run_dir: Path
     variant: str = ""
+    seed: Optional[int] = None  # --seeds: this point's train.seed (None: the config's own, one seed)
     status: str = "pending"  # skipped | trained | evaluated | done (--summarize) | failed | missing
     run_id: Optional[str] = None
     value: Optional[float] = None
@@ -119,8 +122,9 @@ def _matches(selector: dict[str, str], strategy: str, lr: float) -> bool:
 
 
 def plan(config: str, strategies: list[str], lrs: list[float], overrides: list[str],
-         point_overrides: list[str] = (), variant: str = "") -> list[Point]:
-    """Every grid point with its loaded, validated config (so a bad key fails before any run)."""
+         point_overrides: list[str] = (), variant: str = "", seeds: list[int] = ()) -> list[Point]:
+    """Every grid point with its loaded, validated config (so a bad key fails before any run).
+    `seeds`: each (strategy, lr) once per training seed, `train.seed=S`, named `...-seedS`."""
     from mmln.fit import experiment_name
     from mmln.tuning import REGISTRY
 
@@ -131,13 +135,15 @@ def plan(config: str, strategies: list[str], lrs: list[float], overrides: list[s
     points, experiments = [], set()
     for strategy in strategies:
         for lr in lrs:
-            name = f"{variant + '-' if variant else ''}{strategy}-lr{lr:g}"
-            extra = [o for sel, ovr in per_point if _matches(sel, strategy, lr) for o in ovr]
-            ovr = [*overrides, f"tune.strategy={strategy}", f"train.lr={lr!r}", f"run_name={name}", *extra]
-            cfg = load_config(config, ovr)
-            experiments.add(experiment_name(cfg, config))
-            points.append(Point(len(points), strategy, lr, name, ovr, cfg, config_hash(cfg),
-                                Path(cfg.output_dir) / experiment_name(cfg, config) / name, variant))
+            for seed in list(seeds) or [None]:
+                name = f"{variant + '-' if variant else ''}{strategy}-lr{lr:g}" + (f"-seed{seed}" if seed is not None else "")
+                extra = [o for sel, ovr in per_point if _matches(sel, strategy, lr) for o in ovr]
+                ovr = [*overrides, f"tune.strategy={strategy}", f"train.lr={lr!r}", f"run_name={name}",
+                       *([f"train.seed={seed}"] if seed is not None else []), *extra]
+                cfg = load_config(config, ovr)
+                experiments.add(experiment_name(cfg, config))
+                points.append(Point(len(points), strategy, lr, name, ovr, cfg, config_hash(cfg),
+                                    Path(cfg.output_dir) / experiment_name(cfg, config) / name, variant, seed))
     if len(experiments) > 1:
         raise ConfigError(f"the points of one sweep must share one experiment, got {sorted(experiments)}")
     return points
@@ -270,9 +276,18 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
     p.status = "trained" if action == "train" else "evaluated"
 
 
+def lr_scores(points: list[Point]) -> dict[str, dict[float, list[float]]]:
+    """strategy -> lr -> the metric of each of its seeds' points (those that have it)."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for p in points:
+        out.setdefault(p.strategy, {}).setdefault(p.lr, [])
+        if p.value is not None:
+            out[p.strategy][p.lr].append(p.value)
+    return out
+
+
 def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str, Point]:
-    """Fill every point's run and metric from MLflow; the best point per strategy."""
-    best: dict[str, Point] = {}
+    """Fill every point's run and metric from MLflow; the best point per strategy (`pick_best`)."""
     for p in points:
         run = finished_run(client, exp_id, p.hash)
         if run is not None and metric in run.data.metrics:
@@ -281,28 +296,44 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
         elif p.status not in ("failed", "pruned"):  # pruned: successive halving stopped it on purpose
             p.status = "missing"
             p.error = p.error or f"no FINISHED run with {metric}"
-        if p.value is not None and not math.isnan(p.value):
-            b = best.get(p.strategy)
-            if b is None or (p.value, p.lr) > (b.value, b.lr):
-                best[p.strategy] = p
+    return pick_best(points)
+
+
+def pick_best(points: list[Point]) -> dict[str, Point]:
+    """Per strategy, a point of its best learning rate (`mmln.selection.best_lr`: the highest mean
+    over seeds, tie: the higher lr); of that lr's seeds, the best-scoring one."""
+    from mmln.selection import best_lr
+
+    best = {}
+    for strategy, scores in lr_scores(points).items():
+        lr = best_lr(scores)
+        if lr is not None:
+            at = [p for p in points if p.strategy == strategy and p.lr == lr and p.value is not None
+                  and not math.isnan(p.value)]
+            best[strategy] = max(at, key=lambda p: p.value)
     return best
 
 
 def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Point], metric: str) -> None:
     from mlflow.entities import Metric
 
+    from mmln.selection import mean_ci
+
     now, m = int(time.time() * 1000), []
+    scores, means = lr_scores(points), {}
     for s, p in best.items():
-        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", p.value, now, 0)]
+        means[s], half, n = mean_ci(scores[s][p.lr])
+        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", means[s], now, 0)]
+        m += [Metric(f"best_{metric}_ci95/{s}", half, now, 0), Metric(f"best_n_seeds/{s}", n, now, 0)] if n > 1 else []
         client.set_tag(parent_id, f"best_lr/{s}", f"{p.lr:g}")
         client.set_tag(parent_id, f"best_run/{s}", p.run_id)
     if best:
-        top = max(best.values(), key=lambda p: (p.value, p.lr))
-        m.append(Metric(f"best_{metric}", top.value, now, 0))
+        top = max(best, key=lambda s: (means[s], best[s].lr))
+        m.append(Metric(f"best_{metric}", means[top], now, 0))
     failed = [p for p in points if p.status in ("failed", "missing")]
     m += [Metric("sweep/n_points", len(points), now, 0), Metric("sweep/n_failed", len(failed), now, 0)]
     client.log_batch(parent_id, metrics=m)
-    rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "run_name": p.name, "run_id": p.run_id,
+    rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "seed": p.seed, "run_name": p.name, "run_id": p.run_id,
              "config_hash": p.hash, "status": p.status, metric: p.value, "error": p.error} for p in points]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.json"
@@ -328,6 +359,7 @@ def write_slurm(args, points: list[Point], sweep_id: str, uri: str, experiment: 
             "--lrs", *[repr(x) for x in args.lrs], "--bench", ",".join(args.bench) or "none",
             "--select-metric", args.select_metric, "--sweep-id", sweep_id]
     base += ["--variant", args.variant] if args.variant else []
+    base += ["--seeds", str(args.seeds)] if args.seeds > 1 else []
     base += ["--final-bench", ",".join(args.final_bench)] if args.final_bench else []
     base += [a for po in args.point_overrides for a in ("--point-overrides", po)]
     over = args.overrides
@@ -371,6 +403,8 @@ def parser() -> argparse.ArgumentParser:
                     help="benchmarks evaluated only at each strategy's best point, after the sweep")
     ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks the best lr per strategy (default: %(default)s)")
     ap.add_argument("--variant", default="", help="run-name prefix and `variant` tag (e.g. conversation20k)")
+    ap.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="train every point with N seeds (train.seed, +1, ...); the best lr by the mean")
     ap.add_argument("--point-overrides", action="append", default=[], metavar="'lr=X[,strategy=S]:key=value ...'",
                     help="overrides for matching points only (repeatable)")
     ap.add_argument("--launcher", choices=("local", "slurm"), default="local")
@@ -427,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         args.lrs = args.lrs or list(PAPER_LRS)
         check_select(args.select_metric, args.bench)
         halving = halving_options(args, base)
-        points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant)
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: at least 1")
+        seeds = [base.train.seed + i for i in range(args.seeds)] if args.seeds > 1 else []
+        points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant,
+                      seeds)
         if args.only_index is not None and not 0 <= args.only_index < len(points):
             raise ConfigError(f"--only-index {args.only_index}: the grid has points 0..{len(points) - 1}")
         if not args.dry_run and args.launcher == "local" and not args.summarize:
@@ -463,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     exp_id = get_or_create_experiment(client, experiment, uri)
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
-              "overrides": " ".join(args.overrides), "n_points": len(points)}
+              "overrides": " ".join(args.overrides), "n_points": len(points), "seeds": args.seeds}
     tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search}
     parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
 
@@ -564,8 +602,13 @@ def report_text(points: list[Point], best: dict[str, Point], metric: str, header
     for p in points:
         value = "-" if p.value is None else f"{p.value:.4g}"
         lines.append(f"  {p.name:32s} {p.status:9s} {metric}={value:8s} run {p.run_id or '-'}")
+    from mmln.selection import mean_ci
+
+    scores = lr_scores(points)
     for s, p in best.items():
-        lines.append(f"best {s}: lr={p.lr:g} ({metric}={p.value:.4g}, run {p.run_id})")
+        mean, half, n = mean_ci(scores[s][p.lr])
+        value = f"{mean:.4g}" + (f" +- {half:.2g} (95% CI, {n} seeds)" if n > 1 else "")
+        lines.append(f"best {s}: lr={p.lr:g} ({metric}={value}, run {p.run_id})")
     return "\n".join(lines)
 
 
