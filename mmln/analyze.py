@@ -1,7 +1,7 @@
 """python -m mmln.analyze similarity --config CFG [--ckpt PATH] [--out DIR] [key=value ...]
 python -m mmln.analyze compare RUN_A RUN_B [--out DIR]
 
-`similarity`: the layer-similarity analysis (SPEC 6) of a model built from CFG with the trained
+`similarity`: the layer-similarity analysis (docs/paper.md, "Analyses") of a model built from CFG with the trained
 tensors of a checkpoint (trainable.safetensors or a .ckpt of this project; none = the base
 model), on the same fixed sample set the training callback uses (`analysis.similarity_samples`
 chosen by `analysis.similarity_seed` from the validation set, else the training set). Writes
@@ -108,7 +108,7 @@ def compare(ref_a: str, ref_b: str, out: Path, tracking_uri: Optional[str] = Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.analyze",
-                                 description="Layer-similarity and LayerNorm-gradient analyses (SPEC 6).")
+                                 description="Layer-similarity and LayerNorm-gradient analyses (the paper's Table 6, Fig. 3 and 4).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("similarity", help="layer similarity of a checkpoint")
     s.add_argument("--config", required=True)

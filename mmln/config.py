@@ -15,6 +15,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mmln.eval.profiles import PROFILES
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_LRS = [2e-3, 1e-3, 6e-4, 3e-4, 1e-4, 5e-5, 2e-5, 1e-5, 6e-6, 1e-6, 1e-7]
 
@@ -88,6 +90,8 @@ class LoraConfig:
 
 @dataclass
 class TuneConfig:
+    # WHAT trains: a tuning strategy of mmln.tuning (layernorm, lora, finetune, ...); `python -m mmln.params
+    # --strategy all` lists them. Not to be confused with train.strategy (HOW Lightning runs: ddp, deepspeed).
     strategy: str = "layernorm"
     train_connector: Optional[bool] = None  # None = the strategy's default
     train_embeddings: Optional[bool] = None
@@ -132,7 +136,9 @@ class TrainConfig:
     micro_batch_size: int = 4
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | any Lightning precision
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 | path to a DeepSpeed JSON
+    # HOW Lightning runs the training (its `Trainer(strategy=...)`): auto | ddp | deepspeed_stage_2 |
+    # deepspeed_stage_3 | path to a DeepSpeed JSON. Not tune.strategy, which says WHAT trains.
+    strategy: str = "auto"
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
@@ -150,7 +156,7 @@ class TrackingConfig:
 
 @dataclass
 class AnalysisConfig:
-    # LayerNorm gradient statistics (SPEC 6): norm modules by their path inside the LLM decoder, or ["all"]
+    # LayerNorm gradient statistics (paper Fig. 4): norm modules by their path inside the LLM decoder, or ["all"]
     grad_norms: list[str] = field(default_factory=lambda: [
         "layers.10.input_layernorm", "layers.10.post_attention_layernorm",
         "layers.20.input_layernorm", "layers.20.post_attention_layernorm",
@@ -213,7 +219,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
-    "eval.profile": ("official", "paper"),
+    "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }
 

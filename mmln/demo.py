@@ -16,7 +16,6 @@ Everything is tracked in the local MLflow store (`make ui`).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -24,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from mmln.io import write_json, write_text
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
@@ -43,7 +44,7 @@ def check_recipe(root: Path, recipe: str) -> None:
         say(f"{root} holds {', '.join(stale)} built by demo recipe {built or '(unknown)'}, not {recipe}: rebuilding")
         for d in stale:
             shutil.rmtree(root / d)
-    marker.write_text(recipe + "\n")
+    write_text(marker, recipe + "\n")
 
 
 def say(msg: str) -> None:
@@ -58,7 +59,7 @@ def make_data(root: Path, quick: bool) -> None:
     sizes = dict(n_pretrain=1200, n_instruct=300, n_mme_per_subtask=6, n_pope_images=20, n_vqa_images=30,
                  n_caption_images=40) if quick else dict(n_instruct=3000, n_mme_per_subtask=30)
     synthesize(root / "data", image_size=64, seed=0, **sizes)
-    (root / "data" / ".done").write_text("ok\n")
+    write_text(root / "data" / ".done", "ok\n")
     say(f"data: synthesized in {root / 'data'}")
 
 
@@ -254,6 +255,7 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
     the demo's image grounding is learnt in stage 2 (README, "The demo")."""
     import torch
 
+    from mmln.data.dataset import pad_right
     from mmln.data.templates import render_segments, tokenize_segments
 
     data = [tokenize_segments(render_segments("vicuna_v1", c), tok)
@@ -262,10 +264,7 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
 
     def loss_at():
         batch = [data[i] for i in torch.randint(0, len(data), (32,)).tolist()]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        mask = (torch.arange(width)[None] < torch.tensor([len(i) for i, _ in batch])[:, None]).long()
+        ids, mask, labels = pad_right([i for i, _ in batch], 0, [lab for _, lab in batch])
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     seconds = train_loop(list(model.parameters()), loss_at, steps, 5e-4, "base LM chat tuning (answer loss)", 250)
@@ -273,14 +272,12 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
 
 
 def table(rows: dict[str, dict]) -> str:
-    cols = [("MME-P", "eval/mme_perception", "{:.1f}"), ("MME-C", "eval/mme_cognition", "{:.1f}"),
-            ("VQAv2", "eval/vqav2", "{:.1f}"), ("COCO", "eval/coco_cider", "{:.1f}"),
-            ("Flickr", "eval/flickr30k_cider", "{:.1f}"), ("POPE-r acc", "eval/pope_random_accuracy", "{:.1f}"),
-            ("POPE-p acc", "eval/pope_popular_accuracy", "{:.1f}"), ("POPE-a acc", "eval/pope_adversarial_accuracy", "{:.1f}")]
-    lines = ["model".ljust(22) + "".join(c[0].rjust(12) for c in cols)]
+    from mmln.eval.columns import MAIN_COLUMNS, pope_columns
+
+    cols = MAIN_COLUMNS + pope_columns(measures=("accuracy",))
+    lines = ["model".ljust(22) + "".join(c[0].rjust(13) for c in cols)]
     for name, m in rows.items():
-        lines.append(name.ljust(22) + "".join(
-            (fmt.format(m[key]) if key in m else "-").rjust(12) for _, key, fmt in cols))
+        lines.append(name.ljust(22) + "".join((f"{m[key]:.1f}" if key in m else "-").rjust(13) for _, key in cols))
     return "\n".join(lines)
 
 
@@ -336,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "(a known limitation of this tiny model: README, 'The demo')")
     print(f"\n{verdict}.\nDemo took {time.time() - t_start:.0f}s. Runs: {root / 'outputs'}; "
           f"MLflow: {os.environ['MLFLOW_TRACKING_URI']} -> `make ui` and open http://127.0.0.1:5000")
-    (root / "demo_results.json").write_text(json.dumps(rows, indent=1))
+    write_json(root / "demo_results.json", rows, indent=1)
     return 0 if ok or not args.strict else 1
 
 

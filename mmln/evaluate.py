@@ -189,10 +189,10 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
 
 def format_table(metrics: dict[str, float]) -> str:
     """The paper's Table 1 columns present in `metrics` as a two-line table."""
-    cols = [("MME-P", "eval/mme_perception"), ("MME-C", "eval/mme_cognition"), ("VQAv2", "eval/vqav2"),
-            ("COCO", "eval/coco_cider"), ("Flickr30k", "eval/flickr30k_cider")]
+    from mmln.eval.columns import MAIN_COLUMNS, pope_columns
+
     splits = [k.split("_")[1] for k in metrics if k.startswith("eval/pope_") and k.endswith("_accuracy")]
-    cols += [(f"POPE-{s} {m}", f"eval/pope_{s}_{key}") for s in splits for m, key in (("acc", "accuracy"), ("F1", "f1"))]
+    cols = MAIN_COLUMNS + pope_columns(splits)
     cols = [(h, k) for h, k in cols if k in metrics]
     width = [max(len(h), 7) for h, _ in cols]
     head = "  ".join(h.rjust(w) for (h, _), w in zip(cols, width))

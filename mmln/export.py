@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config, to_yaml
+from mmln.io import atomic_path, write_text
 from mmln.model.errors import MissingWeightsError
 
 
@@ -60,10 +61,11 @@ def export(cfg, ckpt: str | None, out: str | Path) -> Path:
         from safetensors.torch import save_file
 
         (out / "vision").mkdir(parents=True, exist_ok=True)
-        save_file(mllm.vision.backbone.state_dict(), str(out / "vision" / "model.safetensors"))
+        with atomic_path(out / "vision" / "model.safetensors") as tmp:
+            save_file(mllm.vision.backbone.state_dict(), str(tmp))
         overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
     merged = OmegaConf.merge(cfg, overrides)
-    (out / "config.yaml").write_text(to_yaml(merged))
+    write_text(out / "config.yaml", to_yaml(merged))
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -42,15 +43,17 @@ class RunResult:
     paused_at: Optional[int] = None  # `stop_at` paused it there (checkpoints/last.ckpt continues it)
 
 
-class FailAt(__import__("lightning").pytorch.Callback):
-    """debug.fail_at_step: raise after that optimizer step, as a killed or crashing run would."""
+def fail_at(step: int):
+    """debug.fail_at_step: a callback that raises after that optimizer step, as a killed or crashing
+    run would (built on use: importing this module must not import Lightning)."""
+    from lightning.pytorch import Callback
 
-    def __init__(self, step: int):
-        self.step = step
+    class FailAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= step:
+                raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError(f"debug.fail_at_step={self.step}: failing on purpose at step {trainer.global_step}")
+    return FailAt()
 
 
 def preflight(cfg) -> None:
@@ -139,27 +142,19 @@ def lightning_strategy(cfg):
     return s
 
 
-class StepCheckpoint(__import__("lightning").pytorch.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation window.
-    Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after a
-    resume, that the restored step was saved, and would save again after the next micro-batch: a
+def step_checkpoint(**kwargs):
+    """A ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation
+    window. Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after
+    a resume, that the restored step was saved, and would save again after the next micro-batch: a
     checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+    class StepCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-
-class PauseAt(__import__("lightning").pytorch.Callback):
-    """Save `last.ckpt` at optimizer step `step` (where the Trainer's max_steps stops the run), so a
-    later fit with `resume=auto` continues it exactly; the schedule stays the full run's."""
-
-    def __init__(self, step: int, path: Path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:  # the micro-batch of that optimizer step; max_steps stops after it
-            trainer.save_checkpoint(self.path)
+    return StepCheckpoint(**kwargs)
 
 
 def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None) -> RunResult:
@@ -236,20 +231,19 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
 
+    # a paused run's last.ckpt is the one of the pause step (a divisor of it), never the end-of-training one
+    every = cfg.train.save_every_n_steps if pause is None else math.gcd(cfg.train.save_every_n_steps, pause)
     efficiency = Efficiency()
     callbacks = [
-        StepCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,  # last.ckpt only
-                        every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False,
-                        save_on_train_epoch_end=False if pause is not None else None),  # PauseAt's ckpt stays
+        step_checkpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,  # last.ckpt only
+                        every_n_train_steps=every, save_on_exception=False),
         efficiency,
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
-        callbacks.append(FailAt(cfg.debug.fail_at_step))
-    if pause is not None:
-        callbacks.append(PauseAt(pause, ckpt_dir / "last.ckpt"))
+        callbacks.append(fail_at(cfg.debug.fail_at_step))
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy=lightning_strategy(cfg), precision=precision(cfg),

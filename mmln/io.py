@@ -38,6 +38,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
+    """`fig.savefig` through a temp file (the format follows `path`'s suffix)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **savefig_kwargs)
+    return path
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, **dumps_kwargs: Any) -> Path:
     return write_text(path, json.dumps(obj, ensure_ascii=False, **dumps_kwargs))
 

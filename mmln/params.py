@@ -10,12 +10,12 @@ import argparse
 import json
 import sys
 
-import torch
-
 from mmln.config import ConfigError, load_config
 
 
 def report(cfg, strategies: list[str]) -> list[dict]:
+    import torch
+
     from mmln.model import build_mllm
     from mmln.tuning import apply_strategy, count_params
 
@@ -39,14 +39,14 @@ def format_table(rows: list[dict], title: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmln.tuning import REGISTRY
-
     ap = argparse.ArgumentParser(prog="python -m mmln.params", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="run config YAML (default: schema defaults)")
     ap.add_argument("--strategy", help="'all', or one strategy name (default: the config's tune.strategy)")
     ap.add_argument("--json", action="store_true", help="print a JSON list of {strategy,total,trainable,percent}")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = ap.parse_args(argv)
+    from mmln.tuning import REGISTRY  # after --help: the registry imports torch
+
     try:
         cfg = load_config(args.config, args.overrides)
         names = list(REGISTRY) if args.strategy == "all" else [args.strategy or cfg.tune.strategy]

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from mmln.eval.columns import TABLE1_COLUMNS
+from mmln.io import atomic_path, save_figure, write_text
+
 DEFAULT_METRIC = "eval/flickr30k_cider"
-BENCH_COLS = [("MME-P", "eval/mme_perception"), ("MME-C", "eval/mme_cognition"), ("VQAv2", "eval/vqav2"),
-              ("COCO", "eval/coco_cider"), ("Flickr30k", "eval/flickr30k_cider")] + [
-    (f"POPE-{s[:3]} {name}", f"eval/pope_{s}_{key}") for s in ("random", "popular", "adversarial")
-    for name, key in (("acc", "accuracy"), ("F1", "f1"))]
+BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
 ABLATION = ["layernorm", "connector", "layernorm_no_connector"]
@@ -301,7 +301,7 @@ def markdown(t: Table, bold_max: bool = False) -> str:
 
 
 def write_csv(t: Table, path: Path) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(t.header)
         w.writerows([["" if v is None else v for v in row] for row in t.rows])
@@ -327,7 +327,7 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(out / f"lr_curves_{model}.png")
-        fig.savefig(paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     return paths
 
@@ -353,7 +353,7 @@ def data_type_bars(t: Table, metric: str, out: Path) -> list[Path]:
         ax.tick_params(axis="x", labelsize=7)
         fig.tight_layout()
         paths.append(out / f"data_types_{model}.png")
-        fig.savefig(paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     return paths
 
@@ -408,7 +408,7 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             figs += data_type_bars(built["table3"], metric, out)
         md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" for p in figs] or ["No figures (no data)."])
         files += figs
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    write_text(out / "report.md", "\n".join(md) + "\n")
     return built, [out / "report.md"] + files
 
 

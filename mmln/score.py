@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from mmln.eval import caption, mme, pope, vqav2
+from mmln.eval.profiles import PROFILES
 
 BENCHES = ("mme", "pope", "vqav2", "caption")
 
@@ -32,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m mmln.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, choices=BENCHES)
-    p.add_argument("--profile", default="official", choices=mme.PROFILES,
+    p.add_argument("--profile", default="official", choices=PROFILES,
                    help="official: benchmark authors' tools; paper: the paper's harness (default official)")
     p.add_argument("--answers", required=True,
                    help="mme: directory of <subtask>.txt; pope: answers .jsonl; vqav2/caption: results .json")

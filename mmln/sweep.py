@@ -1,6 +1,6 @@
 """python -m mmln.sweep --config CFG [--lrs 1e-3 1e-4 ...] [--strategies layernorm finetune ...] [key=value ...]
 
-Expands a learning-rate x strategy grid (default: the paper's 11 learning rates, SPEC 4, for the
+Expands a learning-rate x strategy grid (default: the paper's 11 learning rates, `mmln.config.PAPER_LRS`, for the
 config's own strategy) into one run per point, `tune.strategy=S train.lr=X run_name=S-lrX`
 (`--variant V` prefixes run names with `V-` and tags the runs `variant=V`, so that a data-type or
 vision-encoder study can share an experiment with the reference sweep). Each point is trained
@@ -65,6 +65,7 @@ from omegaconf import OmegaConf
 
 from mmln.config import PAPER_LRS, ConfigError, load_config
 from mmln.halving import fraction
+from mmln.io import write_text
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
 DEFAULT_BENCH = ["flickr30k"]
@@ -222,7 +223,7 @@ def prepare_run_dir(p: Point) -> None:
         p.run_dir.rename(aside)
         _say(f"{p.name}: {p.run_dir} held a run of another config; moved to {aside}")
     p.run_dir.mkdir(parents=True, exist_ok=True)
-    f.write_text(p.hash + "\n")
+    write_text(f, p.hash + "\n")
 
 
 def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
@@ -371,11 +372,11 @@ def write_slurm(args, points: list[Point], sweep_id: str, uri: str, experiment: 
     array = out / f"sweep_{sweep_id}.sbatch"
     summary = out / f"sweep_{sweep_id}_summary.sbatch"
     (out / "slurm").mkdir(parents=True, exist_ok=True)
-    array.write_text(sbatch_script(
+    write_text(array, sbatch_script(
         f"mmln-{experiment}", out / "slurm", options,
         ["# one array task per grid point (index = the point's position in the printed plan)", *setup,
          shlex.join(base + over) + ' --only-index "$SLURM_ARRAY_TASK_ID"'], array=len(points)))
-    summary.write_text(sbatch_script(
+    write_text(summary, sbatch_script(
         f"mmln-{experiment}-summary", out / "slurm", options,
         ["# after the array: best learning rate per strategy (+ --final-bench on the best points)", *setup,
          shlex.join(base + over + ["--summarize"])]))

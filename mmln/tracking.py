@@ -48,16 +48,3 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
     get_or_create_experiment(MlflowClient(uri), experiment, uri)
     return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                         log_model=False, run_id=run_id)
-
-
-def find_run(uri: str, experiment: str, run_name: str):
-    """The newest run of that name in the experiment (None when there is none)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built from the `conf/model/tiny.yaml` preset, an isolated MLflow store."""
+"""Shared fixtures: tiny models built from the `conf/model/tiny.yaml` preset, one synthetic world and
+tokenizer per session, an isolated MLflow store."""
 from __future__ import annotations
 
 import os
@@ -33,3 +34,17 @@ def tiny_config(*overrides: str):
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """Synthetic data in the real formats + a tiny LLaMA-style tokenizer, made once per session:
+    (root, {data set: path} as `synthesize` returns it, tokenizer dir). Tests must not write into it."""
+    from mmln.data.synth import synthesize, text_corpus
+    from mmln.data.tokenizer import train_tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("world")
+    paths = synthesize(out, image_size=64, n_pretrain=192, n_instruct=96, n_mme_per_subtask=2, n_pope_images=4,
+                       n_vqa_images=4, n_caption_images=6, seed=0)
+    tok = train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
+    return out, paths, tok

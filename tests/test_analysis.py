@@ -1,4 +1,4 @@
-"""Analyses (SPEC 6): layer similarity and LayerNorm gradient statistics, pure and as callbacks."""
+"""Analyses (docs/paper.md, "Analyses"): layer similarity and LayerNorm gradient statistics, pure and as callbacks."""
 from __future__ import annotations
 
 import inspect
@@ -259,20 +259,17 @@ def _fit_wires_analysis() -> bool:
 
 @pytest.mark.xfail(not _fit_wires_analysis(), strict=True,
                    reason="mmln.fit does not add mmln.callbacks.analysis.analysis_callbacks to its callbacks yet")
-def test_fit_logs_analysis_metrics_and_figures_to_mlflow(tmp_path, capsys):
+def test_fit_logs_analysis_metrics_and_figures_to_mlflow(tiny_world, tmp_path, capsys):
     from mlflow import MlflowClient
 
     from mmln import analyze
     from mmln.analysis import load_similarity
     from mmln.config import load_config
-    from mmln.data import synth, train_tiny_tokenizer
     from mmln.fit import fit
     from mmln.tracking import tracking_uri
 
-    paths = synth.synthesize(tmp_path / "data", image_size=64, n_pretrain=0, n_instruct=14, n_mme_per_subtask=0,
-                             n_pope_images=0, n_vqa_images=0, n_caption_images=0)
-    tok = train_tiny_tokenizer(synth.text_corpus(200), tmp_path / "tok", vocab_size=400)
-    overrides = [f"model.llm.tokenizer={tok}", f"data.train.files=[{paths['instruct_80k']}]",
+    _, paths, tok = tiny_world
+    overrides = [f"model.llm.tokenizer={tok}", f"data.train.files=[{paths['instruct_80k']}]", "data.train.limit=14",
                  f"data.train.image_folder={paths['coco_train2017']}", "data.val_fraction=0.3", "data.num_workers=0",
                  "train.global_batch_size=2", "train.micro_batch_size=2", "train.max_steps=2", "train.lr=1e-3",
                  f"output_dir={tmp_path}/out", "analysis.grad_every_n_steps=1", "analysis.similarity_samples=3",

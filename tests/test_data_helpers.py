@@ -16,7 +16,7 @@ def corpus() -> list[str]:
     extra = [t.system for t in TEMPLATES.values()] + [" ".join(t.roles) for t in TEMPLATES.values()]
     extra += ["[INST] <<SYS>> <</SYS>> [/INST] USER: ASSISTANT: Human: Assistant: ###"] * 5
     # frequent enough that "▁USER" becomes one piece while "USER" (no dummy prefix) is "US" "ER":
-    # the token-count difference behind LLaVA's non-legacy off-by-one (llava.md 2.7)
+    # the token-count difference behind LLaVA's off-by-one label masks with non-legacy tokenizers
     extra += ["USER: ASSISTANT:"] * 50
     return synth.text_corpus(400, seed=0) + extra
 

@@ -99,7 +99,7 @@ def test_legacy_labels_equal_llava_arithmetic(toks, template, sep, sep2):
 
 
 def test_non_legacy_breaks_llava_arithmetic_but_not_ours(toks):
-    """llava.md 2.7: with legacy=False, text after </s> loses its dummy prefix, so LLaVA's
+    """With legacy=False, text after </s> loses its dummy prefix, so LLaVA's
     per-round lengths are off by one and it would zero the sample; our masks do not care."""
     tok = toks[False]
     c = conv(3)

@@ -251,7 +251,7 @@ def test_evaluate_end_to_end_writes_answers_scores_and_mlflow(synth, tmp_path, c
     rc = main(["--config", str(TINY), "--ckpt", str(ckpt), "--bench", ",".join(benches), *overrides])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "MME-P" in out and "POPE-adversarial F1" in out
+    assert "MME-P" in out and "POPE-adv F1" in out
 
     assert len(list((run_dir / "mme").glob("*.txt"))) == 14
     assert (run_dir / "pope/answers.jsonl").is_file() and (run_dir / "vqav2/results.json").is_file()

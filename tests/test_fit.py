@@ -16,19 +16,6 @@ from mmln.fit import fit, main
 from tests.conftest import ROOT, TINY
 
 
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory):
-    """Synthetic data in the real formats + a tiny LLaMA-style tokenizer, made once per session."""
-    from mmln.data.synth import synthesize, text_corpus
-    from mmln.data.tokenizer import train_tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("world")
-    paths = synthesize(out, image_size=64, n_pretrain=192, n_instruct=96, n_mme_per_subtask=2, n_pope_images=4,
-                       n_vqa_images=4, n_caption_images=6, seed=0)
-    tok = train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
-    return out, paths, tok
-
-
 def stage_overrides(world, tmp_path, stage: str, *extra: str) -> list[str]:
     out, _, tok = world
     common = [f"model.llm.tokenizer={tok}", f"output_dir={tmp_path / 'outputs'}", "data.num_workers=0",

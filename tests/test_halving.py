@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from mmln import sweep
 from mmln.fit import fit
 from tests.conftest import ROOT, TINY
-from tests.test_fit import cfg_for, tiny_world  # noqa: F401  (session fixture)
+from tests.test_fit import cfg_for
 
 
-def test_a_paused_run_continues_bit_exact(tiny_world, tmp_path):  # noqa: F811
+def test_a_paused_run_continues_bit_exact(tiny_world, tmp_path):
     base = ["tune.strategy=layernorm", "train.lr=1e-3", "train.save_every_n_steps=5", "train.warmup_ratio=0.2",
             "train.global_batch_size=8", "train.micro_batch_size=4"]  # 96 records / 8 -> 12 steps, accumulation 2
     ref = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=straight"))

@@ -1,10 +1,10 @@
-"""Every strategy trains exactly what SPEC section 3 says, gets gradients there and nowhere else."""
+"""Every strategy trains exactly what its registry entry says (docs/paper.md, "Strategies"), gets gradients there and nowhere else."""
 import pytest
 import torch
 
 from mmln.model import build_mllm
 from mmln.tuning import REGISTRY, apply_strategy, count_params
-from mmln.tuning.parts import is_norm
+from mmln.model.layout import is_norm
 from tests.conftest import tiny_config
 
 L = 2  # tiny preset: 2 decoder layers

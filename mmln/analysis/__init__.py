@@ -1,4 +1,4 @@
-"""Analyses of a run (SPEC 6): LayerNorm gradient statistics and cross-layer similarity.
+"""Analyses of a run (the paper's Table 6, Fig. 3 and 4; docs/paper.md): LayerNorm gradient statistics and cross-layer similarity.
 
 Pure torch / numpy / matplotlib (no Lightning, no MLflow): `gradients`, `similarity`, `figures`.
 The Lightning callbacks are in `mmln.callbacks.analysis`, the CLI in `mmln.analyze`.

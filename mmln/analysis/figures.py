@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mmln.analysis.similarity import off_diagonal_mean
+from mmln.io import save_figure
 
 
 def _evenly(n: int, k: int) -> list[int]:
@@ -25,10 +26,7 @@ def _evenly(n: int, k: int) -> list[int]:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _heatmap(ax: Axes, matrix: Optional[np.ndarray], title: str, vmin: Optional[float] = None):

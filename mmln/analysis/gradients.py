@@ -1,4 +1,4 @@
-"""LayerNorm gradient statistics (SPEC 6, paper Fig. 4, A3, A4). Pure torch/numpy.
+"""LayerNorm gradient statistics (paper Fig. 4, A3, A4). Pure torch/numpy.
 
 A recorded gradient is one norm parameter's full gradient vector at one optimizer step. Per
 vector: `variance` across its entries (population variance, ddof=0), `mean`, `norm` (L2).
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmln.io import atomic_path
-from mmln.tuning.parts import is_norm
+from mmln.model.layout import is_norm
 
 STATS = ("var", "mean", "norm")
 

@@ -1,4 +1,4 @@
-"""Cross-layer similarity of the residual stream (SPEC 6, paper Table 6 / Fig. 3). Pure torch/numpy.
+"""Cross-layer similarity of the residual stream (paper Table 6 / Fig. 3). Pure torch/numpy.
 
 The hidden state of a block is its output on the residual stream, captured with a forward hook on
 every decoder block (`block_outputs`): not the embedding output, and never after the final norm.
@@ -26,6 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmln.io import atomic_path
+from mmln.model.layout import llm_decoder
 
 VARIANTS = ("token", "meanpool", "image", "text", "no_bos")
 
@@ -129,11 +132,6 @@ def block_outputs(layers: Iterable[nn.Module]) -> Iterator[list[torch.Tensor]]:
             h.remove()
 
 
-def llm_decoder(mllm) -> nn.Module:
-    base = mllm.llm.get_base_model() if hasattr(mllm.llm, "get_base_model") else mllm.llm
-    return base.get_decoder()
-
-
 @torch.no_grad()
 def layer_similarity(mllm, batches: Iterable[dict], device: Optional[torch.device] = None,
                      forward_context: Callable[[], ContextManager] = nullcontext) -> SimilarityAccumulator:
@@ -175,10 +173,9 @@ def sample_batches(dataset, collate: Callable, indices: Sequence[int], batch_siz
 
 
 def save_similarity(path: str | Path, matrices: dict[str, np.ndarray], num_samples: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, num_samples=np.int64(num_samples), **{k: v.astype(np.float32) for k, v in matrices.items()})
-    return path
+    with atomic_path(path) as tmp:
+        np.savez(tmp, num_samples=np.int64(num_samples), **{k: v.astype(np.float32) for k, v in matrices.items()})
+    return Path(path)
 
 
 def load_similarity(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Lightning callbacks of the analyses (SPEC 6): LayerNorm gradients and layer similarity.
+"""Lightning callbacks of the analyses (docs/paper.md, "Analyses"): LayerNorm gradients and layer similarity.
 
 `analysis_callbacks(cfg, run_dir)` builds them from `cfg.analysis`; metric names, file names and
 what they hold are listed in `mmln.analysis`. Files go to `<run_dir>/analysis/` and, when the

@@ -109,7 +109,7 @@ class _CheckView:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
     cfg, tok = _setup(args)
     splits = _datasets(cfg, tok)

@@ -27,9 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
 from .images import ImageProcessor, load_image
 from .records import Record
-from .templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ConversationError, tokenize_conversation
+from .templates import ConversationError, tokenize_conversation
 
 # DataLoader workers are the parallelism; keeps tokenizers quiet (and safe) after fork.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -184,6 +186,23 @@ class LlavaDataset(torch.utils.data.Dataset):
         return None, "", truncated
 
 
+def pad_right(ids: Sequence[Sequence[int]], pad_token_id: int, labels: Optional[Sequence[Sequence[int]]] = None
+              ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Right-pad token id sequences to one (B, T) long tensor: (input_ids padded with
+    `pad_token_id`, attention_mask, labels padded with IGNORE_INDEX or None). The one padding rule
+    of training, analysis and evaluation batches."""
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), n), dtype=torch.long)
+    out_labels = None if labels is None else torch.full((len(ids), n), IGNORE_INDEX, dtype=torch.long)
+    for k, x in enumerate(ids):
+        input_ids[k, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+        attention_mask[k, :len(x)] = 1
+        if out_labels is not None:
+            out_labels[k, :len(x)] = torch.as_tensor(labels[k], dtype=torch.long)
+    return input_ids, attention_mask, out_labels
+
+
 class Collator:
     """Right-pad input_ids with `pad_token_id` and labels with -100, build attention_mask, stack
     images; bad-sample markers are dropped and listed as batch["bad"] = [(id, reason), ...]."""
@@ -204,15 +223,8 @@ class Collator:
                 "bad": bad,
                 "empty": True,
             }
-        n = max(len(s["input_ids"]) for s in good)
-        input_ids = torch.full((len(good), n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(good), n), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(good), n), dtype=torch.long)
-        for k, s in enumerate(good):
-            m = len(s["input_ids"])
-            input_ids[k, :m] = s["input_ids"]
-            labels[k, :m] = s["labels"]
-            attention_mask[k, :m] = 1
+        input_ids, attention_mask, labels = pad_right([s["input_ids"] for s in good], self.pad_token_id,
+                                                      [s["labels"] for s in good])
         return {
             "ids": [s["id"] for s in good],
             "input_ids": input_ids,

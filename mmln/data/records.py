@@ -1,6 +1,6 @@
 """Readers for LLaVA-format JSON files, instruct data-type labelling, seeded subsets and splits.
 
-Both stages use one record format (SPEC 5.1): a JSON array of `{"id", "image", "conversations"}`.
+Both stages use one record format (LLaVA's): a JSON array of `{"id", "image", "conversations"}`.
 - LLaVA-CC3M-Pretrain-595K: `chat.json` + a flat image folder (`images/`, unzipped images.zip).
 - LLaVA-Instruct: `llava_instruct_80k.json`, `llava_instruct_150k.json` or the per-type files
   `conversation_58k.json`, `detail_23k.json`, `complex_reasoning_77k.json`, any mix; images are
@@ -113,7 +113,7 @@ def _join_key(raw: Any) -> Optional[tuple[str, str]]:
 
 def heuristic_type(raw: Any) -> str:
     """Multi-turn -> conversation; single turn asking to describe the image -> detail; else
-    complex_reasoning (LLaVA-Instruct's three GPT-4 prompt families, llava.md 1.3)."""
+    complex_reasoning (LLaVA-Instruct's three GPT-4 prompt families, one file per family)."""
     try:
         human = [t["value"] for t in raw["conversations"] if t.get("from") == "human"]
     except (TypeError, KeyError, AttributeError):

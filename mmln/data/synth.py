@@ -1,4 +1,4 @@
-"""Synthetic data sets in the real on-disk formats (SPEC 5, 7), drawn from a tiny shape world.
+"""Synthetic data sets in the real on-disk formats (training data and benchmarks), drawn from a tiny shape world.
 
 Every image is a plain background with 1-3 objects (shape x colour x size) in distinct cells of a
 3x3 grid, drawn with PIL plus colour jitter and pixel noise. Every caption, question and answer is
@@ -42,6 +42,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
+from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION
 from mmln.io import write_bytes, write_json, write_text  # noqa: F401 (write_json: part of this module's API)
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -54,14 +56,9 @@ SIZES = {"small": 0.075, "large": 0.12}  # radius as a fraction of the image sid
 LABELS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
-                  "landmark", "artwork", "OCR")
-MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
-                 "code_reasoning")
 MME_SUBTASKS = MME_PERCEPTION + MME_COGNITION
 MME_IMAGES_DIR = {"artwork", "celebrity", "landmark", "posters", "scene"}  # images/ + questions_answers_YN/
-YN = " Please answer yes or no."
-SHORT = "\nAnswer the question using a single word or phrase."
+YN, SHORT = YES_NO_SUFFIX, SHORT_ANSWER
 BRIEF_PROMPTS = (
     "Describe the image concisely.", "Provide a brief description of the given image.",
     "Offer a succinct explanation of the picture presented.",

@@ -1,7 +1,7 @@
 """Conversation templates, prompt rendering and tokenization with label masks (LLaVA v1).
 
 Mirrors `llava/conversation.py` (`plain`, `vicuna_v1`, `llava_llama_2`, `v0`) and the
-`preprocess_*` / `tokenizer_image_token` functions of `llava/train/train.py` (llava.md 2.3-2.6):
+`preprocess_*` / `tokenizer_image_token` functions of `llava/train/train.py`:
 
 - the image placeholder is ONE id, `IMAGE_TOKEN_INDEX = -200`, put between separately tokenized
   text chunks (every chunk's own BOS dropped but the first one's);
@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
 DEFAULT_IMAGE_TOKEN = "<image>"
 HUMAN, GPT = "human", "gpt"
 

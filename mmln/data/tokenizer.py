@@ -5,7 +5,8 @@ split digits, dummy prefix, identity normalization, unk=0 / bos=1 / eos=2, no pa
 writes a Hugging Face tokenizer directory that `AutoTokenizer.from_pretrained(dir)` loads as
 `LlamaTokenizer`: adds BOS, no EOS, pad = `<unk>` (id 0, as LLaVA sets it), right padding.
 
-`legacy` selects the LLaMA tokenizer's two behaviours around special tokens (llava.md 2.7):
+`legacy` selects the LLaMA tokenizer's two behaviours around special tokens (the difference
+behind LLaVA's off-by-one label masks with non-legacy tokenizers):
 legacy=True puts SentencePiece's dummy-prefix "▁" on text that follows a special token
 (`</s>USER` -> `</s> ▁US ER`), legacy=False does not (`</s> US ER`). In transformers 5 the flag
 is read from tokenizer_config.json and turned into the Metaspace prepend scheme ("always" /
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 import sentencepiece as spm
+
+from mmln.io import write_bytes, write_text
 
 SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
@@ -55,7 +58,7 @@ def train_tiny_tokenizer(
         pad_id=-1,
         minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(model.getvalue())
+    write_bytes(out / "tokenizer.model", model.getvalue())
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "legacy": legacy,
@@ -68,8 +71,8 @@ def train_tiny_tokenizer(
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
     }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps({**SPECIAL, "pad_token": "<unk>"}, indent=2) + "\n")
+    write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    write_text(out / "special_tokens_map.json", json.dumps({**SPECIAL, "pad_token": "<unk>"}, indent=2) + "\n")
     return out
 
 

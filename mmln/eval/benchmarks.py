@@ -11,7 +11,7 @@ Prompts follow LLaVA's evaluation scripts (`scripts/v1_5/eval/*.sh` with their q
   instruction. Profile `paper` instead puts 3 text-only (question, answer) examples before the
   question (other images' questions of the same file with their most common human answer,
   drawn per question with `eval.seed`) and no instruction.
-- COCO / Flickr30k captions (Karpathy `test` split, both profiles, SPEC 7): 3 text-only
+- COCO / Flickr30k captions (Karpathy `test` split, both profiles): 3 text-only
   examples, each the query "Please provide a description of the picture." answered by one
   reference caption of a random Karpathy `train` image (drawn per test image with
   `eval.seed`), then the same query with the image.
@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmln.config import ConfigError
+from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
 from mmln.eval import caption, mme, pope, vqav2
 from mmln.eval.runner import Query, Runner, human, with_examples
 
 BENCHES = ("mme", "pope", "vqav2", "coco", "flickr30k")
-YES_NO_SUFFIX = " Please answer yes or no."
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 CAPTION_QUERY = "Please provide a description of the picture."
 N_SHOTS = 3
 

@@ -17,9 +17,9 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmln.eval.profiles import check_profile
 from mmln.io import read_json, read_results, write_results
 
-PROFILES: tuple[str, ...] = ("official", "paper")
 # Characters the Java tokenizer treats as line ends although Python's wrapper only replaces "\n":
 # left in, they shift every later caption onto the wrong image. Replaced by spaces beforehand.
 _JAVA_LINE_BREAKS = str.maketrans({c: " " for c in "\r\x0b\x0c\u2028\u2029"})
@@ -27,11 +27,6 @@ _JAVA_LINE_BREAKS = str.maketrans({c: " " for c in "\r\x0b\x0c\u2028\u2029"})
 
 class JavaNotFoundError(RuntimeError):
     """pycocoevalcap's PTB tokenizer needs a ``java`` executable on PATH."""
-
-
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
 def require_java() -> str:
@@ -102,7 +97,7 @@ def score_captions(
     Every referenced image needs a result (error otherwise); results for other images are ignored.
     Both profiles score the same way. Returns ``{"CIDEr": 100 x raw, "CIDEr_raw", "n_images"}``.
     """
-    _check_profile(profile)
+    check_profile(profile)
     missing = [i for i in references if i not in results]
     if missing:
         raise ValueError(f"no caption for {len(missing)} image(s) of the split, e.g. image_id {missing[0]}")

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mmln.eval.profiles import check_profile
 from mmln.io import write_text
 
 PERCEPTION: tuple[str, ...] = (
@@ -25,7 +26,6 @@ COGNITION: tuple[str, ...] = (
     "commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning",
 )
 PAPER_EXCLUDED: tuple[str, ...] = ("landmark", "artwork")
-PROFILES: tuple[str, ...] = ("official", "paper")
 
 
 class MMELine(NamedTuple):
@@ -35,11 +35,6 @@ class MMELine(NamedTuple):
     question: str
     gt: str
     response: str
-
-
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
 def parse_mme_answer(response: str) -> str:
@@ -101,7 +96,7 @@ def score_mme(answers: Mapping[str, Sequence[MMELine]], profile: str = "official
     holds every subtask given (acc, acc_plus, score, counts and whether it was counted).
     Subtask names outside the 14 official ones are an error.
     """
-    _check_profile(profile)
+    check_profile(profile)
     known = set(PERCEPTION) | set(COGNITION)
     unknown = sorted(set(answers) - known)
     if unknown:

@@ -17,15 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmln.eval.profiles import check_profile
 from mmln.io import write_text
 
-PROFILES: tuple[str, ...] = ("official", "paper")
 _SPLIT_RE = re.compile(r"^(?:.*_)?pope_(?P<split>[A-Za-z0-9-]+)\.jsonl?$")
-
-
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
 def parse_pope_answer(text: str) -> str:
@@ -135,7 +130,7 @@ def score_pope(
     when they carry a ``category``, else by question_id alone (then only one split may be scored,
     because question ids repeat across splits). Both profiles score the same way.
     """
-    _check_profile(profile)
+    check_profile(profile)
     with_cat: dict[Any, Mapping[str, Any]] = {}  # (category, question_id) -> answer
     without: dict[Any, Mapping[str, Any]] = {}  # question_id -> answer
     for a in answers:

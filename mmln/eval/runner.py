@@ -32,10 +32,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
+from mmln.constants import IMAGE_TOKEN_INDEX
+from mmln.data.dataset import pad_right
 from mmln.data.images import load_image
-from mmln.data.templates import (
-    IMAGE_TOKEN_INDEX, chat_answer_token, encode_prompt, get_template, stop_strings, stop_token_ids,
-)
+from mmln.data.templates import chat_answer_token, encode_prompt, get_template, stop_strings, stop_token_ids
 
 
 @dataclass
@@ -219,12 +219,7 @@ class Collate:
         self.image_processor = image_processor
 
     def __call__(self, batch: list[tuple[list[int], Optional[Path]]]) -> dict[str, Any]:
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (ids, _) in enumerate(batch):
-            input_ids[b, : len(ids)] = torch.tensor(ids)
-            mask[b, : len(ids)] = 1
+        input_ids, mask, _ = pad_right([ids for ids, _ in batch], self.pad_id)
         images = [self.image_processor(load_image(p)) for _, p in batch if p is not None]
         return {"input_ids": input_ids, "attention_mask": mask,
                 "pixel_values": torch.stack(images) if images else None}

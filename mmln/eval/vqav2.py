@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmln.eval.profiles import check_profile
 from mmln.io import read_json, read_results, write_results
 
-PROFILES: tuple[str, ...] = ("official", "paper")
 
 # The official contraction table (keys with capitals never match: the text is lower-cased first;
 # "somebody'd" -> "somebodyd" is the official table's own oddity).
@@ -72,11 +72,6 @@ _PERIOD = re.compile(r"\.(?!\d)")
 _PERIOD_COUNT = 32
 _PAPER_STOP = re.compile(r"Question|Answer|###|</s>")
 _WORD = re.compile(r"[a-z]+")
-
-
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
 
 
 def process_punctuation(text: str) -> str:
@@ -158,7 +153,7 @@ def score_vqav2(
     without a result, or a result for a question that is not annotated, is an error (the official
     ``loadRes`` asserts the two id sets are equal).
     """
-    _check_profile(profile)
+    check_profile(profile)
     annotated = {a["question_id"] for a in annotations}
     missing = [a["question_id"] for a in annotations if a["question_id"] not in results]
     if missing:

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
 
@@ -63,7 +64,7 @@ class MLLMModule(L.LightningModule):
             return None  # every sample of this micro-batch was bad and skipped
         out = self(batch)
         self.last_batch = {"tokens": int(batch["attention_mask"].sum()) + self._image_tokens(batch),
-                           "samples": int(batch["input_ids"].shape[0]), "supervised": out.n_tokens}
+                           "samples": int(batch["input_ids"].shape[0])}
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False)
         return out.loss
@@ -141,7 +142,8 @@ class InstructFinetune(MLLMModule):
             LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                        target_modules=list(lc.target_modules), task_type="CAUSAL_LM").save_pretrained(out)
             state = get_peft_model_state_dict(self.mllm.llm)
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"))
+            with atomic_path(out / "adapter_model.safetensors") as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
             paths.append(out)
         return paths
 

@@ -1,35 +1,59 @@
-"""Model: vision encoders, connector, the MLLM, and building it from a config (local paths only)."""
+"""Model: vision encoders, connector, the MLLM, and building it from a config (local paths only).
+
+The package itself imports no torch: `mmln.model.errors` (and so every CLI's `--help` and config
+error) stays light. The names below are loaded from their modules on first use.
+"""
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import TYPE_CHECKING
 
 from mmln.config import ModelConfig
-from mmln.model.connector import build_connector, load_connector, save_mm_projector
-from mmln.model.errors import MissingWeightsError
-from mmln.model.llm import build_llm, llm_config
-from mmln.model.mllm import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MLLM, MLLMOutput
-from mmln.model.vision import VisionEncoder, build_vision
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmln.model.mllm import MLLM
 
 __all__ = [
     "IGNORE_INDEX", "IMAGE_TOKEN_INDEX", "MLLM", "MLLMOutput", "MissingWeightsError", "VisionEncoder",
     "build_mllm", "frozen_dtype", "save_mm_projector",
 ]
+_LAZY = {
+    "IGNORE_INDEX": "mmln.constants", "IMAGE_TOKEN_INDEX": "mmln.constants",
+    "MLLM": "mmln.model.mllm", "MLLMOutput": "mmln.model.mllm",
+    "MissingWeightsError": "mmln.model.errors", "VisionEncoder": "mmln.model.vision",
+    "save_mm_projector": "mmln.model.connector",
+}
 
 
-def frozen_dtype(name: str) -> torch.dtype:
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmln.model' has no attribute '{name}'")
+
+
+def frozen_dtype(name: str) -> "torch.dtype":
     """dtype of the frozen weights: `auto` = bf16 where a GPU runs bf16, else fp32."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> MLLM:
+def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     """Vision + connector + LLM. Frozen weights in `cfg.dtype`; the connector is built in fp32.
 
     `load_weights=False` builds the architecture only (random init; under `torch.device("meta")`
     no memory at all), which is how `mmln.params` counts 7B and 13B models on a laptop.
     The tuning strategy decides what trains and upcasts it to fp32 (`mmln.tuning.apply_strategy`).
     """
+    from mmln.model.connector import build_connector, load_connector
+    from mmln.model.llm import build_llm
+    from mmln.model.mllm import MLLM
+    from mmln.model.vision import build_vision
+
     dtype = frozen_dtype(cfg.dtype)
     vision = build_vision(cfg.vision, load_weights=load_weights).to(dtype)
     llm = build_llm(cfg.llm, dtype=dtype, load_weights=load_weights, attn_implementation=cfg.attn_implementation)

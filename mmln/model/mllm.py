@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.model.layout import llm_decoder
 
 
 @dataclass
@@ -27,7 +27,6 @@ class MLLMOutput:
     loss: Optional[torch.Tensor]
     logits: torch.Tensor
     n_tokens: int  # supervised (label != -100) next-token targets in the micro-batch
-    seq_len: int  # padded length after splicing
 
 
 @dataclass
@@ -116,15 +115,15 @@ class MLLM(nn.Module):
         s = self.embed_batch(input_ids, attention_mask, labels, pixel_values, image_features)
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, use_cache=False).logits
         if s.labels is None:
-            return MLLMOutput(None, logits, 0, logits.shape[1])
+            return MLLMOutput(None, logits, 0)
         targets = s.labels[:, 1:]
         n = int((targets != IGNORE_INDEX).sum())
         if n == 0:  # keep the graph (DDP needs every rank to backward) but contribute nothing
-            return MLLMOutput(logits.sum() * 0.0, logits, 0, logits.shape[1])
+            return MLLMOutput(logits.sum() * 0.0, logits, 0)
         loss = F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
-        return MLLMOutput(loss, logits, n, logits.shape[1])
+        return MLLMOutput(loss, logits, n)
 
     # 5 ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -153,5 +152,4 @@ class MLLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def decoder_layers(self) -> nn.ModuleList:
         """The LLM's decoder blocks (through a PEFT wrapper too)."""
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        return base.get_decoder().layers
+        return llm_decoder(self).layers

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 # import order = registry order (what `--strategy all` lists)
-from mmln.tuning import connector, full, lora, blocks, layernorm  # noqa: F401,I001  (registers the strategies)
+from mmln.tuning import connector, finetune, lora, projections, layernorm  # noqa: F401,I001  (registers the strategies)
 from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register
 
 __all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register", "trainable_names"]

@@ -6,7 +6,7 @@ Gemma-2's [pre_feedforward_layernorm, post_feedforward_layernorm]).
 """
 from itertools import chain
 
-from mmln.tuning.parts import block_norm_params, final_norm_params
+from mmln.tuning.selectors import block_norm_params, final_norm_params
 from mmln.tuning.registry import Strategy, register
 
 

@@ -1,4 +1,4 @@
-"""Full finetuning: every LLM parameter and the connector."""
+"""The `finetune` strategy: every LLM parameter and the connector (full finetuning)."""
 from mmln.tuning.registry import Strategy, register
 
 register(Strategy(

@@ -1,5 +1,6 @@
-"""Full tuning of chosen projections inside every block (the paper's attention-QV and MLP baselines)."""
-from mmln.tuning.parts import block_linear_params
+"""The `attn_qv` and `attn_mlp` strategies: full weights of chosen projections in every block (the
+paper's attention-QV and MLP baselines)."""
+from mmln.tuning.selectors import block_linear_params
 from mmln.tuning.registry import Strategy, register
 
 register(Strategy(

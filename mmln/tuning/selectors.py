@@ -1,16 +1,14 @@
-"""Locating the parts strategies train, by module type (norms) or by block structure (projections)."""
+"""Parameter selectors for the strategies: the norms (by module type) and the projections (by block
+structure) a strategy trains."""
 from __future__ import annotations
 
 from typing import Iterator
 
 from torch import nn
-from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 
+from mmln.model.layout import is_norm, llm_decoder
 
-def is_norm(module: nn.Module) -> bool:
-    """LayerNorm, RMSNorm and the RMSNorm classes of Hugging Face architectures (by type, never by name)."""
-    norm_types = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, *ALL_LAYERNORM_LAYERS)
-    return isinstance(module, norm_types) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
+__all__ = ["block_linear_params", "block_norm_params", "final_norm_params", "is_norm"]
 
 
 def _params(modules: Iterator[nn.Module]) -> Iterator[nn.Parameter]:
@@ -41,8 +39,7 @@ def block_norm_params(mllm, exclude: tuple[str, ...] | list[str] = ()) -> Iterat
 def final_norm_params(mllm) -> Iterator[nn.Parameter]:
     """Norms of the decoder outside its blocks (LLaMA: model.norm)."""
     decoder = mllm.decoder_layers()
-    base = mllm.llm.get_base_model() if hasattr(mllm.llm, "get_base_model") else mllm.llm
-    return _params(m for m in base.get_decoder().children() if m is not decoder and is_norm(m))
+    return _params(m for m in llm_decoder(mllm).children() if m is not decoder and is_norm(m))
 
 
 def block_linear_params(mllm, names: tuple[str, ...]) -> Iterator[nn.Parameter]:
