@@ -8,6 +8,8 @@ CONFIG ?= conf/vicuna7b_ln.yaml
 LRS ?=
 STRATEGIES ?=
 LAUNCHER ?=
+OVERRIDES ?=
+SWEEP_ARGS ?=
 
 .PHONY: help install test test-full demo bench ui sweep report lint clean
 
@@ -19,6 +21,8 @@ install: $(STAMP)  ## create .venv with the pinned stack (torch 2.14.1 + torchvi
 $(STAMP): pyproject.toml requirements.lock
 	@command -v java >/dev/null || { echo "installing Java (pycocoevalcap's PTB tokenizer needs it)"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v chromium >/dev/null || { echo "installing chromium (the headless dashboard test loads the MLflow UI)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	grep -v '^deepspeed==' requirements.lock > $(VENV)/lock-no-ds.txt
@@ -43,13 +47,13 @@ ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
 bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRATEGIES="layernorm lora" LAUNCHER=slurm SEARCH=halving)
+sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRATEGIES="layernorm lora" LAUNCHER=slurm SEARCH=halving SWEEP_ARGS=--dry-run OVERRIDES="train.max_steps=8")
 	$(BIN)/python -m mmln.sweep --config $(CONFIG) $(if $(strip $(LRS)),--lrs $(LRS)) \
 	  $(if $(strip $(STRATEGIES)),--strategies $(STRATEGIES)) $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER)) \
-	  $(if $(strip $(SEARCH)),--search $(SEARCH))
+	  $(if $(strip $(SEARCH)),--search $(SEARCH)) $(SWEEP_ARGS) $(OVERRIDES)
 
-report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (or EXPERIMENT=...)
-	$(BIN)/python -m mmln.report --experiment $(or $(EXPERIMENT),$(basename $(notdir $(CONFIG))))
+report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (its tracking.experiment; or EXPERIMENT=...)
+	$(BIN)/python -m mmln.report --config $(CONFIG) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(OVERRIDES)
 
 lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
 	$(BIN)/python -m compileall -q mmln tests

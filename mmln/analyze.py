@@ -42,21 +42,14 @@ def default_out(ckpt: Optional[str]) -> Path:
 def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:
     import torch
 
+    from mmln.build import build_model
     from mmln.data import Collator, build_datasets, pad_token_id
-    from mmln.model import build_mllm
-    from mmln.model.checkpoint import load_trainable, read_trainable
     from mmln.model.llm import load_tokenizer
-    from mmln.tuning import apply_strategy
 
     tokenizer = load_tokenizer(cfg.model.llm)
-    torch.manual_seed(cfg.train.seed)  # frozen weights without a path are random: rebuild them as mmln.fit does
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
-    if ckpt:
-        load_trainable(mllm, read_trainable(ckpt), source=ckpt)
-    train, val = build_datasets(cfg, tokenizer)
+    mllm = build_model(cfg, ckpt)  # seeded: frozen weights without a path are rebuilt as mmln.fit built them
+    train, val = build_datasets(cfg, tokenizer, mllm.vision.num_patches)
     ds = val if val is not None and len(val) else train
-    ds.num_image_tokens = mllm.vision.num_patches  # as the training data module sets it
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mllm.to(dev)
     low = any(p.dtype in (torch.bfloat16, torch.float16) for p in mllm.parameters())

@@ -52,6 +52,10 @@ class ConnectorConfig:
 class LLMConfig:
     path: Optional[str] = None  # local Hugging Face model dir; None = random init from the fields below
     tokenizer: Optional[str] = None  # tokenizer dir; defaults to `path`
+    # LLaMA tokenizer `legacy` (True: text after a special token such as </s> gets the "▁" prefix, as
+    # LLaVA trained; False: it does not). None = what the tokenizer directory says. Applied to training,
+    # evaluation and written into every exported tokenizer.
+    tokenizer_legacy: Optional[bool] = None
     arch: str = "llama"  # transformers model_type used when building from the fields below
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -68,12 +72,16 @@ class LLMConfig:
 @dataclass
 class ModelConfig:
     name: str = "custom"  # preset name, used for run names and MLflow tags
+    # one directory holding a whole MLLM (llava-hf, or original LLaVA + model.vision.path): weights and
+    # the architecture fields below come from it (mmln.formats.init_from)
+    init_from: Optional[str] = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     dtype: str = "auto"  # frozen-weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
     max_length: int = 2048  # after image expansion
     gradient_checkpointing: bool = False
+    loss_chunk: int = 1024  # positions per cross-entropy chunk (no full fp32 logits); 0 = the full-logits loss
     attn_implementation: str = "sdpa"
 
 
@@ -89,6 +97,22 @@ class LoraConfig:
 
 
 @dataclass
+class IA3TuneConfig:
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # PEFT's LLaMA default
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # scaled on the input side
+
+
+@dataclass
+class VeraTuneConfig:
+    r: int = 256
+    d_initial: float = 0.1
+    seed: int = 0  # projection_prng_key of the shared random projections
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class TuneConfig:
     # WHAT trains: a tuning strategy of mmln.tuning (layernorm, lora, finetune, ...); `python -m mmln.params
     # --strategy all` lists them. Not to be confused with train.strategy (HOW Lightning runs: ddp, deepspeed).
@@ -98,7 +122,9 @@ class TuneConfig:
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
+    ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
+    vera: VeraTuneConfig = field(default_factory=VeraTuneConfig)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -121,13 +147,28 @@ class DataConfig:
     image_aspect: str = "square"  # square (center crop) | pad (pad to square with the mean colour)
     on_bad_sample: str = "skip"  # skip (count + report) | error (stop, naming file, record and reason)
     num_workers: int = 2
+    batching: str = "length_grouped"  # training micro-batches: length_grouped (similar lengths, little padding) | random
+    megabatch: int = 8  # length_grouped: global batches sorted by length together (more = less padding)
 
 
 # --------------------------------------------------------------------------------------- train
 @dataclass
+class GroupLRConfig:
+    """Learning rate per parameter group (mmln.tuning.selectors.GROUPS); None = `train.lr`."""
+
+    norms: Optional[float] = None
+    connector: Optional[float] = None
+    embeddings: Optional[float] = None
+    head: Optional[float] = None
+    adapters: Optional[float] = None
+    other: Optional[float] = None  # LLM weights and biases outside the groups above
+
+
+@dataclass
 class TrainConfig:
     lr: float = 2e-5
-    connector_lr: Optional[float] = None
+    connector_lr: Optional[float] = None  # alias of group_lr.connector
+    group_lr: GroupLRConfig = field(default_factory=GroupLRConfig)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     epochs: int = 1
@@ -152,6 +193,7 @@ class TrainConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+    artifact_max_mb: float = 1024.0  # larger run files (a 7B finetune's weights) are logged as a path reference, not copied
 
 
 @dataclass
@@ -219,6 +261,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "data.batching": ("length_grouped", "random"),
     "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }
@@ -303,8 +346,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = _merge(cfg, raw, where)
     if overrides:
         cfg = _merge(cfg, parse_overrides(list(overrides)), "command-line overrides")
+    if cfg.model.init_from:
+        _apply_init_from(cfg)
     validate(cfg)
     return cfg
+
+
+def _apply_init_from(cfg: DictConfig) -> None:
+    """The architecture fields a `model.init_from` checkpoint implies override the config's."""
+    from mmln.formats.init_from import model_fields
+    from mmln.model.errors import MissingWeightsError
+
+    try:
+        fields_ = model_fields(cfg.model.init_from, cfg.model.vision.path)
+    except MissingWeightsError as e:
+        raise ConfigError(str(e)) from None
+    if not cfg.model.llm.tokenizer:
+        fields_["llm"]["tokenizer"] = cfg.model.init_from
+    cfg.model = OmegaConf.merge(cfg.model, fields_)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -312,7 +371,19 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    from mmln.tuning import strategy_problem  # light: the registry imports no torch
+
+    problem = strategy_problem(cfg.tune.strategy, cfg.stage)
+    if problem:
+        raise ConfigError(problem)
     t = cfg.train
+    if t.connector_lr is not None:  # the alias: one value under both keys (both are logged as params)
+        if t.group_lr.connector is not None and t.group_lr.connector != t.connector_lr:
+            raise ConfigError(f"train.connector_lr={t.connector_lr} and train.group_lr.connector={t.group_lr.connector} "
+                              "disagree: set one of them")
+        t.group_lr.connector = t.connector_lr
+    elif t.group_lr.connector is not None:
+        t.connector_lr = t.group_lr.connector
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
     if not 0 <= t.warmup_ratio < 1:

@@ -16,10 +16,12 @@ Everything is tracked in the local MLflow store (`make ui`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +51,24 @@ def check_recipe(root: Path, recipe: str) -> None:
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(label: str, every: float = 30.0):
+    """A line every `every` seconds while the block runs (the quiet demo's sign of life in training)."""
+    stop, t0 = threading.Event(), time.time()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            say(f"{label}: still running ({time.time() - t0:.0f}s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_data(root: Path, quick: bool) -> None:
@@ -306,20 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     quick = ["train.epochs=1"] if args.quick else []
 
     say("stage 1: pretraining the connector")
-    s1 = fit(load_config(CONF / "stage1.yaml", quick), str(CONF / "stage1.yaml"))
+    with heartbeat("stage 1"):
+        s1 = fit(load_config(CONF / "stage1.yaml", quick), str(CONF / "stage1.yaml"))
     say(f"stage 1 done: {s1.run_dir}")
     say("stage 2: LayerNorm tuning")
     s2cfg = load_config(CONF / "stage2.yaml", quick)
-    s2 = fit(s2cfg, str(CONF / "stage2.yaml"))
+    with heartbeat("stage 2"):
+        s2 = fit(s2cfg, str(CONF / "stage2.yaml"))
     say(f"stage 2 done: {s2.run_dir}  ({s2.metrics.get('perf/tokens_per_s', 0):,.0f} tokens/s, "
         f"{s2.metrics['params/trainable']:,} of {s2.metrics['params/total']:,} parameters trained)")
 
     limit = ["eval.limit=200"] if args.quick else []
     say("evaluating the untuned model (base LM + stage-1 connector)")
-    untuned = evaluate(load_config(CONF / "stage2.yaml", limit), None, BENCHES, s2.run_dir / "eval_untuned")["metrics"]
+    with heartbeat("evaluating the untuned model"):
+        untuned = evaluate(load_config(CONF / "stage2.yaml", limit), None, BENCHES, s2.run_dir / "eval_untuned")["metrics"]
     say("evaluating the LayerNorm-tuned model")
-    tuned = evaluate(load_config(CONF / "stage2.yaml", limit), str(s2.run_dir / "trainable.safetensors"), BENCHES,
-                     s2.run_dir / "eval", run_id=s2.run_id)["metrics"]
+    with heartbeat("evaluating the LayerNorm-tuned model"):
+        tuned = evaluate(load_config(CONF / "stage2.yaml", limit), str(s2.run_dir / "trainable.safetensors"), BENCHES,
+                         s2.run_dir / "eval", run_id=s2.run_id)["metrics"]
     rows = {"chance": {"eval/mme_perception": 100.0 * 10 * 0.75, "eval/mme_cognition": 100.0 * 4 * 0.75,
                        **{f"eval/pope_{s}_accuracy": 50.0 for s in ("random", "popular", "adversarial")}},
             "untuned (stage 1)": untuned, "layernorm (stage 2)": tuned}

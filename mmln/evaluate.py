@@ -1,6 +1,6 @@
 """python -m mmln.evaluate --config CFG --ckpt PATH|none --bench mme,pope,vqav2,coco,flickr30k [key=value ...]
 
-Builds the model from the config (`build_mllm`, `apply_strategy`, then the tuned tensors of
+Builds the model from the config (`mmln.build.build_model`: the MLLM, its strategy, the tuned tensors of
 `--ckpt`: a run's `trainable.safetensors` or `checkpoints/last.ckpt`; `--ckpt none` evaluates the
 untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.profile`), and
 
@@ -12,7 +12,9 @@ untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.pr
 - logs them to MLflow as `eval/mme_perception`, `eval/mme_cognition`, `eval/vqav2`,
   `eval/coco_cider`, `eval/flickr30k_cider`, `eval/pope_<split>_accuracy`, `eval/pope_<split>_f1`
   into `--run-id`, else the run named by the run directory's `mlflow_run_id` file, else a new
-  run of experiment `tracking.experiment` (default "mmln-eval").
+  run of experiment `tracking.experiment` (default "mmln-eval"). Never replacing a result
+  (`plan_logging`): the same evaluation (limit, profile, yes/no mode, checkpoint content) only adds
+  the metrics a run lacks; another one goes to a child run of it, tagged with what differs.
 
 Runs on one device (the first GPU when there is one), or data parallel under torchrun
 (`torchrun --nproc_per_node 8 -m mmln.evaluate ...`: one GPU per process, gloo on CPU): each rank
@@ -51,21 +53,12 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     """(mllm in eval mode on the device, tokenizer, image processor)."""
     import torch
 
+    from mmln.build import build_model
     from mmln.data.images import build_image_processor
-    from mmln.model import build_mllm
-    from mmln.model.checkpoint import load_trainable, read_trainable
     from mmln.model.llm import load_tokenizer
-    from mmln.tuning import apply_strategy
 
     tokenizer = load_tokenizer(cfg.model.llm)
-    torch.manual_seed(cfg.train.seed)  # randomly initialised parts match training's (fit seeds the same way)
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
-    if ckpt:
-        try:
-            load_trainable(mllm, read_trainable(ckpt), source=str(ckpt))
-        except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
-            raise ConfigError(str(e)) from None
+    mllm = build_model(cfg, ckpt)
     mllm.requires_grad_(False).eval()
     mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
     return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
@@ -108,53 +101,36 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=log)
 
 
-def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
-              log: bool) -> dict[str, Any]:
-    from mmln.eval.runner import Runner, decoding_for
+def file_sha256(path: str) -> str:
+    import hashlib
 
-    if os.environ.get("MMLN_QUIET") == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    mllm, tokenizer, image_processor = load_model(cfg, ckpt)
-    runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
-                    num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
-    scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
-                              "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}}
-    for bench in benches:
-        t0 = time.perf_counter()
-        result = run_benchmark(bench, runner, cfg, out_dir)
-        seconds = time.perf_counter() - t0
-        scores["benches"][bench] = result
-        scores["metrics"].update(table_metrics(bench, result))
-        scores["seconds"][bench] = seconds
-        n = _n_questions(bench, result)
-        scores["questions_per_s"][bench] = n / seconds if seconds > 0 else 0.0
-        _note(f"{bench}: {n} questions in {seconds:.1f}s")
-    write_json(out_dir / "scores.json", scores, indent=1, default=str)  # the scores survive a tracking failure
-    scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, run_id) if log else None
-    write_json(out_dir / "scores.json", scores, indent=1, default=str)
-    return scores
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _n_questions(bench: str, result: dict[str, Any]) -> int:
-    if bench == "mme":
-        return sum(d["n_questions"] for d in result["details"].values())
-    if bench == "pope":
-        return sum(m["n"] for m in result.values())
-    return result["n"] if bench == "vqav2" else result["n_images"]
+def eval_identity(cfg: Any, ckpt: Optional[str]) -> dict[str, str]:
+    """What makes two evaluations' numbers comparable: the checkpoint (by content), the limit and
+    the prompt profile. Recorded as tags on the run the metrics go to."""
+    return {"eval_limit": str(cfg.eval.limit) if cfg.eval.limit else "none", "eval_profile": str(cfg.eval.profile),
+            "eval_yes_no": str(cfg.eval.yes_no), "eval_ckpt": ckpt or "none",
+            "eval_ckpt_sha256": file_sha256(ckpt)[:16] if ckpt else "none"}
 
 
-def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id: Optional[str]) -> str:
-    """Log `scores["metrics"]` into `run_id`, else the checkpoint run's `mlflow_run_id`, else a new run."""
+def plan_logging(cfg: Any, ckpt: Optional[str], run_id: Optional[str]) -> tuple[Optional[str], str, dict[str, str]]:
+    """(run, mode, identity): where an evaluation's metrics go, never replacing a result.
+
+    mode `new`: no run given (`--run-id` / the run dir's `mlflow_run_id`): a new run. `merge`: the
+    run has no evaluation yet, or one with the same identity (`eval_identity`): only metrics it
+    lacks are added. `child`: the run holds an evaluation of another identity (a limited one, a
+    full one, another checkpoint): a child run of it (tag `kind=eval`, `mlflow.parentRunId`)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    from mmln.tracking import get_or_create_experiment, tracking_uri
+    from mmln.tracking import tracking_uri
 
     uri = tracking_uri(cfg.tracking.uri)
     client = MlflowClient(uri)
+    identity = eval_identity(cfg, ckpt)
     id_file = run_dir_of(ckpt) / "mlflow_run_id" if ckpt else None
     if run_id is not None:
         try:
@@ -168,21 +144,149 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
         except MlflowException:
             _note(f"{id_file}: run {run_id} is not in the MLflow store {uri}; logging to a new run")
             run_id = None
-    new = run_id is None
-    if new:
+    if run_id is None:
+        return None, "new", identity
+    run = client.get_run(run_id)
+    has_eval = any(k.startswith("eval/") for k in run.data.metrics)
+    same = all(run.data.tags.get(k) == v for k, v in identity.items() if k != "eval_ckpt")
+    return run_id, "merge" if same or not has_eval else "child", identity
+
+
+def new_run_name(cfg: Any, ckpt: Optional[str], identity: dict[str, str]) -> str:
+    """`eval-<model>-<strategy>` for a checkpoint, `eval-<model>-untuned` for the bare model, and
+    `eval-<model>-export-<run>` for an export (its config's run_name names what was exported)."""
+    exported = str(cfg.run_name or "").startswith("export-")
+    what = cfg.tune.strategy if ckpt else (cfg.run_name if exported else "untuned")
+    return f"eval-{cfg.model.name}-{what}" + ("" if identity["eval_limit"] == "none" else f"-limit{identity['eval_limit']}")
+
+
+def child_suffix(identity: dict[str, str], parent_tags: dict[str, str]) -> str:
+    """`limit16`, `full`, `ckpt-<sha8>`, `paper`: how the child's evaluation differs from its parent's."""
+    parts = []
+    if identity["eval_ckpt_sha256"] != parent_tags.get("eval_ckpt_sha256", identity["eval_ckpt_sha256"]):
+        parts.append(f"ckpt-{identity['eval_ckpt_sha256'][:8]}")
+    parts.append("full" if identity["eval_limit"] == "none" else f"limit{identity['eval_limit']}")
+    if identity["eval_profile"] != "official":
+        parts.append(identity["eval_profile"])
+    return "-".join(parts)
+
+
+def _merge_scores(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Scores of the same evaluation identity: what was there stays, what is new is added."""
+    out = dict(new)
+    for key in ("metrics", "benches", "seconds", "questions_per_s"):
+        out[key] = {**new.get(key, {}), **old.get(key, {})}
+    return out
+
+
+def _logged_scores(client, run_id: str) -> dict[str, Any]:
+    """The run's `eval/scores.json` artifact ({} when it has none)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, "eval/scores.json", tmp)).read_text())
+        except Exception:  # no such artifact (the first evaluation) or an unreadable one
+            return {}
+
+
+def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
+              log: bool) -> dict[str, Any]:
+    from mmln.eval.runner import Runner, decoding_for
+
+    if os.environ.get("MMLN_QUIET") == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    mllm, tokenizer, image_processor = load_model(cfg, ckpt)  # a bad checkpoint fails before the store is touched
+    target, mode, identity = plan_logging(cfg, ckpt, run_id) if log else (None, "new", {})
+    old_scores = out_dir / "scores.json"
+    if mode == "child" or (mode == "new" and old_scores.is_file()):  # never overwrite another evaluation's files
+        out_dir = out_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        _say(f"another evaluation's results are in {old_scores.parent}: writing this one to {out_dir}")
+
+    runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
+                    num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
+    scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
+                              "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}}
+    for bench in benches:
+        t0 = time.perf_counter()
+        runner.desc = f"eval {bench}"  # a progress bar per benchmark (per call: POPE's splits, MME's subtasks)
+        result = run_benchmark(bench, runner, cfg, out_dir)
+        seconds = time.perf_counter() - t0
+        scores["benches"][bench] = result
+        scores["metrics"].update(table_metrics(bench, result))
+        scores["seconds"][bench] = seconds
+        n = _n_questions(bench, result)
+        scores["questions_per_s"][bench] = n / seconds if seconds > 0 else 0.0
+        _note(f"{bench}: {n} questions in {seconds:.1f}s")
+    if mode == "merge" and old_scores.is_file():
+        import json
+
+        try:
+            scores = _merge_scores(json.loads(old_scores.read_text()), scores)
+        except (ValueError, OSError):
+            pass  # an unreadable older scores.json is replaced by this evaluation's
+    scores["out_dir"] = str(out_dir)
+    write_json(out_dir / "scores.json", scores, indent=1, default=str)  # the scores survive a tracking failure
+    scores["mlflow_run_id"] = log_to_mlflow(cfg, scores, ckpt, target, mode, identity) if log else None
+    write_json(out_dir / "scores.json", scores, indent=1, default=str)
+    return scores
+
+
+def _n_questions(bench: str, result: dict[str, Any]) -> int:
+    if bench == "mme":
+        return sum(d["n_questions"] for d in result["details"].values())
+    if bench == "pope":
+        return sum(m["n"] for m in result.values())
+    return result["n"] if bench == "vqav2" else result["n_images"]
+
+
+def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id: Optional[str] = None,
+                  mode: Optional[str] = None, identity: Optional[dict[str, str]] = None) -> str:
+    """Log `scores["metrics"]` as `plan_logging` decided (run_id/mode None: decide here): into a new
+    run, merged into `run_id` (only metrics it lacks), or into a new child run of `run_id`."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from mmln.tracking import get_or_create_experiment, tracking_uri
+
+    if mode is None:
+        run_id, mode, identity = plan_logging(cfg, ckpt, run_id)
+    uri = tracking_uri(cfg.tracking.uri)
+    client = MlflowClient(uri)
+    tags = {**identity, "eval_benches": ",".join(scores["benches"])}
+    metrics = scores["metrics"]
+    if mode == "new":
         experiment = get_or_create_experiment(client, cfg.tracking.experiment or DEFAULT_EXPERIMENT, uri)
-        name = f"eval-{cfg.model.name}-{cfg.tune.strategy if ckpt else 'untuned'}"
-        run_id = client.create_run(experiment, run_name=name, tags={
-            "model": cfg.model.name, "strategy": cfg.tune.strategy, "ckpt": ckpt or "none"}).info.run_id
+        run_id = client.create_run(experiment, run_name=new_run_name(cfg, ckpt, identity), tags={
+            "model": cfg.model.name, "strategy": cfg.tune.strategy, "ckpt": ckpt or "none", **tags}).info.run_id
+    elif mode == "child":
+        parent = client.get_run(run_id)
+        name = f"{parent.info.run_name}-eval-{child_suffix(identity, parent.data.tags)}"
+        run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
+            "kind": "eval", "mlflow.parentRunId": parent.info.run_id, "model": cfg.model.name,
+            "strategy": cfg.tune.strategy, "stage": "eval", **tags}).info.run_id
+        _say(f"run {parent.info.run_id} holds another evaluation ({parent.data.tags.get('eval_limit', '?')} limit, "
+              f"checkpoint {parent.data.tags.get('eval_ckpt_sha256', '?')}): logging to its child run '{name}'")
+    else:  # merge: add what the run lacks, keep what it has
+        have = client.get_run(run_id).data
+        kept = sorted(k for k in metrics if k in have.metrics)
+        if kept:
+            _note(f"run {run_id} already has {len(kept)} of these metrics (same evaluation): kept its values")
+        metrics = {k: v for k, v in metrics.items() if k not in have.metrics}
+        done = [b for b in have.tags.get("eval_benches", "").split(",") if b]
+        tags["eval_benches"] = ",".join(dict.fromkeys(done + list(scores["benches"])))
+        scores = _merge_scores(_logged_scores(client, run_id), scores)  # the run's eval/scores.json keeps all
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in scores["metrics"].items()])
-    client.set_tag(run_id, "eval_profile", cfg.eval.profile)
-    client.set_tag(run_id, "eval_benches", ",".join(scores["benches"]))
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scores.json"
         write_json(path, {**scores, "mlflow_run_id": run_id}, indent=1, default=str)
         client.log_artifact(run_id, str(path), artifact_path="eval")
-    if new:
+    if mode != "merge":
         client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -198,6 +302,11 @@ def format_table(metrics: dict[str, float]) -> str:
     head = "  ".join(h.rjust(w) for (h, _), w in zip(cols, width))
     row = "  ".join(f"{metrics[k]:.2f}".rjust(w) for (_, k), w in zip(cols, width))
     return head + "\n" + row
+
+
+def _say(msg: str) -> None:
+    """A line the user must see even under MMLN_QUIET=1 (where a result went, and why)."""
+    print(f"mmln.evaluate: {msg}", file=sys.stderr, flush=True)
 
 
 def _note(msg: str) -> None:

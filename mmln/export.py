@@ -1,10 +1,17 @@
-"""python -m mmln.export --config CFG --ckpt RUN/trainable.safetensors --out DIR
+"""python -m mmln.export --config CFG --ckpt RUN/trainable.safetensors --out DIR [--format llava|hf-llava]
 
-A merged, self-contained export for evaluation and serving: the tuned LLM as a Hugging Face
-directory (LoRA adapters merged into the base weights, tuned norms / embeddings / head written in
-place), its tokenizer, the vision encoder, the connector in LLaVA's `mm_projector.bin`, and
-`config.yaml`, a run config pointing at those files, so `python -m mmln.evaluate --config
-DIR/config.yaml --ckpt none ...` evaluates it with no checkpoint on top.
+A merged, self-contained export for evaluation and serving. The model is built as every command
+builds it (`mmln.build.build_model`), then the strategy's merge hook folds what it added into
+plain weights (LoRA adapters into their base Linear layers; norm tuning changes no structure and
+needs no merge). Formats:
+
+- `llava` (default): the tuned LLM as a Hugging Face directory `llm/` (tuned norms / embeddings /
+  head written in place) with its tokenizer, the vision encoder in `vision/`, the connector in
+  LLaVA's `mm_projector.bin`, and `config.yaml`, a run config pointing at those files, so
+  `python -m mmln.evaluate --config DIR/config.yaml --ckpt none ...` evaluates it as it is.
+- `hf-llava`: one transformers `LlavaForConditionalGeneration` directory (config, safetensors,
+  tokenizer with the run's chat template, image processor) that `from_pretrained`,
+  `AutoProcessor.from_pretrained`, lmms-eval's `llava_hf` model and vLLM load as they are.
 """
 from __future__ import annotations
 
@@ -12,21 +19,24 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config, to_yaml
-from mmln.io import atomic_path, write_text
+from mmln.io import write_text
 from mmln.model.errors import MissingWeightsError
 
 
-def merge_lora(llm: torch.nn.Module) -> int:
-    """Fold injected LoRA adapters into their base Linear layers and remove them; returns how many."""
-    from peft.tuners.lora import LoraLayer
+FORMATS = ("llava", "hf-llava")
+
+
+def merge_lora(llm) -> int:
+    """Fold injected PEFT adapters (LoRA, DoRA, IA3, VeRA: any PEFT tuner layer) into their base
+    Linear layers and remove them; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = 0
     for name, module in list(llm.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, BaseTunerLayer):
             module.merge()
             parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
             setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
@@ -34,25 +44,43 @@ def merge_lora(llm: torch.nn.Module) -> int:
     return merged
 
 
-def export(cfg, ckpt: str | None, out: str | Path) -> Path:
-    from mmln.model import build_mllm, save_mm_projector
-    from mmln.model.checkpoint import load_trainable, read_trainable
-    from mmln.model.llm import load_tokenizer
-    from mmln.tuning import apply_strategy
+def merged_model(cfg, ckpt: str | None):
+    """The tuned model with the strategy's additions merged into plain weights, frozen, eval mode."""
+    from mmln.build import build_model
+    from mmln.tuning import get_strategy
 
-    out = Path(out)
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
-    if ckpt:
-        load_trainable(mllm, read_trainable(ckpt), source=str(ckpt))
-    merge_lora(mllm.llm)
-    mllm.requires_grad_(False)
+    mllm = build_model(cfg, ckpt)
+    merge = get_strategy(cfg.tune.strategy).merge or merge_lora  # any injected PEFT tuner layer; none: no-op
+    merge(mllm.llm)
+    mllm.requires_grad_(False).eval()
     mllm.llm.config.use_cache = True
+    return mllm
+
+
+def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    mllm = merged_model(cfg, ckpt)
+    if fmt == "hf-llava":
+        from mmln.formats.llava_hf import save_llava_hf
+
+        return save_llava_hf(mllm, cfg, out)
+    return _export_llava(mllm, cfg, Path(out), ckpt)
+
+
+def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
+    from mmln.evaluate import run_dir_of
+    from mmln.formats.llava_hf import save_tokenizer
+    from mmln.model import save_mm_projector
+    from mmln.model.llm import load_tokenizer
+
     mllm.llm.save_pretrained(out / "llm")
-    load_tokenizer(cfg.model.llm).save_pretrained(out / "llm")
+    save_tokenizer(load_tokenizer(cfg.model.llm), out / "llm")
     overrides = {"model": {"llm": {"path": str((out / "llm").resolve()), "tokenizer": None},
                            "connector": {"path": str((out / "mm_projector.bin").resolve())}},
-                 "tune": {"strategy": "layernorm"}}
+                 "stage": "instruct", "tune": {"strategy": "layernorm"},  # merged: nothing left to load on top
+                 # evaluations of the export are named after what was exported, not "untuned"
+                 "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
     save_mm_projector(mllm.connector, out / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(out / "vision")
@@ -74,15 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--ckpt", required=True, help="trainable.safetensors or checkpoints/last.ckpt; 'none' = untuned")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--format", default="llava", choices=FORMATS,
+                    help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
+                         "hf-llava: one LlavaForConditionalGeneration directory")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        path = export(cfg, None if args.ckpt == "none" else args.ckpt, args.out)
+        path = export(cfg, None if args.ckpt == "none" else args.ckpt, args.out, args.format)
     except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported to {path} (evaluate with: python -m mmln.evaluate --config {path}/config.yaml --ckpt none)")
+    if args.format == "llava":
+        print(f"exported to {path} (evaluate with: python -m mmln.evaluate --config {path}/config.yaml --ckpt none)")
+    else:
+        print(f"exported to {path} (load with: LlavaForConditionalGeneration.from_pretrained('{path}'))")
     return 0
 
 

@@ -163,17 +163,16 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     continues exactly from `checkpoints/last.ckpt` on the next call."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import TQDMProgressBar
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
     from mmln.data import BadSampleLog
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
-    from mmln.model import build_mllm
+    from mmln.build import build_model
     from mmln.model.llm import load_tokenizer
     from mmln.tracking import make_logger, tracking_uri
-    from mmln.tuning import apply_strategy, count_params
+    from mmln.tuning import count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
     if quiet:  # Lightning's device / tips banner and transformers' progress bars; warnings still show
@@ -195,8 +194,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
     # data and model -----------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.llm)
-    mllm = build_mllm(cfg.model)
-    apply_strategy(mllm, cfg.tune)
+    mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     ws = world_size(cfg)
     dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
@@ -227,7 +225,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
         params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
-                  "percent": counts.percent}
+                  "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
 
@@ -241,7 +239,9 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         *analysis_callbacks(cfg, run_dir),
     ]
     if not quiet:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+
+        callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
     trainer = L.Trainer(
@@ -269,10 +269,14 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
     metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                "params/total": counts.total, "params/percent": counts.percent,
+               **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                "data/bad_samples": float(module.bad_log.total)}
     if trainer.is_global_zero:
+        from mmln.tracking import log_file_or_reference
+
         for path in module.export(run_dir):
-            logger.experiment.log_artifact(logger.run_id, str(path)) if path.is_file() else None
+            if path.is_file():
+                log_file_or_reference(logger.experiment, logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
         write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
         for f in ("config.yaml", "params.json", "efficiency.json"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
@@ -297,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
     except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
+        return 2
+    except Exception as e:  # the data errors live with torch-importing modules: imported only now
+        from mmln.data.dataset import BadSampleError
+        from mmln.data.records import DataError
+
+        if not isinstance(e, (DataError, BadSampleError)):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "

@@ -83,3 +83,22 @@ def write_results(path: str | os.PathLike[str], rows: Any, key: str, value: str)
             raise ValueError(f"a result row needs {key} and a {value} string: {dict(row)!r}")
         data.append({key: row[key], value: row[value]})
     return write_json(path, data)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp folder beside `path` for a writer to fill; on success it takes `path`'s place
+    (a previous folder there is removed first), on any error it is removed and `path` is untouched."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,4 +1,4 @@
-"""python -m mmln.report --experiment NAME[,NAME...] [--out DIR] [--tables table1,tableA1,...]
+"""python -m mmln.report --experiment NAME[,NAME...] | --config CFG [key=value ...] [--out DIR] [--tables ...]
 
 Paper-style tables and figures from the MLflow runs of one or more experiments (read with
 `MlflowClient.search_runs`), written to `--out` (default `outputs/<experiment>/report/`):
@@ -6,6 +6,8 @@ Paper-style tables and figures from the MLflow runs of one or more experiments (
     report.md              every table, in the paper's shapes (a table without data says so in one line)
     <table>.csv            the same numbers, unrounded
     lr_curves_<model>.png  the selection metric over the learning rate, one line per strategy
+    fig3_similarity_<model>.png  finetune and LayerNorm layer-similarity heatmaps, one colour scale
+    fig4_ln_grads_<model>.png    the same norm's gradient histograms over steps, finetune | LayerNorm
     data_types_<model>.png Table 3 as bars (the paper's Fig. 2)
     analysis/<model>-<strategy>/...  the `analysis/` PNGs (layer-similarity heatmaps, LayerNorm
                            gradient plots) that each strategy's best run logged, when there are any
@@ -14,13 +16,17 @@ and logged as artifacts (under `report/`, or `report/<DIR name>` for another `--
 experiment. Only FINISHED stage-2 runs count (tag `stage=instruct`; sweep parents and report
 runs carry a `kind` tag and are left out). A run is described by its tags `model`, `strategy`,
 `lr`, `data_subset`, `variant` (set by `mmln.sweep --variant`) and its params
-`model.vision.backend` / `model.vision.name` and `train.seed`; when several runs share all of them
-the newest counts. "Best" = `mmln.selection.best_lr`, the rule `mmln.sweep` uses: the highest mean
-`--select-metric` over a learning rate's seeds (default Flickr30k CIDEr, as the paper selects; a tie
-goes to the higher learning rate); a group none of whose runs has that metric shows its newest run,
-marked `*`. With several seeds (`mmln.sweep --seeds N`) a cell of Tables 1, 3, 4, 5 and A1 is the
-mean over the seeds and, in report.md, `mean ± half-width of its 95% Student-t CI` (the CSVs hold
-the means); the LR curves draw the same intervals as error bars.
+`model.vision.backend` / `model.vision.name` and `train.seed`; when several runs share all of them,
+one counts by an explicit rule: a run of the reference config (`--config CFG [key=value ...]`, as
+`make report` and the `experiments/` targets pass it: the run's params equal the config's on every
+key but the per-point ones) first, then a full evaluation (no `eval_limit` tag), then the newest.
+Every table names the run of each row in its last column (`run`). "Best" = `mmln.selection.best_lr`,
+the rule `mmln.sweep` uses: the highest mean `--select-metric` over a learning rate's seeds (default
+Flickr30k CIDEr, as the paper selects; a tie goes to the higher learning rate); a group none of
+whose runs has that metric shows its newest run, marked `*`. With several seeds (`mmln.sweep
+--seeds N`) a cell of Tables 1, 3, 4, 5 and A1 is the mean over the seeds and, in report.md,
+`mean ± half-width of its 95% Student-t CI` (the CSVs hold the means); the LR curves draw the same
+intervals as error bars.
 
 - Table 1: strategies x benchmarks at each strategy's best learning rate (reference runs: no variant).
 - Table 2: trainable parameters (% of the whole MLLM) and peak memory per strategy.
@@ -64,6 +70,21 @@ class Run:
     start: int
     metrics: dict[str, float] = field(default_factory=dict)
     seed: str = ""  # param train.seed: runs of several seeds at one point are kept apart, then averaged
+    name: str = ""
+    limited: bool = False  # evaluated with eval.limit (a subset of every benchmark)
+    mismatch: list[str] = field(default_factory=list)  # config keys that differ from the reference config
+
+    @property
+    def label(self) -> str:
+        """How a table names the run its row came from: `<run name> (<run id[:8]>)` plus its caveats."""
+        notes = (["eval.limit"] if self.limited else []) + (
+            [f"other config: {', '.join(self.mismatch[:3])}{', ...' if len(self.mismatch) > 3 else ''}"]
+            if self.mismatch else [])
+        return f"{self.name} ({self.run_id[:8]})" + (f" [{'; '.join(notes)}]" if notes else "")
+
+    def rank(self) -> tuple:
+        """The explicit row rule: the reference config first, then a full evaluation, then the newest."""
+        return (not self.mismatch, not self.limited, self.start)
 
 
 class Stat(float):
@@ -93,6 +114,7 @@ class Table:
     n_keys: int  # leading label columns; the rest are values
     empty: str = ""  # the one line shown when the table has no data
     no_data: bool = False  # rows exist but do not make this table (e.g. one vision encoder only)
+    runs: list[str] = field(default_factory=list)  # per row: the run it came from (an extra last column)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -107,8 +129,35 @@ def vision_label(params: dict[str, str]) -> str:
     return "CLIP (hf_clip)" if backend == "hf_clip" else f"{backend}:{params.get('model.vision.name', '?')}"
 
 
-def load_runs(client, experiment_ids: list[str]) -> list[Run]:
-    """FINISHED stage-2 runs, the newest of each (model, strategy, lr, variant, data, vision)."""
+# per-point keys a run may differ in from the reference config and still be "of" that config
+POINT_KEYS = ("tune.strategy", "train.lr", "train.seed", "run_name", "resume", "quiet", "debug.", "data.num_workers",
+              "tracking.", "output_dir")
+VARIANT_KEYS = ("data.train.", "model.vision.", "model.connector.")  # what a variant (Tables 3 and 5) changes
+
+
+def mismatch(params: dict[str, str], reference: Optional[dict[str, str]], variant: str) -> list[str]:
+    """The reference config's keys whose value in the run's params (fit logs the flattened config) differ."""
+    if reference is None:
+        return []
+    skip = POINT_KEYS + (VARIANT_KEYS if variant else ())
+    return sorted(k for k, v in reference.items() if not k.startswith(skip) and k in params and params[k] != v)
+
+
+def reference_params(configs: list[tuple[str, list[str]]]) -> dict[str, dict[str, str]]:
+    """model name -> the flattened reference config, rendered as MLflow params are (`str(value)[:250]`)."""
+    from mmln.config import flatten, load_config
+
+    out = {}
+    for path, overrides in configs:
+        cfg = load_config(path, overrides)
+        out[cfg.model.name] = {k: ("" if v is None else str(v))[:250] for k, v in flatten(cfg).items()}
+    return out
+
+
+def load_runs(client, experiment_ids: list[str], references: Optional[dict[str, dict[str, str]]] = None) -> list[Run]:
+    """FINISHED stage-2 runs, one per (model, strategy, lr, variant, data, vision), chosen by `Run.rank`:
+    a run of the reference config (when `references` gives one for its model) over one of another
+    config, a full evaluation over one with `eval.limit`, then the newest."""
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, "attributes.status = 'FINISHED'", max_results=1000,
@@ -123,11 +172,14 @@ def load_runs(client, experiment_ids: list[str]) -> list[Run]:
         if t.get("stage") != "instruct" or t.get("kind"):
             continue
         lr = float(t.get("lr") or p.get("train.lr") or "nan")
-        run = Run(r.info.run_id, t.get("model", "?"), t.get("strategy", "?"), lr, t.get("variant", ""),
+        model, variant = t.get("model", "?"), t.get("variant", "")
+        run = Run(r.info.run_id, model, t.get("strategy", "?"), lr, variant,
                   data_label(t.get("data_subset", "all:all")), vision_label(p), r.info.start_time, dict(r.data.metrics),
-                  p.get("train.seed", ""))
+                  seed=p.get("train.seed", ""), name=r.info.run_name or "",
+                  limited=t.get("eval_limit", "none") not in ("", "none"),
+                  mismatch=mismatch(p, (references or {}).get(model), variant))
         key = (run.model, run.strategy, run.lr, run.variant, run.data, run.vision, run.seed)
-        if key not in out or out[key].start < run.start:
+        if key not in out or out[key].rank() < run.rank():
             out[key] = run
     return list(out.values())
 
@@ -189,12 +241,13 @@ def bench_table(key: str, title: str, runs: list[Run], metric: str, extra: Optio
                 empty: str = "") -> Table:
     """Rows (model, strategy[, extra]) at the best lr; columns the paper's benchmarks."""
     labels = ["model", "strategy"] + ([extra[0]] if extra else []) + ["lr"]
-    rows = []
+    rows, used = [], []
     for (model, strategy, *rest), group_runs in group(
             runs, lambda r: (r.model, r.strategy) + ((getattr(r, extra[1]),) if extra else ())).items():
         run, scored = best(group_runs, metric)
         rows.append([model, strategy, *rest, lr_label(run, scored)] + [seed_stat(group_runs, run, m) for _, m in BENCH_COLS])
-    return Table(key, title, labels + [c for c, _ in BENCH_COLS], rows, len(labels), empty)
+        used.append(run.label)
+    return Table(key, title, labels + [c for c, _ in BENCH_COLS], rows, len(labels), empty, runs=used)
 
 
 def table1(runs, metric):
@@ -203,16 +256,23 @@ def table1(runs, metric):
                                  f"(by {metric})", ref, metric, empty="no stage-2 evaluation results")
 
 
+PARAM_GROUPS = ("norms", "connector", "embeddings", "head", "adapters", "other")  # mmln.tuning.selectors.GROUPS
+
+
 def table2(runs, metric):
-    rows = []
+    """Per strategy: the total (adapters included) and trainable counts, the trainable count of each
+    group (`params/trainable_<group>`), peak memory and throughput."""
+    rows, used = [], []
     for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
         run, scored = best(g, metric)
         m = run.metrics
-        rows.append([model, strategy, lr_label(run, scored), m.get("params/trainable"), m.get("params/percent"),
+        rows.append([model, strategy, lr_label(run, scored), m.get("params/total"), m.get("params/trainable"),
+                     m.get("params/percent"), *(m.get(f"params/trainable_{k}") for k in PARAM_GROUPS),
                      m.get("perf/peak_mem_gb"), m.get("perf/tokens_per_s")])
-    return Table("table2", "Table 2: trainable parameters and peak memory per strategy",
-                 ["model", "strategy", "lr", "trainable", "trainable %", "peak mem (GB)", "tokens/s"], rows, 3,
-                 "no params/* or perf/* metrics")
+        used.append(run.label)
+    return Table("table2", "Table 2: trainable parameters (split by group) and peak memory per strategy",
+                 ["model", "strategy", "lr", "total", "trainable", "trainable %", *PARAM_GROUPS, "peak mem (GB)",
+                  "tokens/s"], rows, 3, "no params/* or perf/* metrics", runs=used)
 
 
 def axis_table(name: str, title: str, runs, metric, axis: str, fixed: str, empty: str) -> Table:
@@ -244,13 +304,14 @@ def table5(runs, metric):
 
 
 def table6(runs, metric):
-    rows = []
+    rows, used = [], []
     for (model, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
         run, scored = best(g, metric)
         rows.append([model, strategy, lr_label(run, scored), run.metrics.get("analysis/layer_similarity")])
+        used.append(run.label)
     return Table("table6", "Table 6: mean cross-layer similarity of the decoder's hidden states (lower = more "
                            "expressive)", ["model", "strategy", "lr", "layer similarity"], rows, 3,
-                 "no analysis/layer_similarity metric")
+                 "no analysis/layer_similarity metric", runs=used)
 
 
 def tableA1(runs, metric):
@@ -289,22 +350,24 @@ def has_data(t: Table) -> bool:
 def markdown(t: Table, bold_max: bool = False) -> str:
     if not has_data(t):
         return f"### {t.title}\n\nNo data: {t.empty or 'no matching runs'}.\n"
-    lines = [f"### {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
-    for row in t.rows:
+    header = t.header + (["run"] if t.runs else [])
+    lines = [f"### {t.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n, row in enumerate(t.rows):
         cells = [fmt(v) for v in row]
         values = [v for v in row[t.n_keys:] if isinstance(v, float) and not math.isnan(v)]
         if bold_max and values:
             top = max(values)
             cells = [f"**{c}**" if i >= t.n_keys and row[i] == top else c for i, c in enumerate(cells)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells + ([f"`{t.runs[n]}`"] if t.runs else [])) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(t: Table, path: Path) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(t.header)
-        w.writerows([["" if v is None else v for v in row] for row in t.rows])
+        w.writerow(t.header + (["run"] if t.runs else []))
+        w.writerows([["" if v is None else v for v in row] + ([t.runs[n]] if t.runs else [])
+                     for n, row in enumerate(t.rows)])
 
 
 def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
@@ -313,22 +376,81 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     paths = []
     ref = [r for r in reference(runs) if metric in r.metrics]
     for model in sorted({r.model for r in ref}):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (strategy,), g in group([r for r in ref if r.model == model], lambda r: (r.strategy,)).items():
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        mine = [r for r in ref if r.model == model]
+        for (strategy,), g in group(mine, lambda r: (r.strategy,)).items():
             lrs = sorted({r.lr for r in g})
             stats = [Stat.of([r.metrics[metric] for r in g if r.lr == lr]) for lr in lrs]
             yerr = [0.0 if math.isnan(st.half) else st.half for st in stats]  # 95% CI over seeds
             ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o", capsize=3,
                         label=strategy)
-        ax.set(xscale="log", xlabel="learning rate", ylabel=metric, title=f"{model}: {metric} per learning rate")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        lrs = sorted({r.lr for r in mine})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(lrs))  # a tick at every swept lr, none between
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{x:g}" for x in lrs], rotation=45 if len(lrs) > 4 else 0, ha="right" if len(lrs) > 4 else "center")
+        ax.set(xlabel="learning rate (log scale)", ylabel=metric_label(metric),
+               title=f"{model}: {metric_label(metric)} per learning rate")
+        ax.grid(alpha=0.3)
+        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
         paths.append(out / f"lr_curves_{model}.png")
-        save_figure(fig, paths[-1], dpi=120)
+        save_figure(fig, paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
+    return paths
+
+
+def metric_label(metric: str) -> str:
+    """`eval/flickr30k_cider` -> "Flickr30k CIDEr" (the table's column name and unit), else the key."""
+    names = {m: c for c, m in BENCH_COLS} | {"params/percent": "trainable %", "perf/peak_mem_gb": "peak memory (GB)"}
+    name = names.get(metric, metric)
+    return name + (" CIDEr" if metric.endswith("_cider") else "")
+
+
+PAPER_PAIR = ("finetune", "layernorm")  # the paper's Fig. 3 and Fig. 4 compare these two
+
+
+def paper_figures(client, runs: list[Run], metric: str, out: Path) -> list[Path]:
+    """Fig. 3 (layer-similarity heatmaps) and Fig. 4 (the same norm's gradients) of finetune and
+    LayerNorm side by side on one scale, from the best reference runs' `analysis/*.npz`."""
+    import tempfile
+
+    import numpy as np
+
+    from mmln.analysis import GRADS_FILE, SIMILARITY_FILE, load_grads, load_similarity
+    from mmln.analysis.figures import grads_side_by_side, similarity_side_by_side
+
+    paths = []
+    for model in sorted({r.model for r in runs}):
+        mats, grads = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for (m, strategy), g in group(reference(runs), lambda r: (r.model, r.strategy)).items():
+                if m != model or strategy not in PAPER_PAIR:
+                    continue
+                run, _ = best(g, metric)
+                label = f"{strategy} (lr {run.lr:g})"
+                for name in (SIMILARITY_FILE, GRADS_FILE):
+                    try:
+                        local = Path(client.download_artifacts(run.run_id, f"analysis/{name}", f"{tmp}/{strategy}"))
+                    except Exception:  # this run recorded no such analysis
+                        continue
+                    if name == SIMILARITY_FILE and "token" in (sim := load_similarity(local)):
+                        mats[label] = sim["token"]
+                    elif name == GRADS_FILE:
+                        grads[label] = load_grads(local)
+        if mats:
+            paths.append(similarity_side_by_side(mats, out / f"fig3_similarity_{model}.png",
+                                                 f"{model}: layer similarity (lower = more expressive)"))
+        shared = sorted(set.intersection(*(set(a) for _, a in grads.values()))) if grads else []
+        steps = set.intersection(*(set(np.asarray(s).tolist()) for s, _ in grads.values())) if grads else set()
+        if shared and steps:
+            param = shared[0]
+            paths.append(grads_side_by_side({k: (s, a[param]) for k, (s, a) in grads.items()}, param,
+                                            out / f"fig4_ln_grads_{model}.png", model))
     return paths
 
 
@@ -380,9 +502,17 @@ def _artifacts(client, run_id: str, path: str) -> list:
 
 
 # ---------------------------------------------------------------------------------------- main
+ROW_RULE = ("each row's run: among FINISHED runs of the same model, strategy, lr, variant, data and vision "
+            "encoder, a run of the reference config (`--config`) first, then a full evaluation (no `eval.limit`), "
+            "then the newest; the `run` column names it (`[eval.limit]` / `[other config: ...]` mark the exceptions)")
+
+
 def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METRIC,
-           tables: list[str] = TABLES) -> tuple[dict[str, Table], list[Path]]:
-    """Build the tables (and figures) and write them into `out`; (tables by key, files written)."""
+           tables: list[str] = TABLES, references: Optional[dict[str, dict[str, str]]] = None
+           ) -> tuple[dict[str, Table], list[Path]]:
+    """Build the tables (and figures) and write them into `out`; (tables by key, files written).
+    `references`: model name -> flattened reference config (`reference_params`), for `Run.rank`."""
+    out = Path(out).resolve()  # MLflow hands back absolute paths; a relative `out` could not name them
     ids = []
     for name in experiments:
         exp = client.get_experiment_by_name(name)
@@ -390,20 +520,23 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             known = ", ".join(e.name for e in client.search_experiments()) or "none"
             raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
         ids.append(exp.experiment_id)
-    runs = load_runs(client, ids)
+    runs = load_runs(client, ids, references)
     out.mkdir(parents=True, exist_ok=True)
     built = {k: BUILDERS[k](runs, metric) for k in tables if k in BUILDERS}
     files = []
     md = [f"# Report: {', '.join(experiments)}", "",
           f"{len(runs)} finished stage-2 runs; best learning rate by {metric} (higher is better); "
-          "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", ""]
+          "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", "",
+          f"Rows: {ROW_RULE}" + ("" if references else " (no `--config` given: every run counts as the reference's)")
+          + ".", ""]
     for key, t in built.items():
         md.append(markdown(t, bold_max=key == "tableA1"))
         if has_data(t):
             write_csv(t, out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
-        figs = lr_curves(runs, metric, out) + analysis_figures(client, runs, metric, out)
+        figs = lr_curves(runs, metric, out) + paper_figures(client, runs, metric, out) + \
+            analysis_figures(client, runs, metric, out)
         if "table3" in built:
             figs += data_type_bars(built["table3"], metric, out)
         md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" for p in figs] or ["No figures (no data)."])
@@ -427,27 +560,47 @@ def log_report(client, uri: str, experiment: str, scope: str, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experiment", required=True, action="append",
-                    help="MLflow experiment name(s), comma-separated or repeated")
+    ap.add_argument("--experiment", action="append", default=[],
+                    help="MLflow experiment name(s), comma-separated or repeated (default: --config's experiment)")
+    ap.add_argument("--config", action="append", default=[],
+                    help="reference run config(s), one per model (repeatable): rows prefer runs of this config, "
+                         "and the experiment defaults to its tracking.experiment")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of every --config (as the runs were given)")
     ap.add_argument("--out", help="output folder (default: outputs/<experiment>/report)")
     ap.add_argument("--tables", default=",".join(TABLES), help="subset of %(default)s")
     ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks each strategy's best lr (default: %(default)s)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    ap.add_argument("--open", action="store_true",
+                    help="then serve the MLflow UI on 127.0.0.1:--port and print links to the experiment and to its "
+                         "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
+    ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
     from mlflow import MlflowClient
 
     from mmln.tracking import tracking_uri
 
+    from mmln.config import ConfigError, load_config
+    from mmln.fit import experiment_name
+
     experiments = [e for x in args.experiment for e in x.split(",") if e]
     tables = [t for t in args.tables.split(",") if t]
-    if set(tables) - set(TABLES) or not experiments:
+    if set(tables) - set(TABLES):
         ap.error(f"--tables: choose from {','.join(TABLES)}")
-    out = Path(args.out) if args.out else Path("outputs") / "+".join(experiments) / "report"
+    try:
+        references = reference_params([(c, args.overrides) for c in args.config]) if args.config else None
+        experiments = experiments or list(dict.fromkeys(
+            experiment_name(load_config(c, args.overrides), c) for c in args.config))
+    except ConfigError as e:
+        print(f"mmln.report: error: {e}", file=sys.stderr)
+        return 2
+    if not experiments:
+        ap.error("give --experiment NAME or --config CFG")
+    out = (Path(args.out) if args.out else Path("outputs") / "+".join(experiments) / "report").resolve()
     uri = tracking_uri(args.tracking_uri)
     client = MlflowClient(uri)
     try:
-        built, files = report(client, experiments, out, args.select_metric, tables)
+        built, files = report(client, experiments, out, args.select_metric, tables, references)
     except LookupError as e:
         print(f"mmln.report: error: {e.args[0]}", file=sys.stderr)
         return 2
@@ -455,7 +608,27 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(t, bold_max=t.key == "tableA1"))
     run = "" if args.no_log else f"; MLflow run {log_report(client, uri, experiments[0], '+'.join(experiments), out)}"
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
+    if args.open:
+        return open_ui(client, uri, experiments, references, args.port)
     return 0
+
+
+def open_ui(client, uri: str, experiments: list[str], references, port: int) -> int:
+    """Serve the dashboard and print where the comparison is (until Ctrl-C)."""
+    from mmln.tracking import serve_ui, ui_links
+
+    exp = client.get_experiment_by_name(experiments[0])
+    runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (_strategy_key(r.strategy), -r.lr))
+    links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
+    proc = serve_ui(uri, port)
+    print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)\n  experiment '{experiments[0]}': {links['experiment']}\n"
+          f"  its {len(runs)} runs (strategies x learning rates) side by side: {links['compare']}", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=20)
+        return 0
 
 
 if __name__ == "__main__":

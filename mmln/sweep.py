@@ -15,7 +15,9 @@ directory. A re-run skips a point that has a FINISHED run with that hash holding
 metric and every requested benchmark; evaluates only what is missing when training finished; and
 otherwise trains it, which continues an interrupted run from `checkpoints/last.ckpt` (fit's
 `resume=auto`). A run directory that holds a run of a *different* config is moved aside to
-`<run>.replaced-<hash>` first (never overwritten, never resumed from). A failing point is recorded
+`<run>.replaced-<hash>` first (never overwritten, never resumed from; the sweep lists every such
+move before it starts, `--dry-run` lists them without moving, and the old MLflow run gets a
+`moved_to` tag). A failing point is recorded
 FAILED (fit does that), logged, and the sweep goes on; the exit code is then 1, listing them.
 
 Tracking: the store and the experiment are created once, up front (sqlite dislikes concurrent
@@ -184,11 +186,16 @@ def sweep_id_of(points: list[Point], benches: list[str]) -> str:
     return hashlib.sha256(json.dumps([sorted(p.hash for p in points), benches]).encode()).hexdigest()[:8]
 
 
+def sweep_name(model: str, strategies: list[str], n_lrs: int, variant: str = "") -> str:
+    """What the parent run is called in the dashboard: `<model> <strategies> x <n> lrs`."""
+    return f"{model}{' ' + variant if variant else ''} {','.join(strategies)} x {n_lrs} lr{'s' if n_lrs != 1 else ''}"
+
+
 def parent_run(client, exp_id: str, sweep_id: str, create: bool, params: dict[str, Any], tags: dict[str, str]):
     runs = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.kind = 'sweep'", max_results=1)
     if runs or not create:
         return runs[0].info.run_id if runs else None
-    run_id = client.create_run(exp_id, run_name=f"sweep-{sweep_id}",
+    run_id = client.create_run(exp_id, run_name=tags.pop("name", f"sweep-{sweep_id}"),
                                tags={"kind": "sweep", "sweep_id": sweep_id, **tags}).info.run_id
     from mlflow.entities import Param
 
@@ -212,16 +219,41 @@ def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tu
     return "train", None
 
 
-def prepare_run_dir(p: Point) -> None:
-    """Write the point's hash into its run dir; move a run dir of another config aside first."""
+def displaced(p: Point) -> Optional[str]:
+    """When the point's run dir holds a run of *another* config: what training the point moves aside
+    (`<dir> -> <dir>.replaced-<hash>`, naming the run), else None."""
+    f = p.run_dir / "config_hash"
+    old = f.read_text().strip() if f.is_file() else (
+        config_hash(OmegaConf.load(p.run_dir / "config.yaml")) if (p.run_dir / "config.yaml").is_file() else None)
+    if old is None or old == p.hash:
+        return None
+    id_file = p.run_dir / "mlflow_run_id"
+    run = id_file.read_text().strip() if id_file.is_file() else "?"
+    done = "finished" if (p.run_dir / "trainable.safetensors").is_file() else "unfinished"
+    return f"{p.run_dir} ({done} run {run}, config {old[:8]}) -> {aside_dir(p, old)}"
+
+
+def aside_dir(p: Point, old_hash: str) -> Path:
+    return p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old_hash[:8]}")
+
+
+def prepare_run_dir(p: Point, client=None) -> None:
+    """Write the point's hash into its run dir; move a run dir of another config aside first (said
+    up front by `main`, listed by `--dry-run`; its MLflow run is tagged `moved_to`)."""
     f = p.run_dir / "config_hash"
     old = f.read_text().strip() if f.is_file() else (
         config_hash(OmegaConf.load(p.run_dir / "config.yaml")) if (p.run_dir / "config.yaml").is_file() else None)
     if old is not None and old != p.hash:
-        aside = p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old[:8]}")
+        aside = aside_dir(p, old)
+        id_file = p.run_dir / "mlflow_run_id"
         shutil.rmtree(aside, ignore_errors=True)
         p.run_dir.rename(aside)
         _say(f"{p.name}: {p.run_dir} held a run of another config; moved to {aside}")
+        if client is not None and (aside / id_file.name).is_file():
+            try:
+                client.set_tag((aside / id_file.name).read_text().strip(), "moved_to", str(aside))
+            except Exception:  # the old run is not in this store: the files moved all the same
+                pass
     p.run_dir.mkdir(parents=True, exist_ok=True)
     write_text(f, p.hash + "\n")
 
@@ -231,6 +263,17 @@ def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
     tags = {"config_hash": p.hash, "sweep_point": str(p.index)}
     tags |= {"variant": p.variant} if p.variant else {}
     return tags | ({"mlflow.parentRunId": parent_id} if parent_id else {})
+
+
+def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
+    """A reused point shows under this sweep's parent too: it becomes the parent's child (its
+    earlier sweeps stay listed in the `sweeps` tag)."""
+    if not parent_id:
+        return
+    tags = client.get_run(run_id).data.tags
+    seen = [s for s in tags.get("sweeps", tags.get("sweep_id", "")).split(",") if s]
+    client.set_tag(run_id, "sweeps", ",".join(dict.fromkeys(seen + [sweep_id])))
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
 
 
 def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
@@ -245,10 +288,11 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
     if action == "skip":
         p.status, p.run_id = "skipped", run.info.run_id
         _say(f"[{p.index}] {p.name}: done before (run {p.run_id}), skipped")
+        adopt(client, p.run_id, parent_id, sweep_id)
         return
     if action == "train":
         _say(f"[{p.index}] {p.name}: training")
-        prepare_run_dir(p)
+        prepare_run_dir(p, client)
         try:
             # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
             with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
@@ -265,6 +309,7 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
             return
     else:
         p.run_id = run.info.run_id
+        adopt(client, p.run_id, parent_id, sweep_id)
     metrics = client.get_run(p.run_id).data.metrics
     missing = [b for b in benches if not has_bench(metrics, b)]
     if missing:
@@ -341,6 +386,32 @@ def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Poi
         path.write_text(json.dumps({"select_metric": metric, "points": rows,
                                     "best": {s: p.index for s, p in best.items()}}, indent=1))
         client.log_artifact(parent_id, str(path))
+        client.log_artifacts(parent_id, str(comparison(points, best, metric, Path(tmp) / "comparison")), "comparison")
+
+
+def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Path) -> Path:
+    """The parent's at-a-glance view: `comparison.md` (strategies x learning rates, Table A1's
+    shape, best per strategy in bold, each cell's run) and the report's LR-curve PNG."""
+    from mmln.report import Run, lr_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    lrs = sorted({p.lr for p in points}, reverse=True)
+    strategies = list(dict.fromkeys(p.strategy for p in points))
+    lines = [f"# {metric} per strategy x learning rate", "", "| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for s in strategies:
+        cells = []
+        for lr in lrs:
+            p = next((q for q in points if q.strategy == s and q.lr == lr), None)
+            v = "-" if p is None or p.value is None else f"{p.value:.4g}"
+            cells.append(f"**{v}**" if best.get(s) is p and p is not None else v)
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "runs: " + ", ".join(f"{p.name} = {p.run_id}" for p in points if p.run_id)]
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    model = points[0].cfg.model.name if points else "?"
+    lr_curves([Run(p.run_id or "", model, p.strategy, p.lr, "", "", "", p.index, {metric: p.value})
+               for p in points if p.value is not None], metric, out)
+    return out
 
 
 # --------------------------------------------------------------------------------------- SLURM
@@ -496,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in points:
             action = decide(p, client, exp.experiment_id, args.bench, args.select_metric)[0] if exp else "train"
             print(f"  [{p.index}] {p.name:32s} {action:9s} hash {p.hash}  {' '.join(p.overrides)}")
+            moved = displaced(p) if action == "train" else None
+            if moved:
+                print(f"      would move aside {moved}")
         return 0
 
     client = MlflowClient(uri)  # the store, its schema and the experiment: once, up front
@@ -503,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
               "overrides": " ".join(args.overrides), "n_points": len(points), "seeds": args.seeds}
-    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search}
+    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search,
+            "name": sweep_name(base.model.name, args.strategies, len(args.lrs), args.variant)}
     parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
 
     if args.launcher == "slurm":
@@ -517,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(header + f" (parent run {parent_id})")
     todo = points if args.only_index is None else [points[args.only_index]]
+    moves = [m for p in todo if not args.summarize and decide(p, client, exp_id, args.bench, args.select_metric)[0] == "train"
+             for m in [displaced(p)] if m]
+    if moves:  # said before anything runs: a finished run of another config is never moved silently
+        _say(f"WARNING: {len(moves)} run dir(s) hold runs of another config and will be moved aside "
+             "(their MLflow runs stay; `--dry-run` lists this):\n  " + "\n  ".join(moves))
     if parent_id and args.only_index is None:
         client.update_run(parent_id, status="RUNNING")
     try:
@@ -530,7 +610,12 @@ def main(argv: list[str] | None = None) -> int:
                  f"({budget['halving/budget_fraction']:.3f} of the full grid)")
             log_budget(client, parent_id, budget, halving, storage)
         elif not args.summarize:
-            for p in todo:
+            from mmln.progress import eta
+
+            t0 = time.time()
+            for k, p in enumerate(todo):
+                _say(f"point {k + 1}/{len(todo)}: {p.name} ({time.time() - t0:.0f}s so far, "
+                     f"ETA {eta(k, len(todo), time.time() - t0)})")
                 try:
                     run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
                 except Exception as e:

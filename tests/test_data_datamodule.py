@@ -72,10 +72,11 @@ def _fit(cfg, tok, tmp, max_steps=-1, ckpt=None) -> list[list[str]]:
     return module.seen
 
 
-def test_mid_epoch_resume_is_exact(synth_data, tok_dirs, toks, tmp_path):
+@pytest.mark.parametrize("batching", ["length_grouped", "random"])
+def test_mid_epoch_resume_is_exact(synth_data, tok_dirs, toks, tmp_path, batching):
     """Stop after 9 optimizer steps (epoch 2, 3 steps in), resume from last.ckpt: the resumed run
     sees exactly the micro-batches the uninterrupted run saw after that point (workers on)."""
-    cfg = cfg_for(synth_data, tok_dirs[True], "data.num_workers=1")
+    cfg = cfg_for(synth_data, tok_dirs[True], "data.num_workers=1", f"data.batching={batching}")
     full = _fit(cfg, toks[True], tmp_path / "a")
     assert len(full) == 2 * 12  # 24 records -> 6 steps x 2 micro-batches per epoch
     assert full[:12] != full[12:]  # a new permutation each epoch
@@ -91,3 +92,22 @@ def test_resume_at_epoch_boundary(synth_data, tok_dirs, toks, tmp_path, workers)
     full = _fit(cfg, toks[True], tmp_path / "a")
     assert _fit(cfg, toks[True], tmp_path / "b", max_steps=6) == full[:12]
     assert _fit(cfg, toks[True], tmp_path / "b", ckpt=str(tmp_path / "b" / "ckpt" / "last.ckpt")) == full[12:]
+
+
+def test_length_grouping_pads_less_on_the_instruct_data(synth_data, tok_dirs, toks):
+    """Post-expansion lengths (image positions counted) drive the grouping; the same samples are drawn."""
+    def dm_for(batching):
+        dm = MMLNDataModule(cfg_for(synth_data, tok_dirs[True], f"data.train.files=[{synth_data['instruct_80k']}]",
+                                    f"data.train.image_folder={synth_data['instruct_80k'].parent.parent / 'coco/train2017'}",
+                                    "data.template=vicuna_v1", "train.global_batch_size=8", "train.micro_batch_size=2",
+                                    f"data.batching={batching}"), toks[True])
+        dm.setup("fit", world_size=1)
+        return dm, [i for b in dm.train_dataloader() for i in b["ids"]]
+
+    (g, ids_g), (r, ids_r) = dm_for("length_grouped"), dm_for("random")
+    assert sorted(ids_g) == sorted(ids_r) and ids_g != ids_r
+    lengths = g.train_lengths
+    ds = g.train_set
+    k = next(i for i, n in enumerate(lengths) if n)
+    assert lengths[k] == len(ds[k]["input_ids"]) + ds.num_image_tokens - 1
+    assert g.train_sampler.pad_fraction() < r.train_sampler.pad_fraction()

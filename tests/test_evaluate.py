@@ -329,3 +329,76 @@ def test_torchrun_data_parallel_equals_one_process(synth, tmp_path):
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("dp").experiment_id])
     assert len(runs) == 2  # one per invocation, none from rank 1
+
+
+def test_an_evaluation_never_replaces_a_result(synth, tmp_path, capsys):
+    """An evaluation (limit 3) in a training run; then one with another limit and one of another
+    checkpoint go to child runs, and the same evaluation of another benchmark only adds its metrics."""
+    from mlflow import MlflowClient
+
+    from mmln.evaluate import main
+    from mmln.model import build_mllm
+    from mmln.model.checkpoint import save_trainable
+    from mmln.tracking import get_or_create_experiment, tracking_uri
+    from mmln.tuning import apply_strategy
+
+    overrides = eval_overrides(synth, "tune.strategy=layernorm", "eval.yes_no=logits",
+                               f"eval.pope_files=[{synth['paths']['pope_random']}]")
+    cfg = tiny_config(*overrides)
+    run_dir = tmp_path / "outputs" / "exp" / "run"
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    ckpt = save_trainable(mllm, run_dir / "trainable.safetensors")
+    client = MlflowClient(tracking_uri())
+    exp = get_or_create_experiment(client, "train-exp", tracking_uri())
+    run_id = client.create_run(exp, run_name="layernorm-lr1").info.run_id
+    (run_dir / "mlflow_run_id").write_text(run_id)
+    ev = ["--config", str(TINY), "--ckpt", str(ckpt)]
+
+    overrides.append("eval.limit=3")
+    assert main([*ev, "--bench", "pope", *overrides]) == 0
+    full = client.get_run(run_id).data
+    pope = {k: v for k, v in full.metrics.items() if k.startswith("eval/pope")}
+    assert len(pope) == 2 and full.tags["eval_limit"] == "3" and full.tags["eval_benches"] == "pope"
+
+    # another limit: a child run, tagged; the training run and its files keep the first evaluation
+    assert main([*ev, "--bench", "pope,vqav2", *overrides, "eval.limit=2"]) == 0
+    assert "child run 'layernorm-lr1-eval-limit2'" in capsys.readouterr().err
+    parent = client.get_run(run_id).data
+    assert {k: v for k, v in parent.metrics.items() if k.startswith("eval/")} == pope
+    (child,) = client.search_runs([exp], "tags.kind = 'eval'")
+    t = child.data.tags
+    assert t["mlflow.parentRunId"] == run_id and t["eval_limit"] == "2" and t["eval_benches"] == "pope,vqav2"
+    assert t["eval_ckpt"] == str(ckpt) and len(t["eval_ckpt_sha256"]) == 16
+    assert "eval/vqav2" in child.data.metrics
+    on_disk = json.loads((run_dir / "scores.json").read_text())
+    assert on_disk["metrics"] == pytest.approx(pope) and on_disk["mlflow_run_id"] == run_id
+
+    # the same evaluation, another benchmark: merged into the training run, nothing replaced
+    assert main([*ev, "--bench", "pope,vqav2", *overrides]) == 0
+    merged = client.get_run(run_id).data
+    assert {k: v for k, v in merged.metrics.items() if k.startswith("eval/pope")} == pope
+    assert "eval/vqav2" in merged.metrics and merged.tags["eval_benches"] == "pope,vqav2"
+    with open(client.download_artifacts(run_id, "eval/scores.json", str(tmp_path))) as f:
+        assert set(json.load(f)["benches"]) == {"pope", "vqav2"}
+
+    # another checkpoint in the same run dir (other tensor values): its own child run
+    with torch.no_grad():
+        next(p for p in mllm.parameters() if p.requires_grad).add_(1.0)
+    other = save_trainable(mllm, run_dir / "checkpoints" / "step1.safetensors")
+    assert main(["--config", str(TINY), "--ckpt", str(other), "--bench", "vqav2", "--run-id", run_id, *overrides]) == 0
+    children = client.search_runs([exp], "tags.kind = 'eval'")
+    assert len(children) == 2 and any("-eval-ckpt-" in r.info.run_name for r in children)
+    assert client.get_run(run_id).data.metrics["eval/vqav2"] == merged.metrics["eval/vqav2"]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_exit_2(synth, tmp_path, capsys):
+    from mmln.evaluate import main
+
+    bad = tmp_path / "run" / "last.ckpt"
+    bad.parent.mkdir()
+    bad.write_text("not a checkpoint\n")
+    rc = main(["--config", str(TINY), "--ckpt", str(bad), "--bench", "vqav2", *eval_overrides(synth, "eval.limit=1")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"mmln.evaluate: error: --ckpt {bad}: not a checkpoint")

@@ -29,6 +29,10 @@ def test_merged_lora_export_gives_the_same_outputs(tmp_path):
     out = export(cfg, str(tmp_path / "trainable.safetensors"), tmp_path / "export")
 
     again = load_config(out / "config.yaml")
+    from mmln.evaluate import eval_identity, new_run_name
+
+    assert again.run_name == f"export-{tmp_path.name}"  # evaluations of it are named after the source run
+    assert new_run_name(again, None, eval_identity(again, None)) == f"eval-tiny-export-{tmp_path.name}"
     e = build_mllm(again.model).eval()
     assert not any("lora" in n for n, _ in e.named_parameters())
     ids = torch.tensor([[1, -200, 5, 6, 7]])

@@ -1,6 +1,7 @@
 """Training end to end on CPU: stage chaining, MLflow records, failures, exact resume, DDP, precision."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert len(l1) == 24 and sum(l1[-4:]) / 4 < sum(l1[:4]) / 4  # 192 samples / 16 x 2 epochs; loss falls
 
     s2 = fit(cfg_for(tiny_world, tmp_path, "instruct", f"model.connector.path={projector}",
-                     "tune.strategy=layernorm", "train.lr=1e-3"))
+                     "tune.strategy=layernorm", "train.lr=1e-3", "train.group_lr.norms=2e-3",
+                     "train.connector_lr=5e-4"))
     conn = load_file(str(s2.run_dir / "trainable.safetensors"))
     start = torch.load(projector)["model.mm_projector.weight"]
     assert conn["connector.weight"].shape == start.shape and not torch.equal(conn["connector.weight"], start)
@@ -58,9 +60,12 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     run = client.get_run(s2.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["tune.strategy"] == "layernorm" and run.data.params["train.lr"] == "0.001"
+    assert run.data.params["train.group_lr.norms"] == "0.002" and run.data.params["train.group_lr.connector"] == "0.0005"
+    assert run.data.params["train.connector_lr"] == "0.0005" and run.data.params["train.group_lr.head"] == ""
+    assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
     for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
-                "params/trainable", "params/total"):
+                "params/trainable", "params/total", "data/pad_fraction"):
         assert key in run.data.metrics, key
     assert run.data.metrics["params/trainable"] == sum(v.numel() for v in conn.values())
     artifacts = {a.path for a in client.list_artifacts(s2.run_id)}
@@ -163,3 +168,35 @@ def test_deepspeed_strategies_are_built_from_names_and_shipped_configs(strategy,
     s = lightning_strategy(load_config(TINY, [f"train.strategy={ROOT / strategy if strategy.endswith('.json') else strategy}"]))
     assert isinstance(s, DeepSpeedStrategy)
     assert s.config["zero_optimization"]["stage"] == stage
+
+
+def test_bad_data_ends_with_one_line_exit_2(tiny_world, tmp_path, capsys):
+    """An invalid JSON data file, and a bad sample under data.on_bad_sample=error: the one-line message, exit 2."""
+    out = tiny_world[0]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"id": "1", "conversations": [')
+    args = ["--config", str(TINY), *stage_overrides(tiny_world, tmp_path, "instruct", "train.max_steps=2")]
+    assert main([*args, f"data.train.files=[{broken}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {broken} is not valid JSON"), err
+
+    records = json.loads((out / "llava_instruct/llava_instruct_80k.json").read_text())[:8]
+    records[0]["image"] = "no_such_image.jpg"
+    bad = tmp_path / "bad_sample.json"
+    bad.write_text(json.dumps(records))
+    assert main([*args, f"data.train.files=[{bad}]", "data.on_bad_sample=error"]) == 2
+    text = capsys.readouterr().err
+    err = [line for line in text.strip().splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(err) == 1 and f"bad sample in {bad}" in err[0] and "missing_image" in err[0], err
+
+
+def test_the_progress_bar_total_respects_max_steps(tiny_world, tmp_path, capfd, monkeypatch):
+    """2 optimizer steps of 2 micro-batches: the bar counts to 4, not to the epoch's length."""
+    import re
+
+    monkeypatch.setenv("MMLN_QUIET", "0")
+    cfg = cfg_for(tiny_world, tmp_path, "instruct", "train.max_steps=2", "quiet=false")
+    fit(cfg, None)
+    cap = capfd.readouterr()  # Lightning's bar writes to stdout
+    totals = {int(t) for t in re.findall(r"\d+/(\d+) \[", cap.out + cap.err)}
+    assert totals == {4}, totals

@@ -52,7 +52,7 @@ def test_placeholder_image_count_mismatch_is_an_error():
 
 
 def test_loss_is_the_token_mean_over_the_micro_batch():
-    cfg = tiny_config()
+    cfg = tiny_config("model.loss_chunk=0")  # the full-logits loss; chunked parity: test_loss.py
     m = build_mllm(cfg.model).eval()
     ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5, 6, 7], [1, IMAGE_TOKEN_INDEX, 8, 9, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])

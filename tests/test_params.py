@@ -39,7 +39,24 @@ def test_vicuna7b_counts_match_the_paper_accounting(capsys):
     assert rows["finetune"]["trainable"] == llama7b + linear
     assert rows["lora"]["total"] > rows["layernorm"]["total"]  # adapters join the denominator
     assert set(rows) >= {"finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
-                         "layernorm_no_connector", "pretrain"}
+                         "layernorm_no_connector", "pretrain", "dora", "ia3", "vera", "layernorm_lora", "bitfit"}
+    # the zoo, by hand from LLaMA-7B's shapes (32 blocks; q,k,v,o 4096 -> 4096, gate/up 4096 -> 11008, down back)
+    outs = 4 * 4096 + 2 * 11008 + 4096  # output sizes of the 7 projections
+    lora = 32 * 32 * (4 * (4096 + 4096) + 3 * (4096 + 11008))  # r = 32 times (in + out) of each
+    trio = linear + 2 * 32000 * 4096
+    norms = 2 * 32 * 4096 + 4096
+    assert rows["lora"]["groups"]["adapters"] == lora == 79_953_920
+    expect = {"dora": lora + 32 * outs, "ia3": 32 * (4096 + 4096 + 11008), "vera": 32 * (outs + 7 * 256),
+              "layernorm_lora": lora}
+    for name, adapters in expect.items():
+        r = rows[name]
+        assert r["groups"]["adapters"] == adapters, name
+        assert r["total"] == clip + llama7b + linear + adapters, name  # adapters join the total
+        assert r["trainable"] == adapters + trio + (norms if name == "layernorm_lora" else 0), name
+    assert rows["layernorm"]["groups"] == {"norms": norms, "connector": linear, "embeddings": 32000 * 4096,
+                                           "head": 32000 * 4096, "adapters": 0, "other": 0}
+    assert rows["layernorm_simple"]["groups"]["norms"] == rows["layernorm_simple"]["trainable"]
+    assert "no bias parameters" in rows["bitfit"]["refused"]
 
 
 def test_params_cli_text_and_errors(capsys):

@@ -16,19 +16,24 @@ from mmln.fit import fit
 from tests.test_fit import cfg_for, losses
 
 STEPS = 4
+# length-grouped batching (the default since issue 17) draws other micro-batches than random
+# batching; with data.batching=random the values from before it (chunked loss, host-planned
+# splice, device-built SDPA mask included) are reproduced exactly: the "instruct_random" case
 EXPECTED = {
-    "pretrain": [6.261488914489746, 6.294873237609863, 6.272036075592041, 6.25233793258667],
-    "instruct": [6.2577128410339355, 6.211614608764648, 6.146322250366211, 6.0655293464660645],
+    "pretrain": [6.266933917999268, 6.275822162628174, 6.273499965667725, 6.2813334465026855],
+    "instruct": [6.232495307922363, 6.231546878814697, 6.163157939910889, 6.128208637237549],
+    "instruct_random": [6.2577128410339355, 6.211614608764648, 6.146322250366211, 6.0655293464660645],
 }
 EXTRA = {
     "pretrain": ("train.precision=32-true",),
     "instruct": ("train.precision=32-true", "tune.strategy=layernorm", "train.lr=1e-3"),
+    "instruct_random": ("train.precision=32-true", "tune.strategy=layernorm", "train.lr=1e-3", "data.batching=random"),
 }
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "instruct"])
+@pytest.mark.parametrize("stage", ["pretrain", "instruct", "instruct_random"])
 def test_first_losses_are_pinned(stage, tiny_world, tmp_path):
-    run = fit(cfg_for(tiny_world, tmp_path, stage, f"train.max_steps={STEPS}", *EXTRA[stage]))
+    run = fit(cfg_for(tiny_world, tmp_path, stage.split("_")[0], f"train.max_steps={STEPS}", *EXTRA[stage]))
     got = losses(run.run_id)
     print(stage, got)
     assert len(got) == STEPS

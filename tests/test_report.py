@@ -37,7 +37,8 @@ def rows(path: Path) -> list[dict]:
 def test_tables_from_runs(tmp_path):
     c = client()
     exp = get_or_create_experiment(c, "m7_ln", tracking_uri())  # artifacts beside the test store, not in ./mlruns
-    eff = {"params/trainable": 1000.0, "params/percent": 0.25, "perf/peak_mem_gb": 20.0}
+    eff = {"params/trainable": 1000.0, "params/percent": 0.25, "perf/peak_mem_gb": 20.0, "params/total": 400000.0,
+           "params/trainable_norms": 40.0, "params/trainable_adapters": 0.0}
     grid = {"finetune": {1e-3: 30.0, 1e-4: 40.0}, "layernorm": {1e-3: 50.0, 1e-4: 45.0}, "lora": {1e-3: 20.0}}
     for s, by_lr in grid.items():
         for lr, v in by_lr.items():
@@ -75,6 +76,8 @@ def test_tables_from_runs(tmp_path):
     t2 = {r["strategy"]: r for r in rows(out / "table2.csv")}
     assert float(t2["finetune"]["trainable %"]) == 95.0 and float(t2["layernorm"]["peak mem (GB)"]) == 20.0
     assert set(t2) == {"finetune", "lora", "layernorm", "connector", "layernorm_no_connector"}
+    assert float(t2["layernorm"]["total"]) == 400000.0 and float(t2["layernorm"]["norms"]) == 40.0
+    assert float(t2["lora"]["adapters"]) == 0.0 and t2["lora"]["head"] == ""  # a group not logged stays empty
     t3 = [(r["strategy"], r["data"], r["lr"], float(r["Flickr30k"])) for r in rows(out / "table3.csv")]
     assert ("layernorm", "conversation (20000)", "0.0001", 61.0) in t3 and ("layernorm", "all", "0.001", 50.0) in t3
     assert all(r[0] != "layernorm" or r[3] != 5.0 for r in t3)  # the ImageNet-ViT run is not a data-type row
@@ -115,3 +118,67 @@ def test_tables_without_data_say_so(tmp_path, capsys):
     assert "No figures" in md
     assert report.main(["--experiment", "nowhere"]) == 2
     assert "no MLflow experiment 'nowhere'" in capsys.readouterr().err
+
+
+def test_default_output_from_another_cwd_and_the_row_rule(tmp_path, monkeypatch, capsys):
+    """The default `--out` (relative) works from any working directory, analysis figures included;
+    with `--config`, a row comes from the run of the reference config even when a smoke run of
+    another config (here: train.max_steps=8) is newer, and a full evaluation beats a limited one."""
+    from tests.conftest import TINY
+
+    c = client()
+    exp = get_or_create_experiment(c, "tiny_ln", tracking_uri())
+    ref = make_run(c, exp, "layernorm", 1e-3, {FLICKR: 50.0}, model="tiny")
+    c.log_param(ref, "train.max_steps", "-1")  # the config default
+    smoke = make_run(c, exp, "layernorm", 1e-3, {FLICKR: 10.0}, model="tiny")
+    c.log_param(smoke, "train.max_steps", "8")
+    full = make_run(c, exp, "lora", 1e-3, {FLICKR: 30.0}, model="tiny")
+    make_run(c, exp, "lora", 1e-3, {FLICKR: 5.0}, model="tiny", tags={"eval_limit": "16"})  # newer, limited
+    png = tmp_path / "layer_similarity.png"
+    png.write_bytes(b"\x89PNG fake")
+    c.log_artifact(ref, str(png), artifact_path="analysis")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    assert report.main(["--config", str(TINY), "tracking.experiment=tiny_ln", "--no-log"]) == 0  # its experiment
+    out = work / "outputs" / "tiny_ln" / "report"
+    t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}
+    assert float(t1["layernorm"]["Flickr30k"]) == 50.0 and t1["layernorm"]["run"] == f"layernorm-lr0.001 ({ref[:8]})"
+    assert float(t1["lora"]["Flickr30k"]) == 30.0 and t1["lora"]["run"] == f"lora-lr0.001 ({full[:8]})"
+    assert (out / "analysis" / "tiny-layernorm" / "layer_similarity.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "a run of the reference config (`--config`) first" in md and f"`layernorm-lr0.001 ({ref[:8]})`" in md
+
+    # without --config every run counts as the reference's: the newest full evaluation wins, and says so
+    assert report.main(["--experiment", "tiny_ln", "--no-log", "--tables", "table1"]) == 0
+    t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}
+    assert float(t1["layernorm"]["Flickr30k"]) == 10.0 and smoke[:8] in t1["layernorm"]["run"]
+    assert float(t1["lora"]["Flickr30k"]) == 30.0
+
+
+def test_paper_figures_put_finetune_and_layernorm_side_by_side(tmp_path):
+    """Fig. 3 and Fig. 4 from the best finetune and LayerNorm runs' analysis/*.npz (as fit logs them)."""
+    import numpy as np
+    from PIL import Image
+
+    from mmln.analysis import GradientRecord, save_similarity
+
+    c = client()
+    exp = get_or_create_experiment(c, "fig_ln", tracking_uri())
+    rng = np.random.default_rng(0)
+    for strategy, scale in (("finetune", 1e-3), ("layernorm", 3e-3)):
+        run = make_run(c, exp, strategy, 1e-3, {FLICKR: 1.0})
+        d = tmp_path / strategy
+        save_similarity(d / "layer_similarity.npz", {"token": np.eye(4) * 0.5 + 0.5}, 8)
+        rec = GradientRecord()
+        for step in range(0, 10, 2):
+            rec.add(step, {"layers.1.input_layernorm.weight": rng.normal(0, scale, 16).astype(np.float32)})
+        rec.save(d / "ln_grads.npz")
+        c.log_artifacts(run, str(d), artifact_path="analysis")
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "fig_ln", "--out", str(out), "--no-log", "--tables", "figures"]) == 0
+    for name in ("fig3_similarity_m7.png", "fig4_ln_grads_m7.png"):
+        with Image.open(out / name) as im:
+            assert im.width > 1.6 * im.height  # two panels side by side
+    assert "`fig4_ln_grads_m7.png`" in (out / "report.md").read_text()

@@ -116,6 +116,18 @@ def test_rerun_resumes_the_failed_point_then_skips_everything(swept, tmp_path):
     assert parent.data.tags["best_run/layernorm"] == top.info.run_id
     assert parent.data.metrics[f"best_{METRIC}/layernorm"] == top.data.metrics[METRIC]
     assert parent.data.metrics["sweep/n_failed"] == 0 and parent.data.metrics["sweep/n_points"] == 2
+    # the dashboard: a parent named after what it sweeps, every point its child (reused ones too),
+    # the comparison (strategies x lrs, best in bold) and the LR curve on the parent
+    assert parent.info.run_name == "tiny layernorm x 2 lrs"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    client = swept["client"]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert logged == {"comparison/comparison.md", "comparison/lr_curves_tiny.png"}
+    with open(client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(tmp_path))) as f:
+        md = f.read()
+    assert f"| layernorm | " in md and f"**{top.data.metrics[METRIC]:.4g}**" in md and top.info.run_id in md
+    exp = client.get_experiment_by_name("tiny_sweep")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training layout
 
 
 def test_report_from_the_sweep_runs(swept, tmp_path):
@@ -174,7 +186,7 @@ def test_rest_api_of_a_loopback_server_lists_the_sweep(swept, tmp_path):
             proc.wait(timeout=10)
         log.close()
     names = sorted(r["info"]["run_name"] for r in runs)
-    assert names == sorted(["layernorm-lr0.001", "layernorm-lr0.0001", f"sweep-{parent.data.tags['sweep_id']}"])
+    assert names == sorted(["layernorm-lr0.001", "layernorm-lr0.0001", "tiny layernorm x 2 lrs"])
     tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
     assert tags["layernorm-lr0.001"]["mlflow.parentRunId"] == parent.info.run_id
     assert tags["layernorm-lr0.001"]["model"] == "tiny"
@@ -257,3 +269,25 @@ def test_slurm_array_script(tmp_path, monkeypatch, capsys):
     runs = client.search_runs([client.get_experiment_by_name("slurm_x").experiment_id])
     assert [(r.data.tags["kind"], r.data.tags["sweep_id"]) for r in runs] == [("sweep", sweep_id)]
     assert f"--sweep-id {sweep_id}" in array and f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db" in array
+
+
+def test_a_run_of_another_config_is_never_moved_aside_silently(world, tmp_path, capsys):
+    """The point's run dir holds a finished run of another config (e.g. the demo's, before a smoke
+    sweep with other overrides): --dry-run lists the move, a real sweep warns before it trains."""
+    db = tmp_path / "mlflow.db"
+    args = sweep_args(world, db, "--lrs", "1e-3", "--bench", "none", "--select-metric", "params/percent")
+    (p,) = sweep.plan(str(TINY), ["layernorm"], [1e-3], overrides(world, db))
+    p.run_dir.mkdir(parents=True)
+    (p.run_dir / "config_hash").write_text("0123456789abcdef\n")
+    (p.run_dir / "mlflow_run_id").write_text("feedc0de\n")
+    (p.run_dir / "trainable.safetensors").write_bytes(b"old")
+    assert sweep.main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would move aside {p.run_dir} (finished run feedc0de, config 01234567) -> {p.run_dir}.replaced-01234567" in out
+    assert (p.run_dir / "trainable.safetensors").read_bytes() == b"old"  # a dry run moves nothing
+
+    assert sweep.main([*args, "train.max_steps=1"]) == 0
+    err = capsys.readouterr().err
+    warn = err.index("WARNING: 1 run dir(s) hold runs of another config")
+    assert warn < err.index("layernorm-lr0.001: training") and "finished run feedc0de" in err
+    assert (Path(f"{p.run_dir}.replaced-01234567") / "trainable.safetensors").read_bytes() == b"old"

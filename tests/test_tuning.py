@@ -28,6 +28,25 @@ def lora_names():
     return out
 
 
+def adapter_names(kind, modules):
+    """Names PEFT gives its per-layer tensors: kind "lora_magnitude_vector" -> ...q_proj.lora_magnitude_vector.default.weight."""
+    out = set()
+    for i in range(L):
+        for m in modules:
+            sub = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            base = f"llm.model.layers.{i}.{sub}.{m}"
+            if kind == "lora_magnitude_vector":
+                out.add(f"{base}.lora_magnitude_vector.default.weight")
+            elif kind == "ia3":
+                out.add(f"{base}.ia3_l.default")
+            else:  # vera
+                out |= {f"{base}.vera_lambda_b.default", f"{base}.vera_lambda_d.default"}
+    return out
+
+
+ALL7 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def all_llm(mllm):
     return {n for n, _ in mllm.named_parameters() if n.startswith("llm.")}
 
@@ -42,11 +61,22 @@ EXPECTED = {
     "layernorm": lambda m: NORMS | FINAL | TRIO,
     "layernorm_simple": lambda m: NORMS | FINAL,
     "layernorm_no_connector": lambda m: NORMS | FINAL | TRIO - {"connector.weight", "connector.bias"},
+    "dora": lambda m: lora_names() | adapter_names("lora_magnitude_vector", ALL7) | TRIO,
+    "ia3": lambda m: adapter_names("ia3", ("k_proj", "v_proj", "down_proj")) | TRIO,
+    "vera": lambda m: adapter_names("vera", ALL7) | TRIO,
+    "layernorm_lora": lambda m: lora_names() | NORMS | FINAL | TRIO,
 }
 
 
 def test_every_registered_strategy_is_covered():
-    assert set(REGISTRY) == set(EXPECTED)
+    # bitfit trains biases, which this LLaMA has none of: refused here, tested on Qwen2 (test_tuning_archs.py)
+    assert set(REGISTRY) == set(EXPECTED) | {"bitfit"}
+
+
+def test_bitfit_refused_on_bias_free_llama():
+    cfg = tiny_config("tune.strategy=bitfit")
+    with pytest.raises(ValueError, match=r"bitfit: the LLM \(llama\) has no bias parameters"):
+        apply_strategy(build_mllm(cfg.model), cfg.tune)
 
 
 def batch(cfg, n=2):
@@ -61,15 +91,17 @@ def batch(cfg, n=2):
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad-ckpt"])
 @pytest.mark.parametrize("strategy", sorted(EXPECTED))
 def test_strategy_trains_exactly_its_parameters(strategy, checkpointing):
-    cfg = tiny_config(f"tune.strategy={strategy}", f"model.gradient_checkpointing={checkpointing}")
+    cfg = tiny_config(f"stage={REGISTRY[strategy].stage}", f"tune.strategy={strategy}",
+                      f"model.gradient_checkpointing={checkpointing}")
     mllm = build_mllm(cfg.model)
     names = set(apply_strategy(mllm, cfg.tune))
     assert names == EXPECTED[strategy](mllm)
     assert not any(p.requires_grad for p in mllm.vision.parameters())
-    if strategy == "lora":  # PEFT inits lora_B to 0, which makes lora_A's first gradient 0: perturb it
+    if strategy in ("lora", "dora", "layernorm_lora", "vera"):
+        # PEFT inits lora_B (VeRA: lambda_b) to 0, which makes the other factor's first gradient 0: perturb it
         with torch.no_grad():
             for n, p in mllm.named_parameters():
-                if "lora_B" in n:
+                if "lora_B" in n or "vera_lambda_b" in n:
                     p.normal_(0, 0.02)
     mllm.train()
     before = {n: p.detach().clone() for n, p in mllm.named_parameters()}
@@ -97,7 +129,12 @@ def test_shared_trio_switches_override_defaults():
 
 
 def test_unknown_strategy_lists_registered():
-    cfg = tiny_config("tune.strategy=bitfit")
+    from mmln.config import ConfigError
+
+    with pytest.raises(ConfigError, match="registered: .*layernorm_simple"):  # when the config loads
+        tiny_config("tune.strategy=no_such_strategy")
+    cfg = tiny_config()
+    cfg.tune.strategy = "no_such_strategy"  # set after validation: apply_strategy still refuses it
     with pytest.raises(ValueError, match="registered: .*layernorm_simple"):
         apply_strategy(build_mllm(cfg.model), cfg.tune)
 

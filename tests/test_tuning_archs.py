@@ -61,7 +61,12 @@ def expected_names(arch, strategy, mllm):
         "layernorm": all_norms | trio,
         "layernorm_simple": all_norms,
         "layernorm_no_connector": all_norms | emb | head,
-    }.get(strategy)
+        "dora": {n for n in names if ".lora_" in n} | trio,  # lora_A, lora_B, lora_magnitude_vector
+        "ia3": {n for n in names if ".ia3_l." in n} | trio,
+        "vera": {n for n in names if ".vera_lambda_" in n} | trio,
+        "layernorm_lora": {n for n in names if ".lora_" in n} | all_norms | trio,
+        "bitfit": ({n for n in names if n.startswith("llm.") and n.endswith(".bias")} | trio) if bias else "refused",
+    }[strategy]
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -77,10 +82,15 @@ def test_strategies_and_accounting(arch):
     assert (probe.llm.get_input_embeddings().weight is probe.llm.get_output_embeddings().weight) == tied
     n_norm = L * sum(norm_size(n) for n in norms) + H
     for strategy in REGISTRY:
-        cfg, mllm = build(arch, f"tune.strategy={strategy}")
+        cfg, mllm = build(arch, f"stage={REGISTRY[strategy].stage}", f"tune.strategy={strategy}", "tune.vera.r=8")
+        if expected_names(arch, strategy, mllm) == "refused":
+            with pytest.raises(ValueError, match="has no bias parameters"):
+                apply_strategy(mllm, cfg.tune)
+            continue
         names = set(apply_strategy(mllm, cfg.tune))
-        want = expected_names(arch, strategy, mllm)
-        assert names == want, strategy
+        assert names == expected_names(arch, strategy, mllm), strategy
+        if strategy == "bitfit":  # exactly the q/k/v biases
+            assert len(names - CONNECTOR) == 3 * L + 1 and count_params(mllm).groups["other"] == L * (NH + 2 * KV) * HD
         c = count_params(mllm)
         if strategy == "layernorm_simple":
             assert c.trainable == n_norm and c.total == total

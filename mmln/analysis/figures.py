@@ -5,6 +5,7 @@ backend switch, safe in training processes and headless machines.
 - `grad_variance`        variance of each recorded norm gradient over steps (log scale)
 - `grad_histograms`      ridgeline of the gradient entries' histograms over steps (paper Fig. 4 style)
 - `comparison`           two runs side by side: both heatmaps and both variance curves
+- `similarity_side_by_side`, `grads_side_by_side`  the paper's Fig. 3 and Fig. 4 (runs side by side, one scale)
 """
 from __future__ import annotations
 
@@ -88,20 +89,56 @@ def grad_histograms(steps: np.ndarray, arrays: dict[str, np.ndarray], path: str 
     for ax, name in zip(axes, names):
         a = arrays[name]
         lim = float(np.nanpercentile(np.abs(a), 99.5)) or 1e-12
-        edges = np.linspace(-lim, lim, bins + 1)
-        centers = (edges[:-1] + edges[1:]) / 2
-        for k, i in enumerate(rows[::-1]):  # latest step at the top, drawn first so earlier ridges overlap it
-            y = len(rows) - 1 - k
-            h, _ = np.histogram(a[i], bins=edges)  # the 0.5% largest |entries| fall outside
-            h = h / max(h.max(), 1) * 1.6
-            color = (0.1 + 0.8 * y / max(len(rows) - 1, 1), 0.3, 0.9 - 0.7 * y / max(len(rows) - 1, 1))
-            ax.fill_between(centers, y, y + h, color=color, alpha=0.55, lw=0.6, edgecolor="k", zorder=len(rows) - y)
-        ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([str(int(steps[i])) for i in rows], fontsize="x-small")
-        ax.set_ylabel("optimizer step")
-        ax.set_xlabel("gradient entry")
+        _ridges(ax, steps, a, rows, np.linspace(-lim, lim, bins + 1))
         ax.set_title(name, fontsize="small")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+    return _save(fig, path)
+
+
+def _ridges(ax: Axes, steps: np.ndarray, a: np.ndarray, rows: list[int], edges: np.ndarray) -> None:
+    """One ridge per chosen step: the histogram of the gradient's entries (bins `edges`)."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    for k, i in enumerate(rows[::-1]):  # latest step at the top, drawn first so earlier ridges overlap it
+        y = len(rows) - 1 - k
+        h, _ = np.histogram(a[i], bins=edges)  # entries beyond the edges fall outside
+        h = h / max(h.max(), 1) * 1.6
+        color = (0.1 + 0.8 * y / max(len(rows) - 1, 1), 0.3, 0.9 - 0.7 * y / max(len(rows) - 1, 1))
+        ax.fill_between(centers, y, y + h, color=color, alpha=0.55, lw=0.6, edgecolor="k", zorder=len(rows) - y)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([str(int(steps[i])) for i in rows], fontsize="x-small")
+    ax.set_ylabel("optimizer step")
+    ax.set_xlabel("gradient entry")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+
+
+def similarity_side_by_side(mats: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
+    """The paper's Fig. 3: one layer-similarity heatmap per run (e.g. finetune, LayerNorm), side by
+    side on one colour scale (the lowest value of any of them to 1) with one colour bar."""
+    fig = Figure(figsize=(4.6 * len(mats) + 1.2, 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(mats)))
+    vmin = min(float(np.nanmin(m)) for m in mats.values())
+    im = None
+    for ax, (label, m) in zip(axes, mats.items()):
+        im = _heatmap(ax, m, label, vmin) or im
+    fig.colorbar(im, ax=list(axes), label="cosine similarity", shrink=0.9)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def grads_side_by_side(runs: dict[str, tuple[np.ndarray, np.ndarray]], param: str, path: str | Path, title: str,
+                       max_rows: int = 16, bins: int = 60) -> Path:
+    """The paper's Fig. 4: the gradient of the same norm parameter in each run (label -> (steps,
+    (S, D) entries)) side by side, over the same steps (those every run recorded) on one x scale."""
+    common = sorted(set.intersection(*(set(int(x) for x in s) for s, _ in runs.values())))
+    chosen = [common[i] for i in _evenly(len(common), max_rows)]
+    picked = {label: (np.array(chosen), a[[list(map(int, s)).index(c) for c in chosen]]) for label, (s, a) in runs.items()}
+    lim = max(float(np.nanpercentile(np.abs(a), 99.5)) for _, a in picked.values()) or 1e-12
+    edges = np.linspace(-lim, lim, bins + 1)
+    fig = Figure(figsize=(4.8 * len(runs), 5.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(runs), sharex=True, sharey=True))
+    for ax, (label, (steps, a)) in zip(axes, picked.items()):
+        _ridges(ax, steps, a, list(range(len(steps))), edges)
+        ax.set_title(f"{label}\nvariance (mean over steps) {float(np.nanmean(a.var(axis=1))):.3g}", fontsize="small")
+    fig.suptitle(f"{title}: gradient of {param}")
     return _save(fig, path)
 
 

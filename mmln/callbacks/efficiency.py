@@ -18,7 +18,9 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class Efficiency(Callback):
-    """Counts tokens the LLM processed (after splicing, padding excluded) and supervised tokens."""
+    """Counts tokens the LLM processed (after splicing, padding excluded) and times optimizer steps
+    (the first `warmup_steps` left out). The device is synchronised once per optimizer step, never
+    per micro-step, and counts come from host-side batch sizes."""
 
     def __init__(self, warmup_steps: int = 1):
         self.warmup_steps = warmup_steps
@@ -26,43 +28,65 @@ class Efficiency(Callback):
 
     def reset(self):
         self.t0 = None
-        self.tokens = self.samples = self.steps = 0
+        self.tokens = self.samples = self.steps = self.micro_steps = 0  # steps: optimizer steps
+        self._tokens = self._samples = self._micro = 0  # of the optimizer step in progress
         self.elapsed = 0.0
         self.summary: dict[str, float] = {}
+        self.pad_fraction: float | None = None
 
     def on_train_start(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.reset()
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        pad = sampler.pad_fraction() if sampler is not None and hasattr(sampler, "pad_fraction") else None
+        if pad is not None:  # padded share of all positions this epoch (see mmln.data.sampler)
+            self.pad_fraction = pad
+            pl_module.log("data/pad_fraction", pad, on_step=False, on_epoch=True, prog_bar=False)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        self.t0 = time.perf_counter()
+        if self.t0 is None:  # the first micro-batch: start the clock once the device is idle
+            self._sync(pl_module)
+            self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # counts are host ints; the clock is read (after one device sync) only when an optimizer step ends
+        stats = pl_module.last_batch
+        self._tokens += stats["tokens"] * trainer.world_size
+        self._samples += stats["samples"] * trainer.world_size
+        self._micro += 1
+        if (batch_idx + 1) % max(trainer.accumulate_grad_batches, 1):
+            return
+        self._sync(pl_module)
+        now = time.perf_counter()
+        dt, self.t0 = now - self.t0, now
+        self.steps += 1
+        if self.steps > self.warmup_steps:
+            self.elapsed += dt
+            self.tokens += self._tokens
+            self.samples += self._samples
+            self.micro_steps += self._micro
+        self._tokens = self._samples = self._micro = 0
+        if self.steps > self.warmup_steps and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log_dict(self.metrics(pl_module.device), on_step=True, on_epoch=False, prog_bar=False)
+
+    @staticmethod
+    def _sync(pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
-        dt = time.perf_counter() - self.t0
-        stats = pl_module.last_batch
-        self.steps += 1
-        if self.steps <= self.warmup_steps:
-            return
-        self.elapsed += dt
-        self.tokens += stats["tokens"] * trainer.world_size
-        self.samples += stats["samples"] * trainer.world_size
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            pl_module.log_dict(self.metrics(pl_module.device), on_step=True, on_epoch=False, prog_bar=False)
 
     def metrics(self, device) -> dict[str, float]:
         t = max(self.elapsed, 1e-9)
-        measured = max(self.steps - self.warmup_steps, 1)
         return {
             "perf/tokens_per_s": self.tokens / t,
             "perf/samples_per_s": self.samples / t,
-            "perf/micro_step_s": self.elapsed / measured,
+            "perf/micro_step_s": self.elapsed / max(self.micro_steps, 1),
             "perf/peak_mem_gb": peak_memory_gb(device),
         }
 
     def on_train_end(self, trainer, pl_module):
         self.summary = self.metrics(pl_module.device)
+        if self.pad_fraction is not None:
+            self.summary["data/pad_fraction"] = self.pad_fraction

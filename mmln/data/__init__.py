@@ -15,7 +15,6 @@ from .dataset import (
     Collator,
     LlavaDataset,
     build_datasets,
-    image_tokens,
     pad_token_id,
     truncate,
 )
@@ -39,7 +38,7 @@ from .templates import (
 from .tokenizer import train_tiny_tokenizer
 
 __all__ = [
-    "REASONS", "BadSampleError", "BadSampleLog", "Collator", "LlavaDataset", "build_datasets", "image_tokens",
+    "REASONS", "BadSampleError", "BadSampleLog", "Collator", "LlavaDataset", "build_datasets",
     "pad_token_id", "truncate", "CLIP_MEAN", "CLIP_STD", "PAD_COLOR", "ClipPreprocess", "TimmPreprocess",
     "build_image_processor", "load_image", "TYPES", "DataError", "Record", "label_types", "load_split",
     "load_train_val", "read_records", "select", "DEFAULT_IMAGE_TOKEN", "IGNORE_INDEX", "IMAGE_TOKEN_INDEX",

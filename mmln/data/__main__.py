@@ -39,7 +39,9 @@ def load_tokenizer(cfg: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        legacy = cfg.model.llm.tokenizer_legacy  # pinned as training pins it (mmln.model.llm.load_tokenizer)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             **({} if legacy is None else {"legacy": bool(legacy)}))
     except Exception as e:  # transformers raises several types for an unusable dir
         raise UsageError(f"{key}={path}: cannot load a tokenizer from it ({type(e).__name__}: {e})") from None
 
@@ -52,9 +54,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _datasets(cfg: Any, tok: Any) -> dict[str, Any]:
+    from mmln.model.vision import image_positions
+
     from .dataset import build_datasets
 
-    train, val = build_datasets(cfg, tok)
+    train, val = build_datasets(cfg, tok, image_positions(cfg.model.vision))
     return {"train": train} if val is None else {"train": train, "val": val}
 
 
@@ -72,7 +76,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         counts: Counter[str] = Counter()
         ids: dict[str, list[str]] = defaultdict(list)
         truncated = 0
-        for batch in loader:
+        from mmln.progress import bar
+
+        for batch in bar(loader, total=len(loader), desc=f"check {name}", unit="batch"):
             for rid, reason, detail, trunc in batch:
                 truncated += trunc
                 if reason:

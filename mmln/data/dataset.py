@@ -68,11 +68,6 @@ class _Bad(Exception):
         self.reason, self.detail = reason, detail
 
 
-def image_tokens(image_size: int, patch_size: int, select_feature: str = "patch") -> int:
-    """Positions one image takes after expansion: (image_size / patch_size)^2 (+1 with CLS)."""
-    return (image_size // patch_size) ** 2 + (1 if select_feature == "cls_patch" else 0)
-
-
 def truncate(
     input_ids: list[int], labels: list[int], num_image_tokens: int, max_length: Optional[int]
 ) -> tuple[list[int], list[int]]:
@@ -90,7 +85,9 @@ def truncate(
 
 
 class LlavaDataset(torch.utils.data.Dataset):
-    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker)."""
+    """LLaVA records -> {"id", "input_ids", "labels", "pixel_values"} (or a bad-sample marker).
+    A record without an "image" key is a text-only sample (pixel_values None, no image slot);
+    "image" is a path under the split's one image root, sub-folders included (coco/train2017/...)."""
 
     def __init__(
         self,
@@ -122,16 +119,32 @@ class LlavaDataset(torch.utils.data.Dataset):
         raw = rec.raw
         if not isinstance(raw, dict) or "conversations" not in raw:
             raise _Bad("malformed", "record is not an object with 'conversations'")
-        if not isinstance(raw.get("image"), str) or not raw["image"]:
-            raise _Bad("malformed", "record has no 'image' path")
+        has_image = "image" in raw  # no "image" key: a text-only record (LLaVA-1.5's ShareGPT ones)
+        if has_image and (not isinstance(raw.get("image"), str) or not raw["image"]):
+            raise _Bad("malformed", "record's 'image' is not a path")
         try:
-            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer)
+            ids, labels = tokenize_conversation(self.template, raw["conversations"], self.tokenizer, image=has_image)
         except ConversationError as e:
             raise _Bad(e.reason, e.detail) from None
         kept_ids, kept_labels = truncate(ids, labels, self.num_image_tokens, self.max_length)
         if all(label == IGNORE_INDEX for label in kept_labels):
             raise _Bad("no_supervised_tokens", f"{len(ids)} ids, nothing supervised within max_length={self.max_length}")
         return kept_ids, kept_labels, len(kept_ids) < len(ids)
+
+    def lengths(self) -> list[int]:
+        """Every sample's length after image expansion and truncation (the positions the LLM sees),
+        from the text alone (no image decoded); a bad record counts 0. Length-grouped batching and
+        the `data/pad_fraction` metric use it."""
+        out = []
+        for rec in self.records:
+            try:
+                ids, _, _ = self.encode_text(rec)
+            except _Bad:
+                out.append(0)
+                continue
+            n = len(ids) + sum(self.num_image_tokens - 1 for t in ids if t == IMAGE_TOKEN_INDEX)
+            out.append(n if self.max_length is None else min(n, self.max_length))
+        return out
 
     def image_path(self, rec: Record) -> Path:
         return Path(rec.image_folder) / rec.raw["image"]
@@ -156,13 +169,15 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
+        pixels = None  # a text-only record has none
         try:
             ids, labels, _ = self.encode_text(rec)
-            image = self.load_image(rec)
-            try:
-                pixels = self.image_processor(image)
-            except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
-                raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
+            if "image" in rec.raw:
+                image = self.load_image(rec)
+                try:
+                    pixels = self.image_processor(image)
+                except Exception as e:  # a decodable image the processor cannot take (e.g. 0 px wide)
+                    raise _Bad("corrupt_image", f"{self.image_path(rec)}: preprocessing failed: {e}") from None
         except _Bad as bad:
             return self._bad(i, rec, bad)
         return {
@@ -178,7 +193,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         try:
             _, _, truncated = self.encode_text(rec)
-            self.image_processor(self.load_image(rec))
+            if "image" in rec.raw:
+                self.image_processor(self.load_image(rec))
         except _Bad as bad:
             return bad.reason, bad.detail, False
         except Exception as e:  # preprocessing failure
@@ -230,7 +246,9 @@ class Collator:
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": attention_mask,
-            "pixel_values": torch.stack([s["pixel_values"] for s in good]),
+            # text-only samples have no image (None when the batch has none at all)
+            "pixel_values": torch.stack(images) if (images := [s["pixel_values"] for s in good
+                                                               if s["pixel_values"] is not None]) else None,
             "bad": bad,
             "empty": False,
         }
@@ -280,9 +298,10 @@ class BadSampleLog:
         return f"bad samples skipped: {self.total} ({'; '.join(parts)})"
 
 
-def build_datasets(cfg: Any, tokenizer: Any) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
+def build_datasets(cfg: Any, tokenizer: Any, num_image_tokens: int) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
     """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
-    `cfg.model` (vision preprocessing and size, max_length)."""
+    `cfg.model` (vision preprocessing, max_length). `num_image_tokens`: positions one image takes,
+    from the vision encoder (`mllm.vision.num_patches`, or `mmln.model.vision.image_positions`)."""
     from .images import build_image_processor
     from .records import load_train_val
 
@@ -291,7 +310,7 @@ def build_datasets(cfg: Any, tokenizer: Any) -> tuple[LlavaDataset, Optional[Lla
     kw = dict(
         template=cfg.data.template,
         image_processor=build_image_processor(vision, cfg.data.image_aspect),
-        num_image_tokens=image_tokens(vision.image_size, vision.patch_size, vision.select_feature),
+        num_image_tokens=num_image_tokens,
         max_length=cfg.model.max_length,
         on_bad_sample=cfg.data.on_bad_sample,
     )

@@ -458,9 +458,12 @@ def _ids(seed: int, tag: str, lo: int, hi: int, n: int) -> list[int]:
 class _Writer:
     def __init__(self, out: Path, size: int) -> None:
         self.out, self.size = out, size
+        self.bar: Any = None  # a progress bar over the images (synthesize sets it)
         self.scenes: list[dict[str, Any]] = []  # ground truth of every image written, for scenes.jsonl
 
     def image(self, rel: str, scene: Scene, rnd: random.Random) -> Path:
+        if self.bar is not None:
+            self.bar.update(1)
         img, buf = draw(scene, self.size, np.random.default_rng(rnd.getrandbits(64))), io.BytesIO()
         if rel.endswith(".png"):
             img.save(buf, format="PNG")
@@ -809,14 +812,19 @@ def synthesize(out: str | Path, *, image_size: int = 224, n_pretrain: int = 3000
     about 6 s on 2 CPU cores (about 4,700 images, 62 MB at 224 px). Files from an earlier run into
     the same folder are overwritten, not deleted.
     """
+    from mmln.progress import bar
+
     out = Path(out)
     w = _Writer(out, image_size)
+    w.bar = bar(total=n_pretrain + n_instruct + 14 * n_mme_per_subtask + n_pope_images + n_vqa_images
+                + 2 * n_caption_images, desc=f"synth {out.name}", unit="img")  # every image, one each
     paths = _cc3m(w, n_pretrain, seed) | _instruct(w, n_instruct, seed) | _mme(w, n_mme_per_subtask, seed)
     paths |= _pope(w, n_pope_images, seed) | _vqa(w, n_vqa_images, seed)
     paths["karpathy_coco"] = _karpathy(w, n_caption_images, seed, coco=True)
     paths["karpathy_flickr30k"] = _karpathy(w, n_caption_images, seed, coco=False)
     paths |= {"coco_train2014": out / "coco/train2014", "flickr30k_images": out / "flickr30k"}
     paths["scenes"] = write_jsonl(out / "scenes.jsonl", w.scenes)
+    w.bar.close()
     return paths
 
 
@@ -884,6 +892,34 @@ def bad_samples(out: str | Path) -> Path:
          "conversations": _conv("<image>\nDescribe the image concisely.\n<image>", "some simple shapes .")},
     ]
     return write_json(out / "bad_instruct.json", good[:2] + bad + good[2:])
+
+
+# LLaVA-1.5's llava_v1_5_mix665k.json: image paths under one root, by source; ShareGPT records text-only
+MIX665K_SOURCES = (("coco/train2017", "{:012d}"), ("gqa/images", "{:d}"), ("ocr_vqa/images", "{:d}"),
+                   ("textvqa/train_images", "{:016x}"), ("vg/VG_100K", "{:d}"))
+
+
+def mix665k(out: str | Path, n_per_source: int = 2, n_text: int = 2, image_size: int = 64, seed: int = 0) -> Path:
+    """Write ``out/llava_v1_5_mix665k.json`` in LLaVA-1.5's format: ``n_per_source`` image records
+    for each source folder (images written under ``out/`` at the record's sub-folder path, so the
+    one image root is ``out``) and ``n_text`` multi-turn text-only records (no ``image`` key, as
+    the ShareGPT part). Returns the JSON path."""
+    out, w, recs = Path(out), _Writer(Path(out), image_size), []
+    for folder, fmt in MIX665K_SOURCES:
+        for i in range(n_per_source):
+            rnd = _rng(seed, f"mix665k:{folder}", i)
+            scene, sid = sample_scene(rnd), fmt.format(rnd.getrandbits(40))
+            w.image(f"{folder}/{sid}.jpg", scene, rnd)
+            turns = [t for q, a, _ in qa_turns(scene, rnd, 2) for t in (q, a)]
+            recs.append({"id": sid, "image": f"{folder}/{sid}.jpg",
+                         "conversations": _conv(_with_image(turns[0], rnd), *turns[1:])})
+    for i in range(n_text):
+        rnd = _rng(seed, "mix665k:sharegpt", i)
+        a, b = sample_scene(rnd), sample_scene(rnd)
+        recs.append({"id": f"sg{rnd.getrandbits(24):06x}_{i}", "conversations": _conv(
+            f"Describe a picture of {_a(a.objects[0].name)}.", sentence(a, rnd),
+            f"And one of {_a(b.objects[0].name)}?", sentence(b, rnd))})
+    return write_json(out / "llava_v1_5_mix665k.json", recs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,13 +131,15 @@ def get_template(template: str | Template) -> Template:
 
 
 # ------------------------------------------------------------------------------------ turns
-def normalize_turns(conversations: Any, template: str | Template, *, training: bool) -> list[tuple[str, str]]:
+def normalize_turns(conversations: Any, template: str | Template, *, training: bool,
+                    image: bool = True) -> list[tuple[str, str]]:
     """LLaVA records -> [(human|gpt, text)], with the `<image>` moved to the front of its turn.
 
     Mirrors `preprocess_multimodal` (image first, `"<image>\\n" + rest.strip()`) and the
     "drop a leading non-human turn" rule of `preprocess`. `training=True` also enforces what a
     training sample needs: alternating turns, at least one gpt answer, exactly one `<image>`
-    and it in a human turn; `plain` needs exactly one human and one gpt turn.
+    and it in a human turn (`image=False`, a text-only record as LLaVA-1.5's ShareGPT ones: no
+    `<image>` at all); `plain` needs exactly one human and one gpt turn, and an image.
     """
     t = get_template(template)
     if not isinstance(conversations, list) or not conversations:
@@ -158,7 +160,12 @@ def normalize_turns(conversations: Any, template: str | Template, *, training: b
                 raise ConversationError("malformed", f"turn {k} is '{r}': turns must alternate human, gpt")
         if any(r == GPT and not v.strip() for r, v in turns):
             raise ConversationError("malformed", "empty 'gpt' turn")
-        if n_images == 0:
+        if not image:
+            if n_images:
+                raise ConversationError("malformed", f"{DEFAULT_IMAGE_TOKEN} in a record without an 'image'")
+            if t.style == "plain":
+                raise ConversationError("malformed", "template 'plain' (stage 1) needs an image; the record has none")
+        elif n_images == 0:
             raise ConversationError("missing_image_token", f"no {DEFAULT_IMAGE_TOKEN} in the conversation")
         if n_images > 1:
             raise ConversationError("repeated_image_token", f"{DEFAULT_IMAGE_TOKEN} occurs {n_images} times")
@@ -411,16 +418,17 @@ def tokenize_segments(
 
 
 def tokenize_conversation(
-    template: str | Template, conversations: Any, tokenizer: Any
+    template: str | Template, conversations: Any, tokenizer: Any, image: bool = True
 ) -> tuple[list[int], list[int]]:
     """A training record's conversation -> (input_ids, labels), LLaVA v1's `preprocess(...)`
-    without its legacy-tokenizer dependency. Raises `ConversationError` with a reason."""
-    turns = normalize_turns(conversations, template, training=True)
+    without its legacy-tokenizer dependency; `image=False` for a text-only record (no image
+    slot). Raises `ConversationError` with a reason."""
+    turns = normalize_turns(conversations, template, training=True, image=image)
     if get_template(template).style == "chat":
         ids, labels = tokenize_segments(chat_segments(tokenizer, turns), tokenizer, add_special_tokens=False)
     else:
         ids, labels = tokenize_segments(render_segments(template, turns), tokenizer)
-    if ids.count(IMAGE_TOKEN_INDEX) != 1:
+    if ids.count(IMAGE_TOKEN_INDEX) != int(image):
         raise ConversationError("mask_mismatch", f"{ids.count(IMAGE_TOKEN_INDEX)} image slots in the ids")
     return ids, labels
 

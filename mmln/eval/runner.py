@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
@@ -41,10 +42,10 @@ from mmln.data.templates import chat_answer_token, encode_prompt, get_template, 
 @dataclass
 class Query:
     """One question: LLaVA turns (`[{"from": "human"|"gpt", "value": str}]`, last = the human
-    question holding `<image>`) and the image file (None for a text-only query)."""
+    question holding `<image>`) and the image file or a PIL image (None for a text-only query)."""
 
     conversations: list[dict[str, str]]
-    image: Optional[Path] = None
+    image: Optional[Path | Image.Image] = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Runner:
         self.cut_at = [s for s in stop_strings(self.template) if s not in tokenizer.all_special_tokens]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.num_image_tokens = mllm.vision.num_patches
+        self.desc = ""  # names the progress bar of each call (e.g. the benchmark); "" = no bar
 
     # prompts --------------------------------------------------------------------------------
     def encode(self, query: Query) -> list[int]:
@@ -126,6 +128,14 @@ class Runner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _bar(self, loader: DataLoader):
+        """Batches with a progress bar (rate, ETA) named `desc`, on rank 0 only; the bare loader otherwise."""
+        if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
+            return loader
+        from mmln.progress import bar
+
+        return bar(loader, total=len(loader), desc=self.desc, unit="batch")
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         device = next(self.mllm.parameters()).device
         return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
@@ -154,7 +164,7 @@ class Runner:
         out: list[str] = []
         if d.do_sample:
             torch.manual_seed(self.seed)  # sampling (paper profile) is reproducible for a given batching
-        for batch in loader:
+        for batch in self._bar(loader):
             with self._autocast():
                 new = self.mllm.generate(**self._to_device(batch), max_new_tokens=d.max_new_tokens,
                                          eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
@@ -188,7 +198,7 @@ class Runner:
         yes, no = self.yes_no_token_ids()
         order, loader = self._loader(queries)
         out: list[str] = []
-        for batch in loader:
+        for batch in self._bar(loader):
             with self._autocast():
                 logits = self.mllm.next_token_logits(**self._to_device(batch)).float()
             # a tie goes where argmax (greedy) sends it: to the lower token id
@@ -220,7 +230,8 @@ class Collate:
 
     def __call__(self, batch: list[tuple[list[int], Optional[Path]]]) -> dict[str, Any]:
         input_ids, mask, _ = pad_right([ids for ids, _ in batch], self.pad_id)
-        images = [self.image_processor(load_image(p)) for _, p in batch if p is not None]
+        images = [self.image_processor(p if isinstance(p, Image.Image) else load_image(p))  # a path, or a PIL image
+                  for _, p in batch if p is not None]
         return {"input_ids": input_ids, "attention_mask": mask,
                 "pixel_values": torch.stack(images) if images else None}
 

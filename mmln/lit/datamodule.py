@@ -49,8 +49,8 @@ class MMLNDataModule(L.LightningDataModule):
     `cfg.data.num_workers` (persistent workers when > 0). Batches carry `bad` / `empty` (see
     mmln.data.dataset) for the training step to count and skip bad samples.
 
-    `num_image_tokens` (positions one image takes after expansion) defaults to
-    (image_size / patch_size)^2 from `cfg.model.vision`.
+    `num_image_tokens` (positions one image takes after expansion): the vision encoder's
+    `num_patches`; default `mmln.model.vision.image_positions(cfg.model.vision)`, the same rule.
     """
 
     def __init__(self, cfg: Any, tokenizer: Any, num_image_tokens: Optional[int] = None):
@@ -63,6 +63,7 @@ class MMLNDataModule(L.LightningDataModule):
         self.train_set: Optional[LlavaDataset] = None
         self.val_set: Optional[LlavaDataset] = None
         self.train_sampler: Optional[GlobalBatchSampler] = None
+        self.train_lengths: Optional[list[int]] = None  # post-expansion length of every training sample
         self._resume_skip: Optional[tuple[int, int]] = None  # (epoch, micro-batches done) from a checkpoint
 
     # ---- datasets
@@ -70,11 +71,11 @@ class MMLNDataModule(L.LightningDataModule):
         if world_size is not None:
             self.world_size = world_size
         if self.train_set is None:
-            self.train_set, self.val_set = build_datasets(self.cfg, self.tokenizer)
-            if self.num_image_tokens is not None:
-                for ds in (self.train_set, self.val_set):
-                    if ds is not None:
-                        ds.num_image_tokens = self.num_image_tokens
+            if self.num_image_tokens is None:
+                from mmln.model.vision import image_positions
+
+                self.num_image_tokens = image_positions(self.cfg.model.vision)
+            self.train_set, self.val_set = build_datasets(self.cfg, self.tokenizer, self.num_image_tokens)
         t = self.cfg.train
         if t.global_batch_size % (t.micro_batch_size * self._world()):
             raise ConfigError(
@@ -127,9 +128,13 @@ class MMLNDataModule(L.LightningDataModule):
         self.setup()
         assert self.train_set is not None
         t = self.cfg.train
+        if self.train_lengths is None:
+            self.train_lengths = self.train_set.lengths()
         self.train_sampler = _EpochBatchSampler(
             len(self.train_set), t.global_batch_size, t.micro_batch_size,
             world_size=self._world(), rank=self._rank(), seed=t.seed, shuffle=True,
+            lengths=self.train_lengths, grouped=self.cfg.data.batching == "length_grouped",
+            megabatch=int(self.cfg.data.megabatch),
         )
         # Lightning creates the first iterator before its own set_epoch call, and DataLoader workers
         # draw indices at once, so the first epoch to run is set here: the trainer's current epoch,

@@ -2,7 +2,7 @@
 
 They share the step, the optimizer recipe and trainable-only checkpointing (`MLLMModule`); the
 stage-1 module adds LLaVA's `mm_projector.bin` export, the stage-2 module the PEFT adapter export
-for LoRA runs. The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
+of strategies that have a PEFT form (`mmln.formats.peft_adapter`). The nn.Module (`mmln.model.MLLM`) and the strategy are built outside and passed in.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
+from mmln.model.mllm import HostBatch
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float):
@@ -30,19 +31,31 @@ def warmup_cosine(total_steps: int, warmup_ratio: float):
     return factor
 
 
-def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None) -> list[dict]:
-    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings."""
+def param_groups(mllm, lr: float, weight_decay: float, connector_lr: float | None = None,
+                 group_lr: dict | None = None) -> list[dict]:
+    """AdamW groups over trainable parameters only; no decay on norms, biases (1-D) or embeddings.
+
+    `group_lr` ({norms, connector, embeddings, head, adapters, other: lr or None}, groups as in
+    `mmln.tuning.selectors.param_groups_of`) gives a group its own lr; `connector_lr` is its alias
+    for the connector. Each optimizer group carries `"group"`: the group name, or "base" at `lr`.
+    """
+    from mmln.tuning.selectors import param_groups_of
+
+    rates = {k: v for k, v in dict(group_lr or {}).items() if v is not None}
+    if connector_lr is not None:
+        rates.setdefault("connector", connector_lr)
     embeddings = {id(mllm.llm.get_input_embeddings().weight)}
-    connector = {id(p) for p in mllm.connector.parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+    group_of = param_groups_of(mllm)
+    groups: dict[tuple[str, bool], list] = {}
     for p in mllm.parameters():
         if not p.requires_grad:
             continue
         decay = weight_decay > 0 and p.ndim >= 2 and id(p) not in embeddings
-        groups.setdefault((id(p) in connector and connector_lr is not None, decay), []).append(p)
+        name = group_of.get(id(p), "other")
+        groups.setdefault((name if name in rates else "base", decay), []).append(p)
     return [
-        {"params": ps, "lr": connector_lr if is_conn else lr, "weight_decay": weight_decay if decay else 0.0}
-        for (is_conn, decay), ps in groups.items() if ps  # empty groups break ZeRO
+        {"params": ps, "lr": rates.get(name, lr), "weight_decay": weight_decay if decay else 0.0, "group": name}
+        for (name, decay), ps in groups.items() if ps  # empty groups break ZeRO
     ]
 
 
@@ -54,8 +67,15 @@ class MLLMModule(L.LightningModule):
         self.last_batch = {"tokens": 0, "samples": 0}
         self.bad_log = None  # set by fit: mmln.data BadSampleLog fed from batch["bad"]
 
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        # CPU copies of ids / mask / labels: splicing and token counts then never read the GPU (no host sync)
+        if isinstance(batch, dict) and "input_ids" in batch and not batch.get("empty"):
+            batch["host"] = HostBatch(batch["input_ids"], batch["attention_mask"], batch.get("labels"))
+        return batch
+
     def forward(self, batch):
-        return self.mllm(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"])
+        return self.mllm(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
+                         host=batch.get("host"))
 
     def training_step(self, batch, batch_idx):
         if self.bad_log is not None and batch.get("bad"):
@@ -63,7 +83,8 @@ class MLLMModule(L.LightningModule):
         if batch.get("empty"):
             return None  # every sample of this micro-batch was bad and skipped
         out = self(batch)
-        self.last_batch = {"tokens": int(batch["attention_mask"].sum()) + self._image_tokens(batch),
+        mask = batch["host"].attention_mask if batch.get("host") is not None else batch["attention_mask"]
+        self.last_batch = {"tokens": int(mask.sum()) + self._image_tokens(batch),
                            "samples": int(batch["input_ids"].shape[0])}
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False)
@@ -85,7 +106,7 @@ class MLLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr), lr=t.lr,
+        opt = torch.optim.AdamW(param_groups(self.mllm, t.lr, t.weight_decay, t.connector_lr, t.group_lr), lr=t.lr,
                                 betas=(0.9, 0.999), eps=1e-8)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.total_steps, t.warmup_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -128,22 +149,34 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy; LoRA runs also export a PEFT adapter directory."""
+    """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning)
+    exports a PEFT adapter directory through `mmln.formats.peft_adapter` (`lora_adapter/`,
+    `ln_tuning_adapter/`, trained embeddings / head as modules_to_save); other runs with PEFT adapters
+    injected (dora, ia3, vera, layernorm_lora) export `<strategy>_adapter/` (the adapters only: norms,
+    connector, embeddings and head trained next to them are in trainable.safetensors)."""
 
     def export(self, run_dir: Path) -> list[Path]:
-        paths = super().export(run_dir)
-        if self.cfg.tune.strategy == "lora":
-            from peft import LoraConfig, get_peft_model_state_dict
+        from mmln.formats.peft_adapter import export_peft_adapter
+
+        paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
+        out = export_peft_adapter(self.mllm, self.cfg, run_dir)
+        if out is not None:
+            return paths + [out]
+        peft_config = getattr(self.mllm.llm, "peft_config", None)
+        if peft_config:
+            import dataclasses
+
+            from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            out = run_dir / "lora_adapter"
+            out = run_dir / f"{self.cfg.tune.strategy}_adapter"
             out.mkdir(exist_ok=True)
-            lc = self.cfg.tune.lora
-            LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                       target_modules=list(lc.target_modules), task_type="CAUSAL_LM").save_pretrained(out)
+            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
+            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
             state = get_peft_model_state_dict(self.mllm.llm)
             with atomic_path(out / "adapter_model.safetensors") as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+                save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
+                          str(tmp))
             paths.append(out)
         return paths
 

@@ -55,13 +55,21 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     from mmln.model.vision import build_vision
 
     dtype = frozen_dtype(cfg.dtype)
-    vision = build_vision(cfg.vision, load_weights=load_weights).to(dtype)
-    llm = build_llm(cfg.llm, dtype=dtype, load_weights=load_weights, attn_implementation=cfg.attn_implementation)
-    connector = build_connector(cfg.connector.type, vision.hidden_size, llm.config.hidden_size)
+    if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
+        from mmln.formats.init_from import build_parts
+        from mmln.model.vision import VisionEncoder
+
+        backbone, connector, llm = build_parts(cfg, dtype)
+        vision = VisionEncoder(cfg.vision, backbone.to(dtype))
+        connector = connector.float()
+    else:
+        vision = build_vision(cfg.vision, load_weights=load_weights).to(dtype)
+        llm = build_llm(cfg.llm, dtype=dtype, load_weights=load_weights, attn_implementation=cfg.attn_implementation)
+        connector = build_connector(cfg.connector.type, vision.hidden_size, llm.config.hidden_size)
     if cfg.connector.path and load_weights:
         load_connector(connector, cfg.connector.path)
     if cfg.gradient_checkpointing:
         # non-reentrant: with frozen embeddings and connector, reentrant checkpointing drops the norms' grads
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     llm.config.use_cache = False
-    return MLLM(vision, connector, llm, max_length=cfg.max_length)
+    return MLLM(vision, connector, llm, max_length=cfg.max_length, loss_chunk=cfg.loss_chunk)

@@ -45,20 +45,29 @@ def check_llm_dir(path: str | None) -> Path:
 def build_llm(cfg: LLMConfig, *, dtype: torch.dtype = torch.float32, load_weights: bool = True,
               attn_implementation: str = "sdpa") -> PreTrainedModel:
     if cfg.path and load_weights:
+        from mmln.formats.strict import KINDS, WeightsMismatchError, check_loading_info, describe_dir, model_type
+
         path = check_llm_dir(cfg.path)
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
+        if model_type(path) in KINDS:  # a llava / CLIP directory: say which key loads it
+            raise WeightsMismatchError(f"model.llm.path={path}: expected a causal-LM directory, but "
+                                       f"{describe_dir(path)}", "model.llm.path", str(path))
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation, output_loading_info=True
         )
+        check_loading_info(info, path, "model.llm.path")
+        return model
     return AutoModelForCausalLM.from_config(llm_config(cfg), dtype=dtype, attn_implementation=attn_implementation)
 
 
 def load_tokenizer(cfg: LLMConfig):
-    """The LLM's tokenizer from `tokenizer` (else `path`), local files only; pad = unk as LLaVA does for LLaMA."""
+    """The LLM's tokenizer from `tokenizer` (else `path`), local files only; pad = unk as LLaVA does for LLaMA;
+    `tokenizer_legacy` (when set) pins the LLaMA tokenizer's legacy behaviour."""
     path = cfg.tokenizer or cfg.path
     if not path or not Path(path).is_dir():
         raise MissingWeightsError("model.llm.tokenizer", path,
                                   "the tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    kwargs = {} if cfg.tokenizer_legacy is None else {"legacy": bool(cfg.tokenizer_legacy)}
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     return tok

@@ -15,6 +15,14 @@ from mmln.config import VisionConfig
 from mmln.model.errors import MissingWeightsError
 
 
+def image_positions(cfg: VisionConfig) -> int:
+    """Positions one image takes in the LLM sequence: (image_size / patch_size)^2 (+1 with CLS).
+
+    The one definition: `VisionEncoder.num_patches` returns it, and the data side is handed it.
+    """
+    return (cfg.image_size // cfg.patch_size) ** 2 + (1 if cfg.select_feature == "cls_patch" else 0)
+
+
 class VisionEncoder(nn.Module):
     """Pixel values (B, 3, H, W) -> patch features (B, N, hidden). Pure and frozen."""
 
@@ -30,8 +38,7 @@ class VisionEncoder(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        n = (self.cfg.image_size // self.cfg.patch_size) ** 2
-        return n + (1 if self.cfg.select_feature == "cls_patch" else 0)
+        return image_positions(self.cfg)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -83,9 +90,15 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
                     "a Hugging Face CLIP directory (config.json + model.safetensors or pytorch_model.bin), "
                     "e.g. a local copy of openai/clip-vit-large-patch14",
                 )
+            from mmln.formats.strict import check_kind, check_loading_info
+
+            check_kind(path, "model.vision.path", ("clip_vision_model", "clip"))  # e.g. a llava-hf dir: init_from
             hf_cfg = CLIPVisionConfig.from_pretrained(path)
             _check_arch(cfg, hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.image_size, hf_cfg.patch_size)
-            backbone = CLIPVisionModel.from_pretrained(path, local_files_only=True)
+            backbone, info = CLIPVisionModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+            text_side = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")  # a full CLIP dir
+            info["unexpected_keys"] = [k for k in info["unexpected_keys"] if not k.startswith(text_side)]
+            check_loading_info(info, path, "model.vision.path")
         elif cfg.path and (Path(cfg.path) / "config.json").is_file():  # architecture only (meta builds)
             hf_cfg = CLIPVisionConfig.from_pretrained(cfg.path)
             backbone = CLIPVisionModel(hf_cfg)

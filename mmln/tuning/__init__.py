@@ -6,18 +6,21 @@ weights may stay bf16, but a bf16 norm gain near 1.0 cannot take updates below ~
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, field
 
 # import order = registry order (what `--strategy all` lists)
 from mmln.tuning import connector, finetune, lora, projections, layernorm  # noqa: F401,I001  (registers the strategies)
-from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register
+from mmln.tuning import peft_zoo  # noqa: F401,E402  (DoRA, IA3, VeRA, LayerNorm + LoRA, BitFit)
+from mmln.tuning.selectors import GROUPS, param_groups_of
+from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register, strategy_problem
 
-__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register", "trainable_names"]
+__all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register",
+           "strategy_problem", "trainable_names"]
 
 
 def apply_strategy(mllm, tune) -> list[str]:
+    import torch
+
     strategy = get_strategy(tune.strategy)
     mllm.requires_grad_(False)
     if strategy.prepare is not None:
@@ -51,6 +54,7 @@ def trainable_names(mllm) -> list[str]:
 class ParamCount:
     total: int
     trainable: int
+    groups: dict[str, int] = field(default_factory=dict)  # trainable per group (mmln.tuning.selectors.GROUPS)
 
     @property
     def percent(self) -> float:
@@ -58,6 +62,12 @@ class ParamCount:
 
 
 def count_params(mllm) -> ParamCount:
-    """The paper's accounting: the whole MLLM (vision encoder included, adapters added) is the total."""
+    """The paper's accounting: the whole MLLM (vision encoder included, adapters added) is the total;
+    `groups` splits the trainable count into norms / connector / embeddings / head / adapters / other."""
     params = {id(p): p for p in mllm.parameters()}.values()  # tied weights count once
-    return ParamCount(sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
+    group_of = param_groups_of(mllm)
+    groups = dict.fromkeys(GROUPS, 0)
+    for p in params:
+        if p.requires_grad:
+            groups[group_of[id(p)]] += p.numel()
+    return ParamCount(sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad), groups)

@@ -1,12 +1,25 @@
 """Parameter selectors for the strategies: the norms (by module type) and the projections (by block
-structure) a strategy trains."""
+structure) a strategy trains. torch is imported only when a selector runs, so that importing the
+strategy registry (as config validation does for `tune.strategy`) stays light."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from mmln.model.layout import is_norm, llm_decoder
+
+def is_norm(module: nn.Module) -> bool:
+    """`mmln.model.layout.is_norm` (norms by type), imported on first use."""
+    from mmln.model.layout import is_norm as by_type
+
+    return by_type(module)
+
+
+def llm_decoder(mllm) -> nn.Module:
+    from mmln.model.layout import llm_decoder as decoder
+
+    return decoder(mllm)
 
 __all__ = ["block_linear_params", "block_norm_params", "final_norm_params", "is_norm"]
 
@@ -47,3 +60,26 @@ def block_linear_params(mllm, names: tuple[str, ...]) -> Iterator[nn.Parameter]:
     return _params(
         m for layer in mllm.decoder_layers() for n, m in layer.named_modules() if n.rsplit(".", 1)[-1] in names
     )
+
+
+GROUPS = ("norms", "connector", "embeddings", "head", "adapters", "other")  # "other": LLM weights, biases
+
+
+def param_groups_of(mllm) -> dict[int, str]:
+    """id(parameter) -> its group (GROUPS, or "vision"); a tied head is the embeddings' tensor, so
+    it is in "embeddings" and "head" stays empty. Adapters = tensors PEFT injected into the LLM."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out = {id(p): "vision" for p in mllm.vision.parameters()}
+    out.update({id(p): "other" for p in mllm.llm.parameters()})
+    for m in mllm.llm.modules():
+        if is_norm(m):
+            out.update({id(p): "norms" for p in m.parameters(recurse=False)})
+        if isinstance(m, BaseTunerLayer):
+            for name in m.adapter_layer_names:
+                sub = getattr(m, name, None)
+                out.update({id(p): "adapters" for p in (sub.parameters() if sub is not None else ())})
+    out[id(mllm.llm.get_output_embeddings().weight)] = "head"
+    out[id(mllm.llm.get_input_embeddings().weight)] = "embeddings"
+    out.update({id(p): "connector" for p in mllm.connector.parameters()})
+    return out

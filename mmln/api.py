@@ -1,0 +1,66 @@
+"""The Python API: `mmln.load(config, ckpt)` -> a model that answers questions about images.
+
+    import mmln
+    model = mmln.load("conf/demo/stage2.yaml", "demo/outputs/demo_ln/layernorm-lr0.003/trainable.safetensors")
+    model.ask("cat.jpg", "What colour is the shape?")                  # -> "red"
+    model.ask(["a.jpg", "b.jpg"], ["Is there a circle?", "How many shapes are there?"])  # -> [..., ...]
+
+The model is built exactly as `mmln.evaluate` builds it (`mmln.evaluate.load_model`: the config's
+model, its tuning strategy, the checkpoint's tuned tensors) and answers with the evaluation runner
+(`mmln.eval.runner.Runner`: the config's chat template, greedy decoding, batched with the KV cache).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+ImageLike = Union[str, Path, "PIL.Image.Image"]  # noqa: F821
+
+
+class Model:
+    """A loaded MLLM with its tokenizer and image processor; `ask` answers (image, question) pairs."""
+
+    def __init__(self, cfg: Any, mllm: Any, tokenizer: Any, image_processor: Any):
+        from mmln.eval.runner import Runner, decoding_for
+
+        self.cfg, self.mllm, self.tokenizer = cfg, mllm, tokenizer
+        self.runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
+                             num_workers=0, seed=cfg.eval.seed)
+
+    def ask(self, image: Union[ImageLike, Sequence[ImageLike], None],
+            question: Union[str, Sequence[str]]) -> Union[str, list[str]]:
+        """One answer for one (image, question); a list of answers for lists (one image for all
+        questions, or one per question). `image=None` asks a text-only question."""
+        from PIL import Image
+
+        from mmln.eval.runner import Query, human
+
+        single = isinstance(question, str)
+        questions = [question] if single else list(question)
+        one = image is None or isinstance(image, (str, Path, Image.Image))
+        images = [image] * len(questions) if one else list(image)
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions: give one image, or one per question")
+        for im in images:
+            if isinstance(im, (str, Path)) and not Path(im).is_file():
+                raise FileNotFoundError(f"image not found: {im}")
+        queries = [Query([human(("<image>\n" if im is not None else "") + q)],
+                         im if im is None or isinstance(im, Image.Image) else Path(im))
+                   for im, q in zip(images, questions)]
+        answers = self.runner.generate(queries)
+        return answers[0] if single else answers
+
+
+def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Model:
+    """The model of `config` (a YAML path or a loaded config) with the tuned tensors of `ckpt` (a
+    run's `trainable.safetensors` or `checkpoints/last.ckpt`; None or "none" = untuned)."""
+    from omegaconf import DictConfig
+
+    from mmln.config import load_config
+    from mmln.evaluate import load_model
+
+    cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides))
+    ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or checkpoints/last.ckpt)")
+    return Model(cfg, *load_model(cfg, ckpt))

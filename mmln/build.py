@@ -1,0 +1,43 @@
+"""The one way to build a model from a run config (+ a checkpoint of its trainable tensors).
+
+`build_model(cfg, ckpt)`: seed `train.seed` (parts without a weights path are random init, and
+must come out as `mmln.fit` built them), build the MLLM (`mmln.model.build_mllm`), apply the
+tuning strategy (`mmln.tuning.apply_strategy`), then load the checkpoint's trainable tensors
+strictly (a run's `trainable.safetensors` or `checkpoints/last.ckpt`). Used by fit, evaluate,
+analyze and export. The number of positions one image takes comes from the built vision
+encoder only (`mllm.vision.num_patches`); the data side is handed that number.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def build_model(cfg: Any, ckpt: Optional[str] = None):
+    """Seeded MLLM with the strategy applied and `ckpt`'s trainable tensors loaded (None = untuned).
+
+    A checkpoint whose tensors do not match the strategy raises `mmln.config.ConfigError`.
+    """
+    import torch
+
+    from mmln.config import ConfigError
+    from mmln.model import build_mllm
+    from mmln.model.checkpoint import load_trainable, read_trainable
+    from mmln.tuning import apply_strategy
+
+    torch.manual_seed(cfg.train.seed)
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    if ckpt:
+        try:
+            state = read_trainable(ckpt)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # not a safetensors file / not a Lightning checkpoint of this project
+            first = str(e).splitlines()[0][:200] if str(e) else "-"
+            raise ConfigError(f"--ckpt {ckpt}: not a checkpoint ({type(e).__name__}: {first}); give a run's "
+                              "trainable.safetensors or checkpoints/last.ckpt, or 'none'") from None
+        try:
+            load_trainable(mllm, state, source=str(ckpt))
+        except ValueError as e:  # the checkpoint's tensors do not match the configured strategy
+            raise ConfigError(str(e)) from None
+    return mllm

@@ -1,0 +1,93 @@
+"""A tuned LLM as a PEFT adapter directory: `PeftModel.from_pretrained(base_llm, DIR)` reproduces it.
+
+Generic over PEFT methods: the strategy gives its PEFT config (`Strategy.peft_config`); PEFT
+itself builds the adapter structure on a weightless (meta-device) copy of the LLM, mmln's tuned
+tensors are put into it by name, and PEFT's own `save_pretrained` writes the directory (keys
+with PEFT's `base_model.model.` prefix, `adapter_config.json`). A trained input embedding or LM
+head goes into the adapter as PEFT `modules_to_save`. Every tensor the run trained inside the
+LLM must land in the adapter, and every adapter tensor must come from the run: anything else is
+an error, never a silently partial adapter. The connector is not part of the LLM: it travels
+beside the adapter as LLaVA's `mm_projector.bin`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PEFT_PREFIX = "base_model.model."
+_WRAPPED = re.compile(r"\.[A-Za-z_0-9]+\.default(?=\.)")  # ln_tuning_layers.default, modules_to_save.default
+
+
+def _trio_modules(llm) -> list[str]:
+    """Names (relative to the LLM) of the input embedding / LM head when they train."""
+    out = []
+    for module in (llm.get_input_embeddings(), llm.get_output_embeddings()):
+        if module is not None and module.weight.requires_grad:
+            out.append(next(n for n, m in llm.named_modules() if m is module).rsplit(".", 1)[-1])
+    return out
+
+
+def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None) -> Path:
+    """Write the LLM part of a tuned `mllm` as a PEFT adapter directory `out`; returns it."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mmln.io import atomic_dir
+    from mmln.tuning import get_strategy
+
+    strategy = get_strategy(tune.strategy)
+    if strategy.peft_config is None:
+        raise ValueError(f"tune.strategy={tune.strategy!r} has no PEFT form: export it merged "
+                         "(python -m mmln.export --format hf-llava) instead")
+    llm = mllm.llm
+    # every name of a trained tensor, tied ones too (a tied head is the trained embedding under a second name)
+    trained = {n: p for n, p in llm.named_parameters(remove_duplicate=False) if p.requires_grad}
+    config = strategy.peft_config(mllm, tune)
+    trio = _trio_modules(llm)
+    if trio:
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | set(trio))
+    config.base_model_name_or_path = base_path
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(llm.config)
+    pm = get_peft_model(skeleton, config)
+    wanted = [n for n, p in pm.named_parameters() if p.requires_grad]
+    state, used = {}, set()
+    for name in wanted:
+        rel = name.removeprefix(PEFT_PREFIX)
+        src = rel if rel in trained else _WRAPPED.sub("", rel)
+        if src not in trained:
+            raise ValueError(f"PEFT adapter tensor '{name}' ({config.peft_type}) has no trained counterpart in "
+                             f"the run (looked for '{src}'): the strategy's PEFT config does not describe it")
+        state[name] = trained[src].detach().to(torch.float32).clone()
+        used.add(id(trained[src]))
+    left = sorted(n for n, p in llm.named_parameters() if p.requires_grad and id(p) not in used)
+    if left:
+        raise ValueError(f"the {config.peft_type} adapter would not carry {len(left)} tensors the run trained, "
+                         f"e.g. {left[:4]}: the strategy's PEFT config misses them")
+    pm.load_state_dict(state, strict=False, assign=True)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        pm.save_pretrained(tmp)
+    return out
+
+
+def adapter_dir_name(config) -> str:
+    """`lora_adapter`, `ln_tuning_adapter`, ...: the PEFT type, lower-case."""
+    return f"{str(getattr(config.peft_type, 'value', config.peft_type)).lower()}_adapter"
+
+
+def export_peft_adapter(mllm, cfg, run_dir: str | Path) -> Path | None:
+    """`<run_dir>/<type>_adapter/` for a strategy with a PEFT form (else None), with the connector
+    beside the adapter weights as LLaVA's `mm_projector.bin` when the run trained it."""
+    from mmln.model import save_mm_projector
+    from mmln.tuning import get_strategy
+
+    strategy = get_strategy(cfg.tune.strategy)
+    if strategy.peft_config is None:
+        return None
+    out = Path(run_dir) / adapter_dir_name(strategy.peft_config(mllm, cfg.tune))
+    save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path)
+    if any(p.requires_grad for p in mllm.connector.parameters()):
+        save_mm_projector(mllm.connector, out / "mm_projector.bin")
+    return out

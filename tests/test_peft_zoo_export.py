@@ -1,0 +1,60 @@
+"""The PEFT methods' adapters export as PEFT adapter directories that PEFT itself reloads onto the
+base model with the same logits (fp32), for every PEFT-based strategy."""
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from mmln.lit.module import module_for
+from mmln.model import build_mllm
+from mmln.tuning import apply_strategy
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("strategy", ["lora", "dora", "ia3", "vera"])
+def test_adapter_reloads_in_peft_with_equal_logits(strategy, tmp_path):
+    # trio frozen: the PEFT adapter carries the adapters only (a trained trio is in trainable.safetensors)
+    cfg = tiny_config(f"tune.strategy={strategy}", "tune.vera.r=8", "tune.lora.r=4", "tune.lora.dropout=0.0",
+                      "tune.train_connector=false", "tune.train_embeddings=false", "tune.train_head=false")
+    mllm = build_mllm(cfg.model)
+    mllm.llm.save_pretrained(tmp_path / "base")
+    names = apply_strategy(mllm, cfg.tune)
+    assert names and all(n.startswith("llm.") for n in names)
+    with torch.no_grad():  # as if trained: move every adapter tensor away from its (often no-op) init
+        for n, p in mllm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+    paths = module_for(cfg, mllm, total_steps=10).export(tmp_path)
+    adapter = tmp_path / f"{strategy}_adapter"
+    assert adapter in paths and (adapter / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    ids = torch.randint(3, 512, (2, 12))
+    with torch.no_grad():
+        plain = base(ids).logits.clone()
+        reloaded = PeftModel.from_pretrained(base, adapter).eval()(ids).logits
+        ours = mllm.llm.eval()(ids).logits
+    assert (ours - plain).abs().max() > 1e-3  # the adapters change the model...
+    assert (reloaded - ours).abs().max() < 1e-5  # ...and PEFT reproduces it from the export
+
+
+@pytest.mark.parametrize("strategy", ["dora", "ia3", "vera", "layernorm_lora"])
+def test_merged_export_folds_every_peft_adapter(strategy):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from mmln.export import merge_lora
+
+    cfg = tiny_config(f"tune.strategy={strategy}", "tune.vera.r=8", "tune.lora.r=4", "tune.lora.dropout=0.0")
+    mllm = build_mllm(cfg.model)
+    apply_strategy(mllm, cfg.tune)
+    with torch.no_grad():
+        for p in mllm.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+    ids = torch.randint(3, 512, (2, 12))
+    with torch.no_grad():
+        before = mllm.llm.eval()(ids).logits.clone()
+        assert merge_lora(mllm.llm) > 0
+        after = mllm.llm(ids).logits
+    assert not any(isinstance(m, BaseTunerLayer) for m in mllm.llm.modules())
+    assert not any("base_layer" in n for n, _ in mllm.llm.named_parameters())
+    assert (after - before).abs().max() < 1e-4  # fp32 rounding of the folded weights (logits ~ 1-4)
