@@ -289,7 +289,7 @@ def val_loss(cfg, ckpt: str) -> float:
     from mmln.evaluate import load_model
 
     mllm, tokenizer, _ = load_model(cfg, ckpt)
-    _, val = build_datasets(cfg, tokenizer)
+    _, val = build_datasets(cfg, tokenizer, mllm.vision.num_patches)
     if val is None or len(val) == 0:
         raise ConfigError(f"--proxy-metric {VAL_LOSS}: the run has no validation records: set data.val.files "
                           "(held-out LLaVA records; data.val.limit=N for a fixed subset) or another proxy")
