@@ -8,10 +8,12 @@ that names the key and the closest valid ones.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -187,12 +189,15 @@ class TrainConfig:
     log_every_n_steps: int = 10
     save_every_n_steps: int = 500
     val_every_n_steps: Optional[int] = None
+    nonfinite: str = "stop"  # a non-finite gradient / weight: stop (FAILED, last good checkpoint kept) | skip_step
+    nonfinite_limit: int = 10  # skip_step: fail once more than this many steps were skipped
 
 
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Optional[str] = None  # default: the config family (file name without the strategy)
+    offline: bool = False  # an unreachable tracking server: false = stop at once; true = log to <output_dir>/mlflow-offline.db
     artifact_max_mb: float = 1024.0  # larger run files (a 7B finetune's weights) are logged as a path reference, not copied
 
 
@@ -232,6 +237,8 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
+    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps,
+    # after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
 
 
 @dataclass
@@ -239,7 +246,8 @@ class RunConfig:
     stage: str = "instruct"  # pretrain (stage 1: connector) | instruct (stage 2: a tuning strategy)
     run_name: Optional[str] = None
     output_dir: str = "outputs"
-    resume: str = "auto"  # auto (continue from checkpoints/last.ckpt when present) | never | a checkpoint path
+    resume: str = "auto"  # auto (continue from checkpoints/last.ckpt when present) | never | a checkpoint path or URL
+    resume_changed_config: bool = False  # continue a checkpoint whose run had other result-changing settings
     quiet: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -261,6 +269,7 @@ CHOICES = {
     "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
+    "train.nonfinite": ("stop", "skip_step"),
     "data.batching": ("length_grouped", "random"),
     "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
@@ -321,7 +330,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Any, str]]
         raise ConfigError(f"config file not found: {path}")
     if path in seen:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(map(str, seen + (path,)))}")
-    raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {what}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(raw).__name__}")
     parents = raw.pop("inherit", []) or []
@@ -386,6 +401,16 @@ def validate(cfg: DictConfig) -> None:
         t.connector_lr = t.group_lr.connector
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    for key in ("lr", "connector_lr"):
+        value = t[key]
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"train.{key}={value} must be a finite number > 0")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ConfigError(f"train.max_steps={t.max_steps} trains no step: use -1 (train.epochs decides) or >= 1")
+    if t.epochs < 1 and not (t.epochs == -1 and t.max_steps >= 1):
+        raise ConfigError(f"train.epochs={t.epochs} trains no step: use >= 1 (or -1 with train.max_steps >= 1)")
+    if t.nonfinite_limit < 0:
+        raise ConfigError(f"train.nonfinite_limit={t.nonfinite_limit} must be >= 0")
     if not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
     if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:

@@ -11,7 +11,9 @@ strategy), into `outputs/<experiment>/<run>/`:
     efficiency.json           tokens/s, samples/s, step time, peak memory
 
 and tracks it in MLflow (params = the flattened config; metrics = loss, lr, perf/*; artifacts).
-A run that raises is recorded as FAILED with its error, and the logger is closed either way.
+A run is FINISHED only once all of that was written; one that raises is FAILED with its error (a
+non-finite step also names the step), one stopped by SIGTERM / SIGINT saves a resumable checkpoint
+and is KILLED; the process then exits non-zero.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
-from mmln.model.errors import MissingWeightsError
+from mmln.model.errors import CheckpointError, MissingWeightsError
 
 
 @dataclass
@@ -54,6 +56,22 @@ def fail_at(step: int):
                 raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
 
     return FailAt()
+
+
+def pause_at(steps, run_dir: Path):
+    """debug.pause_at_steps: a callback that, at the first batch starting at one of those optimizer
+    steps, writes `<run dir>/paused-<step>` and sleeps, so that a test can kill the process there
+    (once per step: a resumed run passes it)."""
+    from lightning.pytorch import Callback
+
+    class PauseAt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            marker = run_dir / f"paused-{trainer.global_step}"
+            if trainer.global_step in set(steps) and not marker.exists():
+                write_text(marker, str(os.getpid()))
+                time.sleep(600)
+
+    return PauseAt()
 
 
 def preflight(cfg) -> None:
@@ -170,8 +188,10 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
     from mmln.build import build_model
+    from mmln.lit.safety import (NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal,
+                                 StopRequested)
     from mmln.model.llm import load_tokenizer
-    from mmln.tracking import make_logger, tracking_uri
+    from mmln.tracking import TrackingUnreachable, check_reachable, close_orphans, make_logger, offline_uri, tracking_uri
     from mmln.tuning import count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
@@ -190,6 +210,16 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     experiment, name = experiment_name(cfg, config_path), run_name(cfg)
     run_dir = Path(cfg.output_dir) / experiment / name
     ckpt_dir = run_dir / "checkpoints"
+    resume = resolve_resume(cfg, run_dir)
+    uri = tracking_uri(cfg.tracking.uri)
+    try:
+        check_reachable(uri)  # seconds, before any model loads
+    except TrackingUnreachable as e:
+        if not cfg.tracking.offline:
+            raise
+        uri = offline_uri(cfg.output_dir)
+        print(f"warning: {e}; tracking.offline=true: logging to {uri} instead "
+              f"(browse it with `mlflow ui --backend-store-uri {uri}`)", file=sys.stderr)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # data and model -----------------------------------------------------------------------
@@ -210,14 +240,9 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     module.bad_log = BadSampleLog()
 
     # tracking -------------------------------------------------------------------------------
-    uri = tracking_uri(cfg.tracking.uri)
-    resume = None
-    if cfg.resume == "auto" and (ckpt_dir / "last.ckpt").is_file():
-        resume = str(ckpt_dir / "last.ckpt")
-    elif cfg.resume not in ("auto", "never"):
-        resume = cfg.resume
     prior = _prior_run_id(run_dir) if resume else None
-    logger = make_logger(experiment, name, uri, run_tags(cfg, experiment), run_id=prior)
+    logger = make_logger(experiment, name, uri, {**run_tags(cfg, experiment), "run_dir": str(run_dir.resolve())},
+                         run_id=prior)
     if prior is None:
         logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(cfg).items()})
     rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
@@ -228,6 +253,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
                   "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
+        close_orphans(logger, "run_dir", str(run_dir.resolve()))  # runs of this folder a kill left RUNNING
 
     # a paused run's last.ckpt is the one of the pause step (a divisor of it), never the end-of-training one
     every = cfg.train.save_every_n_steps if pause is None else math.gcd(cfg.train.save_every_n_steps, pause)
@@ -244,9 +270,16 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
+    if cfg.debug.pause_at_steps:
+        callbacks.append(pause_at(cfg.debug.pause_at_steps, run_dir))
+    stopper = StopOnSignal(ckpt_dir / "last.ckpt")
+    callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit,
+                                 check_grads=not precision(cfg).startswith("16")), stopper]
+    strategy = lightning_strategy(cfg)
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=lightning_strategy(cfg), precision=precision(cfg),
+        strategy=strategy, precision=precision(cfg),
+        plugins=[] if "deepspeed" in type(strategy).__name__.lower() else [SafeCheckpointIO()],
         max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps if pause is None else pause,
         accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
@@ -258,33 +291,107 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     try:
         logger.experiment.set_tag(logger.run_id, "mlflow.note.content", f"run dir: {run_dir.resolve()}")
         t0 = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        stopper.raise_if_stopped()  # a signal during the last step
         wall = time.time() - t0
-    except BaseException as e:
-        logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        logger.finalize("FAILED")  # Lightning already marked it failed when the error came from inside fit
-        raise
-    if pause is not None:
-        logger.finalize("KILLED")  # paused, not finished: a sweep decides whether it continues
-        return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
-    metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
-               "params/total": counts.total, "params/percent": counts.percent,
-               **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
-               "data/bad_samples": float(module.bad_log.total)}
-    if trainer.is_global_zero:
-        from mmln.tracking import log_file_or_reference
+        if pause is not None:
+            logger.end("KILLED")  # paused, not finished: a sweep decides whether it continues
+            return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
+        metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
+                   "params/total": counts.total, "params/percent": counts.percent,
+                   **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
+                   "data/bad_samples": float(module.bad_log.total)}
+        if trainer.is_global_zero:
+            from mmln.tracking import log_file_or_reference
 
-        for path in module.export(run_dir):
-            if path.is_file():
-                log_file_or_reference(logger.experiment, logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
-        write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
-        for f in ("config.yaml", "params.json", "efficiency.json"):
-            logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
-        logger.log_metrics(metrics, step=trainer.global_step)
-        if module.bad_log.total:
-            logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
-    logger.finalize("success")
+            for path in module.export(run_dir):
+                if path.is_file():
+                    log_file_or_reference(logger.experiment, logger.run_id, path,
+                                          int(cfg.tracking.artifact_max_mb * 2**20))
+            write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
+            for f in ("config.yaml", "params.json", "efficiency.json"):
+                logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if module.bad_log.total:
+                logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+    except BaseException as e:  # the run is FINISHED only when everything above was written
+        if isinstance(e, StopRequested):
+            e = RunInterrupted(e.signum, e.step, e.ckpt)
+        logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        if isinstance(e, NonFiniteError):
+            logger.experiment.set_tag(logger.run_id, "failed_step", str(e.step))
+            logger.experiment.set_tag(logger.run_id, "failure_reason", e.reason[:5000])
+        killed = isinstance(e, KeyboardInterrupt) or stopper.received is not None
+        logger.end("KILLED" if killed else "FAILED")
+        if isinstance(e, RunInterrupted):
+            raise e from None
+        raise
+    logger.end("FINISHED")
     return RunResult(run_dir, logger.run_id, experiment, name, metrics, total)
+
+
+def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
+    """The checkpoint to continue from (checked now, before anything heavy), or None to start fresh.
+
+    `auto`: `checkpoints/last.ckpt` when present. `never`: old checkpoints are moved aside to
+    `checkpoints.old-<time>/` (so a later `auto` cannot pick up a stale run). A path or an
+    http(s) URL (downloaded into the run folder): that checkpoint. Leftover temp files of a killed
+    run are removed first."""
+    from mmln.lit.safety import read_resume_checkpoint
+
+    ckpt_dir = run_dir / "checkpoints"
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if rank0 and ckpt_dir.is_dir():
+        for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.io.atomic_path's temp files
+            tmp.unlink(missing_ok=True)
+    resume: Optional[str] = None
+    if cfg.resume == "auto":
+        resume = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
+    elif cfg.resume == "never":
+        if rank0 and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+            aside = ckpt_dir.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            ckpt_dir.rename(aside)
+            print(f"resume=never: moved the old checkpoints aside to {aside}", file=sys.stderr)
+    elif cfg.resume.startswith(("http://", "https://")):
+        import torch
+
+        local = run_dir / "resume_download.ckpt"
+        if rank0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(cfg.resume, str(local), progress=False)
+        resume = str(local)
+    else:
+        resume = cfg.resume
+    if resume is not None:
+        read_resume_checkpoint(resume)  # weights_only; damaged or foreign files end here, naming the file
+        check_same_config(cfg, Path(resume))
+    return resume
+
+
+# settings that may change between a run and its resumption: where and how it is run and logged,
+# not what it computes (data.num_workers included: train iterators draw from their own generator)
+RESUME_VOLATILE = ("resume", "resume_changed_config", "quiet", "output_dir", "debug.", "data.num_workers",
+                   "tracking.", "eval.", "train.log_every_n_steps", "train.save_every_n_steps")
+
+
+def check_same_config(cfg, ckpt: Path) -> None:
+    """The checkpoint's run (its folder's config.yaml) must have been configured as this one."""
+    from omegaconf import OmegaConf
+
+    saved = ckpt.parent.parent / "config.yaml" if ckpt.parent.name == "checkpoints" else ckpt.parent / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = flatten(OmegaConf.load(saved)), flatten(cfg)
+    changed = sorted(k for k in old.keys() & new.keys()  # a key newer than the checkpoint is its default
+                     if old.get(k) != new.get(k) and not k.startswith(RESUME_VOLATILE))
+    if changed and not cfg.resume_changed_config:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"resume: {ckpt} was trained with other settings ({diff}{', ...' if len(changed) > 8 else ''}"
+                          f"; from {saved}): use them, or resume=never to start over, or "
+                          "resume_changed_config=true to continue anyway")
+    if changed:
+        print(f"warning: resume_changed_config=true: continuing {ckpt} with changed {', '.join(changed)}",
+              file=sys.stderr)
 
 
 def _prior_run_id(run_dir: Path) -> Optional[str]:
@@ -300,17 +407,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
-    except Exception as e:  # the data errors live with torch-importing modules: imported only now
+    except Exception as e:  # these errors live with torch-importing modules: imported only now
         from mmln.data.dataset import BadSampleError
         from mmln.data.records import DataError
+        from mmln.lit.safety import NonFiniteError
+        from mmln.tracking import TrackingUnreachable
 
+        if isinstance(e, (NonFiniteError, TrackingUnreachable)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if not isinstance(e, (DataError, BadSampleError)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        from mmln.lit.safety import RunInterrupted
+
+        if isinstance(e, RunInterrupted):
+            print(f"stopped: {e}", file=sys.stderr)
+            return 128 + e.signum  # what a shell reports for a process ended by that signal
+        raise
     print(f"run: {result.run_dir}  (MLflow experiment '{result.experiment}', run '{result.run_name}', "
           f"id {result.run_id}); review with `make ui`")
     return 0

@@ -7,8 +7,10 @@ after the project folder is moved or copied (`relocate_artifacts`).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +80,50 @@ def artifact_root(uri: str) -> Optional[str]:
     return None
 
 
+class TrackingUnreachable(RuntimeError):
+    """The tracking server does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking URI must answer MLflow's /health within `timeout` seconds (MLflow itself
+    retries for minutes before failing); other URIs (sqlite, file) are local."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy in front of the server may not route /health)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnreachable(
+            f"tracking URI {uri} is not reachable ({reason}): start the MLflow server, fix tracking.uri / "
+            "$MLFLOW_TRACKING_URI, or set tracking.offline=true to log into a local store to sync later") from None
+
+
+def offline_uri(output_dir: str | Path) -> str:
+    """The local store an offline run logs to (`tracking.offline=true` with an unreachable server)."""
+    return tracking_uri(f"{SQLITE}{Path(output_dir) / 'mlflow-offline.db'}")
+
+
+@contextmanager
+def store_lock(uri: str):
+    """An exclusive file lock beside a sqlite store (`<db>.lock`); nothing for other URIs."""
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    db = Path(uri[len(SQLITE):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # MLflow 3's UI opens an experiment without this tag in its GenAI layout (runs labelled "Evaluations")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -100,14 +146,61 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
-    """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours)."""
+def _logger_class():
     from lightning.pytorch.loggers import MLFlowLogger
+
+    class RunLogger(MLFlowLogger):
+        """MLFlowLogger whose run status only mmln.fit sets (`end`): Lightning calls `finalize("success")`
+        when `trainer.fit` returns, before the final artifacts are written, so a failed export would
+        otherwise leave a FINISHED run. On resume, steps already logged are not logged again."""
+
+        logged_through: dict[str, int] = {}
+
+        def finalize(self, status: str = "success") -> None:
+            pass
+
+        def end(self, status: str) -> None:
+            MLFlowLogger.finalize(self, status)
+
+        def log_metrics(self, metrics, step=None) -> None:
+            if step is not None and self.logged_through:
+                metrics = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
+            if metrics:
+                super().log_metrics(metrics, step)
+
+    return RunLogger
+
+
+def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
+    """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours); the run
+    ends only with `logger.end(status)`. A continued run (`run_id`) skips steps it already logged."""
     from mlflow import MlflowClient
 
-    get_or_create_experiment(MlflowClient(uri), experiment, uri)
-    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
-                        log_model=False, run_id=run_id)
+    # MLflow creates and migrates a new sqlite store on first use, which races between processes
+    # started at once (lost runs, a store that no longer opens): do that, and the experiment, once
+    # under a lock. The store object is cached per URI, so later clients in this process reuse it.
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        get_or_create_experiment(client, experiment, uri)
+    logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
+                             log_model=False, run_id=run_id)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")  # a continued run is running again until it ends
+        logger.logged_through = {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1)
+                                 for k in client.get_run(run_id).data.metrics}
+    return logger
+
+
+def close_orphans(logger, tag: str, value: str) -> list[str]:
+    """Mark KILLED every other RUNNING run of this experiment whose tag `tag` is `value` (runs of the
+    same run folder left behind by a killed process); returns their ids."""
+    client = logger.experiment
+    runs = client.search_runs([logger.experiment_id],
+                              f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'", max_results=1000)
+    orphans = [r.info.run_id for r in runs if r.info.run_id != logger.run_id]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
+    return orphans
 
 
 def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> str:

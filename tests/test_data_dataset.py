@@ -166,3 +166,22 @@ def test_plain_template_on_cc3m(synth_data, toks):
     # ids are JSON-serialisable record ids, and every record decodes
     assert all("bad" not in ds[i] for i in range(len(ds)))
     json.dumps([ds[i]["id"] for i in range(3)])
+
+
+def test_an_image_path_leaving_the_image_folder_is_a_counted_bad_sample(synth_data, toks, tmp_path):
+    import shutil
+
+    good = json.loads(synth_data["instruct_80k"].read_text())[0]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    real = next(iter(sorted(synth_data["coco_train2017"].iterdir())))
+    shutil.copy(real, folder / "inside.jpg")
+    shutil.copy(real, tmp_path / "outside.jpg")  # a real image, just not in the folder
+    recs = [{**good, "id": "in", "image": "inside.jpg"}, {**good, "id": "up", "image": "../outside.jpg"},
+            {**good, "id": "abs", "image": str(tmp_path / "outside.jpg")},
+            {**good, "id": "dots", "image": "./inside.jpg"}]
+    f = tmp_path / "recs.json"
+    f.write_text(json.dumps(recs))
+    out = {s["id"]: s.get("bad") for s in (lambda ds: [ds[i] for i in range(len(ds))])(
+        dataset(read_records([f], folder), toks[True]))}
+    assert out == {"in": None, "up": "image_outside_folder", "abs": "image_outside_folder", "dots": None}

@@ -119,3 +119,52 @@ def test_build_from_config():
                              "data.image_aspect=pad"])
     p = build_image_processor(cfg.model.vision, cfg.data.image_aspect)
     assert isinstance(p, TimmPreprocess) and p.pad and p(photo(90, 70)).shape == (3, 224, 224)
+
+
+def _original() -> Image.Image:
+    """An 8-bit RGB picture with every level of every channel somewhere."""
+    y, x = np.mgrid[0:48, 0:64]
+    a = np.stack([(x * 4) % 256, (y * 5) % 256, (x * 3 + y * 2) % 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def _file_of_mode(mode: str, tmp_path) -> tuple:
+    """(a file holding the original in `mode`, what its 8-bit RGB content must be)."""
+    rgb = _original()
+    gray = rgb.convert("L")
+    g = np.asarray(gray)
+    opaque = Image.new("L", rgb.size, 255)
+    made = {
+        "L": (gray, "png", gray),
+        "I;16": (Image.fromarray(g.astype(np.uint16) * 257), "png", gray),  # a 16-bit PNG
+        "I": (Image.fromarray(g.astype(np.int32) * 257), "tiff", gray),
+        "F": (Image.fromarray(g.astype(np.float32) / 255), "tiff", gray),
+        "LA": (Image.merge("LA", (gray, opaque)), "png", gray),
+        "P": (rgb.quantize(256), "png", rgb),
+        "RGBA": (Image.merge("RGBA", (*rgb.split(), opaque)), "png", rgb),
+        "CMYK": (rgb.convert("CMYK"), "tiff", rgb),
+        "1": (rgb.convert("1"), "png", rgb.convert("1")),
+    }
+    image, ext, expect = made[mode]
+    path = tmp_path / f"im_{mode.replace(';', '')}.{ext}"
+    image.save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode or (mode == "I;16" and check.mode in ("I;16", "I")), check.mode
+    return path, expect.convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F", "LA", "P", "RGBA", "CMYK", "1"])
+def test_every_image_mode_keeps_its_content(tmp_path, mode):
+    path, expect = _file_of_mode(mode, tmp_path)
+    got = np.asarray(load_image(path), dtype=np.int16)
+    diff = np.abs(got - np.asarray(expect, dtype=np.int16))
+    if mode == "P":  # 256 palette colours for a picture with more: quantisation error only
+        assert diff.mean() < 4 and got.std() > 40, (diff.mean(), got.std())
+    else:
+        assert diff.max() <= (1 if mode == "F" else 0), diff.max()
+
+
+def test_a_lab_image_is_refused_not_garbled(tmp_path):
+    _original().convert("LAB").save(tmp_path / "lab.tiff")
+    with pytest.raises(ValueError, match="mode LAB"):
+        load_image(tmp_path / "lab.tiff")

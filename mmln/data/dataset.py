@@ -12,7 +12,8 @@ left with no good sample has `batch["empty"] = True` so the training step can sk
 `BadSampleLog` accumulates `batch["bad"]` in the training loop. With `on_bad_sample="error"`,
 `BadSampleError` names the file, the record id and the reason.
 
-Reasons: missing_image, corrupt_image, truncated_image, malformed, no_assistant,
+Reasons: missing_image, image_outside_folder (an `image` path that leaves the image folder, with
+`../` or as an absolute path), corrupt_image, truncated_image, malformed, no_assistant,
 missing_image_token, repeated_image_token, mask_mismatch, no_supervised_tokens (nothing
 supervised left once the model cuts the sequence to `max_length` after image expansion),
 template_error (`data.template=chat_template`: the tokenizer's template refused the conversation).
@@ -38,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REASONS = (
     "missing_image",
+    "image_outside_folder",
     "corrupt_image",
     "truncated_image",
     "malformed",
@@ -152,6 +154,9 @@ class LlavaDataset(torch.utils.data.Dataset):
     def load_image(self, rec: Record) -> Image.Image:
         """The record's image as RGB, or raises `_Bad`."""
         path = self.image_path(rec)
+        folder = os.path.abspath(rec.image_folder)  # lexical (abspath normalises): symlinked folders stay fine
+        if os.path.commonpath([folder, os.path.abspath(path)]) != folder:
+            raise _Bad("image_outside_folder", f"{rec.raw['image']!r} resolves outside the image folder {folder}")
         try:
             return load_image(path)
         except FileNotFoundError:

@@ -2,7 +2,8 @@
 
 - `load_image`: open, decode fully (so truncated files fail here, not later) and convert to RGB
   the way transformers' `convert_to_rgb` does (transparency composited onto white; grayscale,
-  CMYK and palette images through PIL's own conversion). LLaVA v1 called `.convert("RGB")`,
+  CMYK and palette images through PIL's own conversion; 16-bit and 32-bit gray scaled to 8 bits,
+  not clipped). LLaVA v1 called `.convert("RGB")`,
   which differs only for images with transparency (absent from COCO / CC3M JPEGs).
 - `ClipPreprocess`: CLIPImageProcessor at `image_size` px: resize the shortest side with PIL
   bicubic, center crop, rescale 1/255, normalize with the CLIP mean / std. Written with PIL +
@@ -31,8 +32,25 @@ PAD_COLOR = (122, 116, 104)  # tuple(int(x * 255) for x in CLIP_MEAN), LLaVA's b
 ImageProcessor = Callable[[Image.Image], torch.Tensor]
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit gray modes scaled to 8-bit "L" (PIL's own conversion clips them at 255, so a
+    16-bit PNG became all white): I;16* by 1/257 (65535 -> 255); "I" likewise when its values exceed
+    8 bits; "F" from [0, 1] when it lies there, else clipped to [0, 255]."""
+    a = np.asarray(image)
+    if image.mode.startswith("I;16") or (image.mode == "I" and a.size and a.max() > 255):
+        a = np.clip(a.astype(np.float64) / 257.0, 0, 255)
+    elif image.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
+        a = a.astype(np.float64) * 255.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`; transparency composited onto white (transformers' `convert_to_rgb`)."""
+    """RGB copy of `image`; transparency composited onto white (transformers' `convert_to_rgb`);
+    16/32-bit gray scaled to 8 bits first. A mode PIL cannot convert raises ValueError."""
+    if image.mode in ("LAB", "HSV"):  # PIL converts these channel by channel, which is not colour-true
+        raise ValueError(f"image mode {image.mode} is not supported: convert it to RGB first")
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")

@@ -145,7 +145,11 @@ class MMLNDataModule(L.LightningDataModule):
             epoch, done = epoch + 1, 0
         self.train_sampler.set_epoch(epoch)
         self.train_sampler.skip = done
-        return self._loader(self.train_set, batch_sampler=self.train_sampler)
+        # a private generator: building an iterator (each epoch, and on resume) never draws from the
+        # global RNG, which dropout uses, so results do not depend on when iterators are built
+        # (resume at an epoch boundary) or on data.num_workers
+        generator = torch.Generator().manual_seed(int(t.seed) + epoch)
+        return self._loader(self.train_set, batch_sampler=self.train_sampler, generator=generator)
 
     def val_dataloader(self) -> Any:
         self.setup()

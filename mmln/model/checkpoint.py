@@ -1,12 +1,49 @@
-"""Trainable-only checkpoints: write them atomically, read them back strictly."""
+"""Trainable-only checkpoints: write them atomically, read them back strictly and safely.
+
+Every torch-format file mmln reads goes through `torch_load`: `weights_only=True`, so a pickle
+that would run code (a `__reduce__` calling `os.system`, say) is refused before anything runs.
+"""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from mmln.io import atomic_path
+from mmln.model.errors import CheckpointError
+
+CONVERT_HINT = ("if you trust its source, convert it once to safetensors: python -c \"import torch; "
+                "from safetensors.torch import save_file; save_file(torch.load('{path}', weights_only=False), "
+                "'{stem}.safetensors')\" and point mmln at the .safetensors file")
+
+
+def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; a refused or damaged file is a one-line
+    CheckpointError naming it and what to do."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{what} '{path}' was refused: loading it would run code ({found.group(1)}), which mmln never "
+                "does. " + ("mmln's own checkpoints never need that: resume from another one" if what.startswith("resume")
+                            else CONVERT_HINT.format(path=path, stem=path.with_suffix("")))) from None
+        raise _damaged(path, what, "not a torch checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise _damaged(path, what, (str(e).splitlines() or [type(e).__name__])[0][:120] or "empty file") from None
+
+
+def _damaged(path: Path, what: str, why: str) -> CheckpointError:
+    return CheckpointError(f"{what} '{path}' is damaged or not a torch checkpoint ({why}): delete it to start "
+                           "over, or point resume= at an older checkpoint")
 
 
 def trainable_state(mllm) -> dict[str, torch.Tensor]:
@@ -26,7 +63,10 @@ def read_trainable(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint '{path}' not found (expected trainable.safetensors or a .ckpt)")
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise _damaged(path, "checkpoint", "no 'state_dict' in it")
+    state = ckpt["state_dict"]
     return {k.removeprefix("mllm."): v for k, v in state.items()}
 
 

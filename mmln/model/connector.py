@@ -48,9 +48,13 @@ def connector_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from mmln.model.checkpoint import torch_load
+
+        state = torch_load(path, "model.connector.path")
         if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
             state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model.connector.path: '{path}' holds a {type(state).__name__}, not a dict of tensors")
     out = {}
     for key, value in state.items():
         for prefix in (LLAVA_PREFIX, "mm_projector.", "model.connector.", "connector."):

@@ -20,3 +20,7 @@ class MissingWeightsError(FileNotFoundError):
                                    + "\n  - ".join(problems))
         err.key, err.path = None, None
         return err
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: damaged, of the wrong kind, or needing code to load."""
