@@ -185,6 +185,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
     from mmln.data import BadSampleLog
+    from mmln.data.templates import missing_chat_template
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
     from mmln.build import build_model
@@ -224,6 +225,8 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
     # data and model -----------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.llm)
+    if problem := missing_chat_template(cfg.data.template, tokenizer):
+        raise ConfigError(problem)  # before any model is built, not from the first batch
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     ws = world_size(cfg)

@@ -58,3 +58,42 @@ def test_merged_export_folds_every_peft_adapter(strategy):
     assert not any(isinstance(m, BaseTunerLayer) for m in mllm.llm.modules())
     assert not any("base_layer" in n for n, _ in mllm.llm.named_parameters())
     assert (after - before).abs().max() < 1e-4  # fp32 rounding of the folded weights (logits ~ 1-4)
+
+
+@pytest.mark.parametrize("trio", [False, True])
+def test_layernorm_lora_adapter_carries_its_norms(trio, tmp_path):
+    # LayerNorm + LoRA: the trained norms (and embeddings / head when they train) travel as PEFT
+    # modules_to_save beside the LoRA weights, so PEFT alone reproduces the tuned LLM
+    from mmln.tuning.selectors import is_norm
+
+    flag = str(trio).lower()
+    cfg = tiny_config("tune.strategy=layernorm_lora", "tune.lora.r=4", "tune.lora.dropout=0.0",
+                      f"tune.train_embeddings={flag}", f"tune.train_head={flag}")
+    mllm = build_mllm(cfg.model)
+    mllm.llm.save_pretrained(tmp_path / "base")
+    apply_strategy(mllm, cfg.tune)
+    with torch.no_grad():
+        for p in mllm.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+    paths = module_for(cfg, mllm, total_steps=10).export(tmp_path)
+    adapter = tmp_path / "layernorm_lora_adapter"
+    assert adapter in paths
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    base_norms = {n: m.weight.detach().clone() for n, m in base.named_modules() if is_norm(m)}
+    ids = torch.randint(3, 512, (2, 12))
+    with torch.no_grad():
+        plain = base(ids).logits.clone()
+        peft = PeftModel.from_pretrained(base, adapter).eval()
+        reloaded = peft(ids).logits
+        ours = mllm.llm.eval()(ids).logits
+    saved = set(peft.peft_config["default"].modules_to_save)
+    assert set(base_norms) <= saved  # every norm (final norm too) is in the adapter...
+    assert ({"embed_tokens", "lm_head"} <= saved) == trio
+    for name, init in base_norms.items():  # ...trained away from its init, and PEFT uses the trained one
+        tuned = mllm.llm.get_submodule(name).weight
+        assert (tuned - init).abs().max() > 1e-2, name
+        assert torch.equal(peft.base_model.model.get_submodule(name).modules_to_save["default"].weight, tuned), name
+    assert (ours - plain).abs().max() > 1e-3
+    assert (reloaded - ours).abs().max() <= 1e-5
+    assert (adapter / "mm_projector.bin").is_file()  # the trained connector, beside the adapter

@@ -248,17 +248,25 @@ def render_prompt(
 CHAT_ROLES = {HUMAN: "user", GPT: "assistant"}
 
 
+def missing_chat_template(template: str | Template, tokenizer: Any) -> Optional[str]:
+    """The one-line error when `template` renders with the tokenizer's own chat template and the
+    tokenizer has none (checked by `python -m mmln.fit` before anything trains); else None."""
+    if get_template(template).style != "chat" or getattr(tokenizer, "chat_template", None):
+        return None
+    return (f"data.template=chat_template: the tokenizer at '{getattr(tokenizer, 'name_or_path', '?')}' has no chat "
+            "template (no chat_template in its tokenizer_config.json, no chat_template.jinja): set "
+            "model.llm.tokenizer to a chat model's tokenizer, or data.template to plain, vicuna_v1 or llava_llama_2")
+
+
 def render_chat(tokenizer: Any, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False) -> str:
     """`turns` rendered by the tokenizer's Jinja chat template (roles user / assistant).
 
     A tokenizer without a template is a configuration error (ValueError); a conversation the
     template refuses (e.g. Mistral's "roles must alternate") is `ConversationError("template_error")`.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "data.template=chat_template needs a tokenizer with a chat template (chat_template in its "
-            "tokenizer_config.json or a chat_template.jinja); this one has none: pick another data.template"
-        )
+    problem = missing_chat_template("chat_template", tokenizer)
+    if problem:
+        raise ValueError(problem)
     messages = [{"role": CHAT_ROLES[r], "content": v} for r, v in turns]
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -4,7 +4,8 @@ Generic over PEFT methods: the strategy gives its PEFT config (`Strategy.peft_co
 itself builds the adapter structure on a weightless (meta-device) copy of the LLM, mmln's tuned
 tensors are put into it by name, and PEFT's own `save_pretrained` writes the directory (keys
 with PEFT's `base_model.model.` prefix, `adapter_config.json`). A trained input embedding or LM
-head goes into the adapter as PEFT `modules_to_save`. Every tensor the run trained inside the
+head goes into the adapter as PEFT `modules_to_save` (as do the norms `layernorm_lora` trains beside
+its LoRA adapters, named by its config). Every tensor the run trained inside the
 LLM must land in the adapter, and every adapter tensor must come from the run: anything else is
 an error, never a silently partial adapter. The connector is not part of the LLM: it travels
 beside the adapter as LLaVA's `mm_projector.bin`.
@@ -86,7 +87,7 @@ def export_peft_adapter(mllm, cfg, run_dir: str | Path) -> Path | None:
     strategy = get_strategy(cfg.tune.strategy)
     if strategy.peft_config is None:
         return None
-    out = Path(run_dir) / adapter_dir_name(strategy.peft_config(mllm, cfg.tune))
+    out = Path(run_dir) / (strategy.adapter_dir or adapter_dir_name(strategy.peft_config(mllm, cfg.tune)))
     save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path)
     if any(p.requires_grad for p in mllm.connector.parameters()):
         save_mm_projector(mllm.connector, out / "mm_projector.bin")

@@ -149,11 +149,12 @@ class PretrainConnector(MLLMModule):
 
 
 class InstructFinetune(MLLMModule):
-    """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning)
-    exports a PEFT adapter directory through `mmln.formats.peft_adapter` (`lora_adapter/`,
-    `ln_tuning_adapter/`, trained embeddings / head as modules_to_save); other runs with PEFT adapters
-    injected (dora, ia3, vera, layernorm_lora) export `<strategy>_adapter/` (the adapters only: norms,
-    connector, embeddings and head trained next to them are in trainable.safetensors)."""
+    """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning,
+    LayerNorm + LoRA) exports a PEFT adapter directory through `mmln.formats.peft_adapter`
+    (`lora_adapter/`, `ln_tuning_adapter/`, `layernorm_lora_adapter/`; trained norms beside adapters,
+    embeddings and head as modules_to_save); other runs with PEFT adapters injected (dora, ia3, vera)
+    export `<strategy>_adapter/` (the adapters only: connector, embeddings and head trained next to
+    them are in trainable.safetensors)."""
 
     def export(self, run_dir: Path) -> list[Path]:
         from mmln.formats.peft_adapter import export_peft_adapter

@@ -17,13 +17,17 @@ def norms(mllm, tune):
                  final_norm_params(mllm) if tune.final_norm else ())
 
 
+def trained_norm_modules(mllm) -> list[str]:
+    """Full module paths (relative to the LLM) of the norms whose weights train."""
+    return [n for n, m in mllm.llm.named_modules()
+            if is_norm(m) and any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
 def ln_peft_config(mllm, tune):
     """PEFT's LN tuning over the norm modules of the LLM whose weights train (full module paths)."""
     from peft import LNTuningConfig
 
-    names = [n for n, m in mllm.llm.named_modules()
-             if is_norm(m) and any(p.requires_grad for p in m.parameters(recurse=False))]
-    return LNTuningConfig(target_modules=names, task_type="CAUSAL_LM")
+    return LNTuningConfig(target_modules=trained_norm_modules(mllm), task_type="CAUSAL_LM")
 
 
 register(Strategy(

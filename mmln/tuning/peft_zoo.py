@@ -4,6 +4,9 @@ DoRA, IA3, VeRA, LayerNorm + LoRA, and BitFit (the LLM's biases; refused on bias
 Every method trains the shared trio (connector, embeddings, head) like `lora`, so that the
 methods differ only in what they do inside the LLM; `tune.train_*` switch the trio off.
 Adapter parameters are added to the total (`count_params`), as for LoRA.
+`layernorm_lora` exports through `mmln.formats.peft_adapter` like `lora`: a LoRA adapter whose
+`modules_to_save` are the trained norms (and embeddings / head when they train), so that
+`PeftModel.from_pretrained(base_llm, layernorm_lora_adapter/)` reproduces the whole tuned LLM.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from peft import IA3Config, LoraConfig, VeraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.tuners.vera import VeraModel
 
-from mmln.tuning.layernorm import norms
-from mmln.tuning.lora import inject_lora
+from mmln.tuning.layernorm import norms, trained_norm_modules
+from mmln.tuning.lora import inject_lora, lora_peft_config
 from mmln.tuning.registry import Strategy, register
 
 
@@ -48,6 +51,13 @@ def inject_vera(mllm, tune) -> None:
     VeraModel(mllm.llm, cfg, "default")
 
 
+def layernorm_lora_peft_config(mllm, tune):
+    """LoRA's PEFT config with the trained norm modules as `modules_to_save` (full module paths)."""
+    cfg = lora_peft_config(mllm, tune)
+    cfg.modules_to_save = trained_norm_modules(mllm)
+    return cfg
+
+
 def llm_biases(mllm, tune=None):
     biases = [p for n, p in mllm.llm.named_parameters() if n.endswith(".bias")]
     if not biases:
@@ -76,6 +86,7 @@ register(Strategy(
     name="layernorm_lora",
     description="LoRA adapters (tune.lora) and every norm + connector, embeddings, head",
     select=lambda mllm, tune: chain(adapter_params(mllm), norms(mllm, tune)), prepare=inject_lora,
+    peft_config=layernorm_lora_peft_config, adapter_dir="layernorm_lora_adapter",
 ))
 register(Strategy(
     name="bitfit",

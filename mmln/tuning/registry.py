@@ -38,6 +38,7 @@ class Strategy:
     stage: str = "instruct"  # the stage (cfg.stage) this strategy trains in
     merge: Optional[Callable[["nn.Module"], int]] = None  # (llm) -> modules merged; None = nothing to merge
     peft_config: Optional[Callable[["nn.Module", Any], Any]] = None  # (mllm, tune) -> peft.PeftConfig
+    adapter_dir: Optional[str] = None  # the PEFT export's directory name; None = `<peft type>_adapter`
 
 
 REGISTRY: dict[str, Strategy] = {}
