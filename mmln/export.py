@@ -30,18 +30,10 @@ FORMATS = ("llava", "hf-llava")
 
 
 def merge_lora(llm) -> int:
-    """Fold injected PEFT adapters (LoRA, DoRA, IA3, VeRA: any PEFT tuner layer) into their base
-    Linear layers and remove them; returns how many."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """The one PEFT merge (`mmln.tuning.lora.merge_lora`), imported where it is used."""
+    from mmln.tuning.lora import merge_lora as merge
 
-    merged = 0
-    for name, module in list(llm.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
-            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
-            merged += 1
-    return merged
+    return merge(llm)
 
 
 def merged_model(cfg, ckpt: str | None):

@@ -8,8 +8,11 @@ after the project folder is moved or copied (`relocate_artifacts`).
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -124,6 +127,51 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+LOCK_RETRIES = 6  # after MLflow's own 20 s sqlite busy wait: backoff 1, 2, 4, 8, 16, 30 s (about 3 minutes in all)
+
+
+def _locked(e: BaseException) -> bool:
+    """sqlite's "database is locked" (SQLITE_BUSY), raw or as MLflow wraps it."""
+    while e is not None:
+        if "database is locked" in str(e) or "database table is locked" in str(e):
+            return True
+        e = e.__cause__
+    return False
+
+
+class RetryingClient:
+    """An MlflowClient whose every call is retried with backoff while a sqlite store is locked.
+
+    MLflow waits 20 s for a sqlite lock (`PRAGMA busy_timeout`), then fails the call: a run's metrics
+    or its final status would be lost while other processes (concurrent runs of a sweep, a SLURM
+    array, a long `mlflow gc`) hold the database. Each failed call rolls back, so retrying it is safe."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_client":  # copy/pickle probing a half-built instance
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            for attempt in range(LOCK_RETRIES + 1):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if attempt == LOCK_RETRIES or not _locked(e):
+                        raise
+                    wait = min(2.0 ** attempt, 30.0)
+                    print(f"warning: MLflow store locked during {name}; retry {attempt + 1}/{LOCK_RETRIES} in "
+                          f"{wait:g} s", file=sys.stderr)
+                    time.sleep(wait)
+
+        return call
+
+
 # MLflow 3's UI opens an experiment without this tag in its GenAI layout (runs labelled "Evaluations")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -156,6 +204,10 @@ def _logger_class():
 
         logged_through: dict[str, int] = {}
 
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._mlflow_client = RetryingClient(self._mlflow_client)  # every MLflow call a run makes
+
         def finalize(self, status: str = "success") -> None:
             pass
 
@@ -180,7 +232,7 @@ def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], 
     # started at once (lost runs, a store that no longer opens): do that, and the experiment, once
     # under a lock. The store object is cached per URI, so later clients in this process reuse it.
     with store_lock(uri):
-        client = MlflowClient(uri)
+        client = RetryingClient(MlflowClient(uri))
         get_or_create_experiment(client, experiment, uri)
     logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                              log_model=False, run_id=run_id)

@@ -20,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _isolate(tmp_path, monkeypatch):
     """Every test: fixed seeds, default dtype restored, MLflow writes to a store in tmp_path."""
     torch.manual_seed(0)
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # Lightning's MLFlowLogger sets MLflow's global URI, which outranks the env
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     yield
     torch.set_default_dtype(torch.float32)

@@ -29,7 +29,7 @@ def test_build_model_is_seeded_and_loads_the_checkpoint(tmp_path):
 
 
 def test_image_positions_come_from_the_vision_encoder():
-    from mmln.model.vision import image_positions
+    from mmln.constants import image_positions
 
     cfg = tiny_config("model.vision.select_feature=cls_patch")
     assert build_model(cfg).vision.num_patches == image_positions(cfg.model.vision) == 17

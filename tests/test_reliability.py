@@ -279,3 +279,131 @@ def test_three_fits_at_once_into_a_new_sqlite_store_lose_nothing(tiny_world, tmp
         assert sorted(r.info.run_name for r in runs) == [f"c{round_}{i}" for i in range(3)]
         assert all(r.info.status == "FINISHED" for r in runs)
         assert [len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs] == [2, 2, 2]
+
+
+def test_a_locked_sqlite_store_is_waited_out_and_the_metric_arrives(tmp_path, capsys):
+    """Another connection holds the store in an EXCLUSIVE transaction longer than MLflow's own 20 s
+    sqlite busy wait, so the run's `log_batch` really fails with "database is locked"; the tracking
+    layer retries and the metric arrives. About 22 s, nearly all of it asleep (MLflow's busy timeout
+    is a fixed 20 s, and a shorter hold is waited out by MLflow itself, without any error)."""
+    import sqlite3
+
+    from mmln.tracking import make_logger
+
+    db = tmp_path / "locked/mlflow.db"
+    uri = f"sqlite:///{db}"
+    logger = make_logger("locks", "r", uri, {"run_dir": str(tmp_path)})
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    held, released = threading.Event(), threading.Event()
+
+    def hold():
+        con = sqlite3.connect(db, isolation_level=None, timeout=60)
+        con.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(21.5)
+        con.execute("ROLLBACK")
+        con.close()
+        released.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    start = time.monotonic()
+    logger.log_metrics({"train/loss": 2.0}, step=1)
+    waited = time.monotonic() - start
+    holder.join()
+    assert released.is_set() and waited > 20, waited
+    assert "MLflow store locked during log_batch; retry 1/" in capsys.readouterr().err
+    logger.end("FINISHED")
+    client = MlflowClient(uri)
+    history = client.get_metric_history(logger.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 2.0)]
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+
+WRITER = """
+import itertools, os, sys, tempfile, torch
+from mmln.lit.safety import SafeCheckpointIO
+assert tempfile.gettempdir() == os.environ["TMPDIR"], tempfile.gettempdir()
+io = SafeCheckpointIO()
+for step in itertools.count(1):
+    io.save_checkpoint({"global_step": step, "w": torch.full((int(sys.argv[2]),), float(step))}, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+def test_kill_9_mid_checkpoint_commit_with_tmpdir_elsewhere_keeps_the_last_good_one(tmp_path):
+    """The real checkpoint writer (`SafeCheckpointIO`, what the Trainer uses) in a process whose
+    TMPDIR is a tmpfs, i.e. another filesystem than the checkpoint's: kill -9 while a 64 MB checkpoint
+    is being written, 3 times. `last.ckpt` is always a whole earlier checkpoint, and nothing was
+    staged in TMPDIR (Lightning's default writer staged there and copied, leaving 0 bytes)."""
+    import tempfile
+
+    from mmln.model.checkpoint import torch_load
+
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="mmln-test-"))
+    try:
+        assert os.stat(shm).st_dev != os.stat(ckpt.parent).st_dev  # really another filesystem
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(shm)}
+        n = 16 * 2**20
+        for round_ in range(3):
+            proc = subprocess.Popen([sys.executable, "-c", WRITER, str(ckpt), str(n)], env=env,
+                                    stderr=subprocess.PIPE, text=True)
+            deadline, mid_write = time.time() + 120, False
+            while proc.poll() is None and time.time() < deadline:
+                if ckpt.exists() and list(ckpt.parent.glob(".last.ckpt.*")):  # a commit is under way
+                    mid_write = True
+                    break
+                time.sleep(0.002)
+            assert mid_write and proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.01 * round_)  # a little further into that write
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+            assert ckpt.stat().st_size > n * 4
+            state = torch_load(ckpt)
+            assert state["global_step"] >= 1 and torch.equal(state["w"], torch.full((n,), float(state["global_step"])))
+            staged = [p for p in shm.rglob("*") if p.is_file() and ("ckpt" in p.name or p.stat().st_size > 2**20)]
+            assert not staged  # nothing staged on the other filesystem
+            for tmp in ckpt.parent.glob(".last.ckpt.*"):  # what a resumed run removes
+                tmp.unlink()
+    finally:
+        import shutil
+
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_a_resumed_run_closes_orphan_running_runs_of_its_folder(tiny_world, tmp_path):
+    """A real fit killed -9 leaves its MLflow run RUNNING; an earlier process killed before it wrote
+    `mlflow_run_id` left another RUNNING run of the same folder. The resume finishes the first and
+    marks the orphan KILLED; a RUNNING run of another folder is left alone (about 25 s: 2 processes)."""
+    from mmln.fit import fit
+    from mmln.tracking import make_logger
+
+    base = ["run_name=orphan", "train.max_steps=4", "train.save_every_n_steps=2"]
+    args = stage_overrides(tiny_world, tmp_path, "instruct", *base, "debug.pause_at_steps=[3]")
+    cmd = [sys.executable, "-m", "mmln.fit", "--config", str(TINY), *args]
+    run_dir = tmp_path / "outputs/tiny_ln/orphan"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run_dir / "paused-3").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    killed = run_of(tmp_path, "orphan")
+    assert killed.info.status == "RUNNING"  # what a kill -9 leaves
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    orphan = make_logger("tiny_ln", "orphan", uri, {"run_dir": str(run_dir.resolve())})
+    other = make_logger("tiny_ln", "elsewhere", uri, {"run_dir": str(tmp_path / "elsewhere")})
+    orphan_id, other_id = orphan.run_id, other.run_id  # created, RUNNING, never ended
+    res = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "resume=auto"))
+    client = MlflowClient(uri)
+    assert res.run_id == killed.info.run_id and client.get_run(res.run_id).info.status == "FINISHED"
+    assert client.get_run(orphan_id).info.status == "KILLED"
+    assert client.get_run(other_id).info.status == "RUNNING"
+    assert sorted(m.step for m in client.get_metric_history(res.run_id, "train/loss")) == list(range(4))

@@ -54,7 +54,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _datasets(cfg: Any, tok: Any) -> dict[str, Any]:
-    from mmln.model.vision import image_positions
+    from mmln.constants import image_positions
 
     from .dataset import build_datasets
 

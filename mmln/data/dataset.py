@@ -306,7 +306,7 @@ class BadSampleLog:
 def build_datasets(cfg: Any, tokenizer: Any, num_image_tokens: int) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
     """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
     `cfg.model` (vision preprocessing, max_length). `num_image_tokens`: positions one image takes,
-    from the vision encoder (`mllm.vision.num_patches`, or `mmln.model.vision.image_positions`)."""
+    from the vision encoder (`mllm.vision.num_patches`, or `mmln.constants.image_positions`)."""
     from .images import build_image_processor
     from .records import load_train_val
 

@@ -12,15 +12,8 @@ import torch
 from torch import nn
 
 from mmln.config import VisionConfig
+from mmln.constants import image_positions
 from mmln.model.errors import MissingWeightsError
-
-
-def image_positions(cfg: VisionConfig) -> int:
-    """Positions one image takes in the LLM sequence: (image_size / patch_size)^2 (+1 with CLS).
-
-    The one definition: `VisionEncoder.num_patches` returns it, and the data side is handed it.
-    """
-    return (cfg.image_size // cfg.patch_size) ** 2 + (1 if cfg.select_feature == "cls_patch" else 0)
 
 
 class VisionEncoder(nn.Module):

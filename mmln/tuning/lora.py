@@ -35,12 +35,13 @@ def lora_params(mllm, tune):
 
 
 def merge_lora(llm) -> int:
-    """Fold injected LoRA adapters into their base Linear layers and remove them; returns how many."""
-    from peft.tuners.lora import LoraLayer
+    """Fold injected PEFT adapters (LoRA, and DoRA / IA3 / VeRA alike: any PEFT tuner layer) into
+    their base Linear layers and remove them; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     merged = 0
     for name, module in list(llm.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, BaseTunerLayer):
             module.merge()
             parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
             setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())

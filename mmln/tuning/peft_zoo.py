@@ -12,10 +12,6 @@ from __future__ import annotations
 
 from itertools import chain
 
-from peft import IA3Config, LoraConfig, VeraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.tuners.vera import VeraModel
-
 from mmln.tuning.layernorm import norms, trained_norm_modules
 from mmln.tuning.lora import inject_lora, lora_peft_config
 from mmln.tuning.registry import Strategy, register
@@ -23,6 +19,9 @@ from mmln.tuning.registry import Strategy, register
 
 def adapter_params(mllm, tune=None):
     """The trainable tensors PEFT injected into the LLM (its layers' `adapter_layer_names`)."""
+    # PEFT (and so torch) is imported when a model is built, not when a config names a strategy.
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     for m in mllm.llm.modules():
         if isinstance(m, BaseTunerLayer):
             for name in m.adapter_layer_names:
@@ -32,12 +31,16 @@ def adapter_params(mllm, tune=None):
 
 
 def inject_dora(mllm, tune) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
     lc = tune.lora
     inject_adapter_in_model(LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, use_dora=True,
                                        target_modules=list(lc.target_modules), bias="none"), mllm.llm)
 
 
 def inject_ia3(mllm, tune) -> None:
+    from peft import IA3Config, inject_adapter_in_model
+
     inject_adapter_in_model(IA3Config(target_modules=list(tune.ia3.target_modules),
                                       feedforward_modules=list(tune.ia3.feedforward_modules)), mllm.llm)
 
@@ -46,6 +49,9 @@ def inject_vera(mllm, tune) -> None:
     # PEFT keeps VeRA's shared random projections on its tuner, which `inject_adapter_in_model`
     # refuses; the tuner injects in place all the same and its layers hold the projections. They
     # are not saved: PEFT regenerates them from projection_prng_key when it loads the adapter.
+    from peft import VeraConfig
+    from peft.tuners.vera import VeraModel
+
     cfg = VeraConfig(r=tune.vera.r, target_modules=list(tune.vera.target_modules), d_initial=tune.vera.d_initial,
                      projection_prng_key=tune.vera.seed, save_projection=False)
     VeraModel(mllm.llm, cfg, "default")
