@@ -193,14 +193,17 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
 
 
 def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):
+    """The point killed mid-rung 1 is the first trial of rung 1, which Optuna's rule always promotes
+    (it competes only with itself): it went through pause, promotion, kill -9 and resume, and must
+    still end bit-identical to the same point trained straight through, as the full grid does."""
     root = halved["root"]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny_halving")
-    done = [r for r in client.search_runs([exp.experiment_id], "tags.`halving/state` = 'finished'")]
-    assert done
-    lr = float(done[0].data.tags["lr"])
+    done = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`halving/state` = 'finished'")}
+    assert halved["killed"] in done, sorted(done)
+    lr = float(done[halved["killed"]].data.tags["lr"])
     grid = sweep.plan(str(TINY), ["layernorm"], [lr], overrides(world, tmp_path))[0]  # the full grid's point
     ref = fit(grid.cfg)
     a = load_file(str(ref.run_dir / "trainable.safetensors"))
-    b = load_file(str(root / "outputs/tiny_halving" / done[0].info.run_name / "trainable.safetensors"))
+    b = load_file(str(root / "outputs/tiny_halving" / halved["killed"] / "trainable.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
