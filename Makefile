@@ -47,10 +47,10 @@ ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
 bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRATEGIES="layernorm lora" LAUNCHER=slurm SWEEP_ARGS=--dry-run OVERRIDES="train.max_steps=8")
+sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRATEGIES="layernorm lora" LAUNCHER=slurm SEARCH=halving SWEEP_ARGS=--dry-run OVERRIDES="train.max_steps=8")
 	$(BIN)/python -m mmln.sweep --config $(CONFIG) $(if $(strip $(LRS)),--lrs $(LRS)) \
 	  $(if $(strip $(STRATEGIES)),--strategies $(STRATEGIES)) $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER)) \
-	  $(SWEEP_ARGS) $(OVERRIDES)
+	  $(if $(strip $(SEARCH)),--search $(SEARCH)) $(SWEEP_ARGS) $(OVERRIDES)
 
 report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (its tracking.experiment; or EXPERIMENT=...)
 	$(BIN)/python -m mmln.report --config $(CONFIG) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(OVERRIDES)

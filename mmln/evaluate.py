@@ -79,13 +79,14 @@ def init_distributed() -> int:
 
 
 def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
-             run_id: Optional[str] = None) -> dict[str, Any]:
+             run_id: Optional[str] = None, log: bool = True) -> dict[str, Any]:
     """Answer and score `benches`; write `out_dir/<bench>/*` and `out_dir/scores.json`; log the
     `eval/*` metrics to MLflow. Returns the scores.json content:
     `{"metrics": {eval/*: value}, "benches": {bench: scorer result}, "seconds", "questions_per_s",
     "profile", "yes_no", "ckpt", "mlflow_run_id"}`.
     `ckpt` None (or "none") = the untuned model. Under torchrun every rank calls this; ranks > 0
-    answer their shards and score into a temporary folder, and neither keep files nor log."""
+    answer their shards and score into a temporary folder, and neither keep files nor log.
+    `log=False` logs nothing (a sweep's cheap proxy score, which it records itself)."""
     from mmln.eval.caption import require_java
 
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
@@ -97,7 +98,7 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     if rank > 0:  # the answers are all-gathered, so every rank could write them: only rank 0 does
         with tempfile.TemporaryDirectory() as scratch:
             return _evaluate(cfg, ckpt, benches, Path(scratch), run_id, log=False)
-    return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=True)
+    return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=log)
 
 
 def file_sha256(path: str) -> str:

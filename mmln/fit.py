@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
@@ -40,6 +41,8 @@ class RunResult:
     experiment: str
     run_name: str
     metrics: dict
+    total_steps: int = 0  # the run's full schedule (optimizer steps)
+    paused_at: Optional[int] = None  # `stop_at` paused it there (checkpoints/last.ckpt continues it)
 
 
 def fail_at(step: int):
@@ -161,10 +164,27 @@ def lightning_strategy(cfg):
     return s
 
 
-def fit(cfg, config_path: Optional[str] = None) -> RunResult:
+def step_checkpoint(**kwargs):
+    """A ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation
+    window. Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after
+    a resume, that the restored step was saved, and would save again after the next micro-batch: a
+    checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    return StepCheckpoint(**kwargs)
+
+
+def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None) -> RunResult:
+    """Train `cfg`. `stop_at(total_steps)` (successive halving's rungs): pause after that many
+    optimizer steps of the full run's schedule; the run is then left KILLED, not exported, and
+    continues exactly from `checkpoints/last.ckpt` on the next call."""
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmln.callbacks.analysis import analysis_callbacks
     from mmln.callbacks.efficiency import Efficiency
@@ -222,6 +242,8 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
                           f"train.global_batch_size={cfg.train.global_batch_size}: lower it or add data")
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else steps_per_epoch * cfg.train.epochs
     module = module_for(cfg, mllm, total)
+    pause = stop_at(total) if stop_at is not None else None
+    pause = pause if pause is not None and pause < total else None
     module.bad_log = BadSampleLog()
 
     # tracking -------------------------------------------------------------------------------
@@ -240,10 +262,12 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         write_text(run_dir / "mlflow_run_id", logger.run_id)
         close_orphans(logger, "run_dir", str(run_dir.resolve()))  # runs of this folder a kill left RUNNING
 
+    # a paused run's last.ckpt is the one of the pause step (a divisor of it), never the end-of-training one
+    every = cfg.train.save_every_n_steps if pause is None else math.gcd(cfg.train.save_every_n_steps, pause)
     efficiency = Efficiency()
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.train.save_every_n_steps, save_on_exception=False),
+        step_checkpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,  # last.ckpt only
+                        every_n_train_steps=every, save_on_exception=False),
         efficiency,
         *analysis_callbacks(cfg, run_dir),
     ]
@@ -263,7 +287,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy=strategy, precision=precision(cfg),
         plugins=[] if "deepspeed" in type(strategy).__name__.lower() else [SafeCheckpointIO()],
-        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps if pause is None else pause,
         accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
@@ -277,6 +301,9 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
         trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         stopper.raise_if_stopped()  # a signal during the last step
         wall = time.time() - t0
+        if pause is not None:
+            logger.end("KILLED")  # paused, not finished: a sweep decides whether it continues
+            return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
         metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
                    "params/total": counts.total, "params/percent": counts.percent,
                    **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
@@ -307,7 +334,7 @@ def fit(cfg, config_path: Optional[str] = None) -> RunResult:
             raise e from None
         raise
     logger.end("FINISHED")
-    return RunResult(run_dir, logger.run_id, experiment, name, metrics)
+    return RunResult(run_dir, logger.run_id, experiment, name, metrics, total)
 
 
 def resolve_resume(cfg, run_dir: Path) -> Optional[str]:

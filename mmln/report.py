@@ -16,13 +16,17 @@ and logged as artifacts (under `report/`, or `report/<DIR name>` for another `--
 experiment. Only FINISHED stage-2 runs count (tag `stage=instruct`; sweep parents and report
 runs carry a `kind` tag and are left out). A run is described by its tags `model`, `strategy`,
 `lr`, `data_subset`, `variant` (set by `mmln.sweep --variant`) and its params
-`model.vision.backend` / `model.vision.name`; when several runs share all of them, one counts by
-an explicit rule: a run of the reference config (`--config CFG [key=value ...]`, as `make report`
-and the `experiments/` targets pass it: the run's params equal the config's on every key but the
-per-point ones) first, then a full evaluation (no `eval_limit` tag), then the newest. Every table
-names the run of each row in its last column (`run`). "Best" = highest `--select-metric` (default Flickr30k CIDEr, as the paper selects; a tie
-goes to the higher learning rate, as in `mmln.sweep`); a
-group none of whose runs has that metric shows its newest run, marked `*`.
+`model.vision.backend` / `model.vision.name` and `train.seed`; when several runs share all of them,
+one counts by an explicit rule: a run of the reference config (`--config CFG [key=value ...]`, as
+`make report` and the `experiments/` targets pass it: the run's params equal the config's on every
+key but the per-point ones) first, then a full evaluation (no `eval_limit` tag), then the newest.
+Every table names the run of each row in its last column (`run`). "Best" = `mmln.selection.best_lr`,
+the rule `mmln.sweep` uses: the highest mean `--select-metric` over a learning rate's seeds (default
+Flickr30k CIDEr, as the paper selects; a tie goes to the higher learning rate); a group none of
+whose runs has that metric shows its newest run, marked `*`. With several seeds (`mmln.sweep
+--seeds N`) a cell of Tables 1, 3, 4, 5 and A1 is the mean over the seeds and, in report.md,
+`mean ± half-width of its 95% Student-t CI` (the CSVs hold the means); the LR curves draw the same
+intervals as error bars.
 
 - Table 1: strategies x benchmarks at each strategy's best learning rate (reference runs: no variant).
 - Table 2: trainable parameters (% of the whole MLLM) and peak memory per strategy.
@@ -65,6 +69,7 @@ class Run:
     vision: str
     start: int
     metrics: dict[str, float] = field(default_factory=dict)
+    seed: str = ""  # param train.seed: runs of several seeds at one point are kept apart, then averaged
     name: str = ""
     limited: bool = False  # evaluated with eval.limit (a subset of every benchmark)
     mismatch: list[str] = field(default_factory=list)  # config keys that differ from the reference config
@@ -80,6 +85,24 @@ class Run:
     def rank(self) -> tuple:
         """The explicit row rule: the reference config first, then a full evaluation, then the newest."""
         return (not self.mismatch, not self.limited, self.start)
+
+
+class Stat(float):
+    """A cell's value: the mean over a point's seeds, with the half-width of its 95% CI (`n` seeds)."""
+
+    half: float = math.nan
+    n: int = 1
+
+    @classmethod
+    def of(cls, values) -> Optional["Stat"]:
+        from mmln.selection import mean_ci
+
+        mean, half, n = mean_ci(values)
+        if n == 0:
+            return None
+        out = cls(mean)
+        out.half, out.n = half, n
+        return out
 
 
 @dataclass
@@ -107,7 +130,7 @@ def vision_label(params: dict[str, str]) -> str:
 
 
 # per-point keys a run may differ in from the reference config and still be "of" that config
-POINT_KEYS = ("tune.strategy", "train.lr", "run_name", "resume", "quiet", "debug.", "data.num_workers",
+POINT_KEYS = ("tune.strategy", "train.lr", "train.seed", "run_name", "resume", "quiet", "debug.", "data.num_workers",
               "tracking.", "output_dir")
 VARIANT_KEYS = ("data.train.", "model.vision.", "model.connector.")  # what a variant (Tables 3 and 5) changes
 
@@ -152,9 +175,10 @@ def load_runs(client, experiment_ids: list[str], references: Optional[dict[str, 
         model, variant = t.get("model", "?"), t.get("variant", "")
         run = Run(r.info.run_id, model, t.get("strategy", "?"), lr, variant,
                   data_label(t.get("data_subset", "all:all")), vision_label(p), r.info.start_time, dict(r.data.metrics),
-                  name=r.info.run_name or "", limited=t.get("eval_limit", "none") not in ("", "none"),
+                  seed=p.get("train.seed", ""), name=r.info.run_name or "",
+                  limited=t.get("eval_limit", "none") not in ("", "none"),
                   mismatch=mismatch(p, (references or {}).get(model), variant))
-        key = (run.model, run.strategy, run.lr, run.variant, run.data, run.vision)
+        key = (run.model, run.strategy, run.lr, run.variant, run.data, run.vision, run.seed)
         if key not in out or out[key].rank() < run.rank():
             out[key] = run
     return list(out.values())
@@ -173,11 +197,21 @@ def group(runs: list[Run], key: Callable[[Run], tuple]) -> dict[tuple, list[Run]
 
 
 def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
-    """(the run with the highest `metric`, True) or (the newest run, False) when none has it."""
+    """(a run of the best learning rate, True) or (the newest run, False) when none has `metric`.
+    The best lr is `mmln.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
+    mmln.sweep uses; of that lr's seeds, the best-scoring run."""
+    from mmln.selection import best_lr
+
     scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
-    if scored:
-        return max(scored, key=lambda r: (r.metrics[metric], r.lr, r.start)), True  # tie: higher lr, as mmln.sweep
+    lr = best_lr({r.lr: [x.metrics[metric] for x in scored if x.lr == r.lr] for r in scored})
+    if lr is not None:
+        return max((r for r in scored if r.lr == lr), key=lambda r: (r.metrics[metric], r.start)), True
     return max(runs, key=lambda r: r.start), False
+
+
+def seed_stat(runs: list[Run], run: Run, metric: str) -> Optional[float]:
+    """`metric` over the seeds of `run`'s point (its lr in `runs`): a `Stat`, None when none has it."""
+    return Stat.of([r.metrics.get(metric) for r in runs if r.lr == run.lr])
 
 
 def reference(runs: list[Run]) -> list[Run]:
@@ -211,7 +245,7 @@ def bench_table(key: str, title: str, runs: list[Run], metric: str, extra: Optio
     for (model, strategy, *rest), group_runs in group(
             runs, lambda r: (r.model, r.strategy) + ((getattr(r, extra[1]),) if extra else ())).items():
         run, scored = best(group_runs, metric)
-        rows.append([model, strategy, *rest, lr_label(run, scored)] + [run.metrics.get(m) for _, m in BENCH_COLS])
+        rows.append([model, strategy, *rest, lr_label(run, scored)] + [seed_stat(group_runs, run, m) for _, m in BENCH_COLS])
         used.append(run.label)
     return Table(key, title, labels + [c for c, _ in BENCH_COLS], rows, len(labels), empty, runs=used)
 
@@ -285,8 +319,7 @@ def tableA1(runs, metric):
     lrs = sorted({r.lr for r in ref if metric in r.metrics}, reverse=True)
     rows = []
     for (model, strategy), g in group(ref, lambda r: (r.model, r.strategy)).items():
-        by_lr = {r.lr: r.metrics.get(metric) for r in g}
-        rows.append([model, strategy] + [by_lr.get(lr) for lr in lrs])
+        rows.append([model, strategy] + [Stat.of([r.metrics.get(metric) for r in g if r.lr == lr]) for lr in lrs])
     return Table("tableA1", f"Table A1: {metric} per learning rate", ["model", "strategy"] + [f"{lr:g}" for lr in lrs],
                  rows, 2, f"no run has {metric}")
 
@@ -299,6 +332,8 @@ BUILDERS = {"table1": table1, "table2": table2, "table3": table3, "table4": tabl
 def fmt(v: Any) -> str:
     if v is None:
         return "-"
+    if isinstance(v, Stat) and v.n > 1:  # mean +- 95% CI half-width over the seeds
+        return f"{fmt(float(v))} ± {fmt(v.half)}"
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -349,8 +384,11 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4))
         mine = [r for r in ref if r.model == model]
         for (strategy,), g in group(mine, lambda r: (r.strategy,)).items():
-            g = sorted(g, key=lambda r: r.lr)
-            ax.plot([r.lr for r in g], [r.metrics[metric] for r in g], marker="o", label=strategy)
+            lrs = sorted({r.lr for r in g})
+            stats = [Stat.of([r.metrics[metric] for r in g if r.lr == lr]) for lr in lrs]
+            yerr = [0.0 if math.isnan(st.half) else st.half for st in stats]  # 95% CI over seeds
+            ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o", capsize=3,
+                        label=strategy)
         lrs = sorted({r.lr for r in mine})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(lrs))  # a tick at every swept lr, none between

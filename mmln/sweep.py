@@ -24,7 +24,9 @@ Tracking: the store and the experiment are created once, up front (sqlite dislik
 creation), then points run sequentially in this process. A parent MLflow run `sweep-<id>` (tags
 `kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` (env
 `MMLN_SWEEP_ID`, read by fit) and `mlflow.parentRunId`. At the end the parent gets, per strategy,
-the best learning rate by `--select-metric` (higher is better; a tie goes to the higher lr): metrics
+the best learning rate by `--select-metric` (`mmln.selection.best_lr`: the highest mean over the
+training seeds, `--seeds N` training each point with train.seed, +1, ..., +N-1 as `...-seed<S>`
+runs; a tie goes to the higher lr): metrics
 `best_lr/<strategy>` and `best_<metric>/<strategy>`, tags `best_lr/<strategy>` and
 `best_run/<strategy>` (tags and metrics, not params: MLflow params are immutable, and a re-run
 that completes a failed point may change the winner). The sweep id is a hash of the grid's
@@ -35,7 +37,13 @@ point, each `python -m mmln.sweep ... --only-index $SLURM_ARRAY_TASK_ID`) and
 `sweep_<id>_summary.sbatch` (`--summarize`: best learning rates, `--final-bench`), creates the
 store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 
-Exit codes: 0 every point done; 1 some point failed (listed); 2 a config problem, before any run.
+`--search halving` (mmln.halving) trains the same points by successive halving instead: every
+point to a first rung (`--first-rung`, 1/9 of the run), scored by a cheap proxy (`--proxy-metric`),
+the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
+SuccessiveHalvingPruner on an RDB study (`--study-storage`); survivors end bit-identical to the
+grid's runs and get the `--bench` evaluation; the parent records the steps spent.
+
+Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, before any run.
 """
 from __future__ import annotations
 
@@ -58,6 +66,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from mmln.config import PAPER_LRS, ConfigError, load_config
+from mmln.halving import fraction
 from mmln.io import write_text
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
@@ -77,6 +86,7 @@ class Point:
     hash: str
     run_dir: Path
     variant: str = ""
+    seed: Optional[int] = None  # --seeds: this point's train.seed (None: the config's own, one seed)
     status: str = "pending"  # skipped | trained | evaluated | done (--summarize) | failed | missing
     run_id: Optional[str] = None
     value: Optional[float] = None
@@ -115,8 +125,9 @@ def _matches(selector: dict[str, str], strategy: str, lr: float) -> bool:
 
 
 def plan(config: str, strategies: list[str], lrs: list[float], overrides: list[str],
-         point_overrides: list[str] = (), variant: str = "") -> list[Point]:
-    """Every grid point with its loaded, validated config (so a bad key fails before any run)."""
+         point_overrides: list[str] = (), variant: str = "", seeds: list[int] = ()) -> list[Point]:
+    """Every grid point with its loaded, validated config (so a bad key fails before any run).
+    `seeds`: each (strategy, lr) once per training seed, `train.seed=S`, named `...-seedS`."""
     from mmln.fit import experiment_name
     from mmln.tuning import REGISTRY
 
@@ -127,13 +138,15 @@ def plan(config: str, strategies: list[str], lrs: list[float], overrides: list[s
     points, experiments = [], set()
     for strategy in strategies:
         for lr in lrs:
-            name = f"{variant + '-' if variant else ''}{strategy}-lr{lr:g}"
-            extra = [o for sel, ovr in per_point if _matches(sel, strategy, lr) for o in ovr]
-            ovr = [*overrides, f"tune.strategy={strategy}", f"train.lr={lr!r}", f"run_name={name}", *extra]
-            cfg = load_config(config, ovr)
-            experiments.add(experiment_name(cfg, config))
-            points.append(Point(len(points), strategy, lr, name, ovr, cfg, config_hash(cfg),
-                                Path(cfg.output_dir) / experiment_name(cfg, config) / name, variant))
+            for seed in list(seeds) or [None]:
+                name = f"{variant + '-' if variant else ''}{strategy}-lr{lr:g}" + (f"-seed{seed}" if seed is not None else "")
+                extra = [o for sel, ovr in per_point if _matches(sel, strategy, lr) for o in ovr]
+                ovr = [*overrides, f"tune.strategy={strategy}", f"train.lr={lr!r}", f"run_name={name}",
+                       *([f"train.seed={seed}"] if seed is not None else []), *extra]
+                cfg = load_config(config, ovr)
+                experiments.add(experiment_name(cfg, config))
+                points.append(Point(len(points), strategy, lr, name, ovr, cfg, config_hash(cfg),
+                                    Path(cfg.output_dir) / experiment_name(cfg, config) / name, variant, seed))
     if len(experiments) > 1:
         raise ConfigError(f"the points of one sweep must share one experiment, got {sorted(experiments)}")
     return points
@@ -264,12 +277,14 @@ def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
 
 
 def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
-              metric: str, config_path: str) -> None:
+              metric: str, config_path: str, stop_at=None, extra_tags: Optional[dict[str, str]] = None) -> None:
+    """Train (or continue) and evaluate one point. `stop_at` (successive halving): pause the
+    training after `stop_at(total_steps)` steps; the point is then `paused`, not evaluated."""
     from mmln.evaluate import evaluate
     from mmln.fit import fit
 
     action, run = decide(p, client, exp_id, benches, metric)
-    tags = point_tags(p, parent_id)
+    tags = point_tags(p, parent_id) | (extra_tags or {})
     if action == "skip":
         p.status, p.run_id = "skipped", run.info.run_id
         _say(f"[{p.index}] {p.name}: done before (run {p.run_id}), skipped")
@@ -281,13 +296,17 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
         try:
             # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
             with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
-                p.run_id = fit(p.cfg, config_path).run_id
+                result = fit(p.cfg, config_path, stop_at=stop_at)
+                p.run_id = result.run_id
         finally:
             id_file = p.run_dir / "mlflow_run_id"
             p.run_id = p.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
             if p.run_id:  # a resumed run was created before: tag it here
                 for k, v in tags.items():
                     client.set_tag(p.run_id, k, v)
+        if result.paused_at is not None:
+            p.status = "paused"
+            return
     else:
         p.run_id = run.info.run_id
         adopt(client, p.run_id, parent_id, sweep_id)
@@ -303,39 +322,64 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
     p.status = "trained" if action == "train" else "evaluated"
 
 
+def lr_scores(points: list[Point]) -> dict[str, dict[float, list[float]]]:
+    """strategy -> lr -> the metric of each of its seeds' points (those that have it)."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for p in points:
+        out.setdefault(p.strategy, {}).setdefault(p.lr, [])
+        if p.value is not None:
+            out[p.strategy][p.lr].append(p.value)
+    return out
+
+
 def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str, Point]:
-    """Fill every point's run and metric from MLflow; the best point per strategy."""
-    best: dict[str, Point] = {}
+    """Fill every point's run and metric from MLflow; the best point per strategy (`pick_best`)."""
     for p in points:
         run = finished_run(client, exp_id, p.hash)
         if run is not None and metric in run.data.metrics:
             p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
             p.status = "done" if p.status == "pending" else p.status
-        elif p.status != "failed":
+        elif p.status not in ("failed", "pruned"):  # pruned: successive halving stopped it on purpose
             p.status = "missing"
             p.error = p.error or f"no FINISHED run with {metric}"
-        if p.value is not None and not math.isnan(p.value):
-            b = best.get(p.strategy)
-            if b is None or (p.value, p.lr) > (b.value, b.lr):
-                best[p.strategy] = p
+    return pick_best(points)
+
+
+def pick_best(points: list[Point]) -> dict[str, Point]:
+    """Per strategy, a point of its best learning rate (`mmln.selection.best_lr`: the highest mean
+    over seeds, tie: the higher lr); of that lr's seeds, the best-scoring one."""
+    from mmln.selection import best_lr
+
+    best = {}
+    for strategy, scores in lr_scores(points).items():
+        lr = best_lr(scores)
+        if lr is not None:
+            at = [p for p in points if p.strategy == strategy and p.lr == lr and p.value is not None
+                  and not math.isnan(p.value)]
+            best[strategy] = max(at, key=lambda p: p.value)
     return best
 
 
 def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Point], metric: str) -> None:
     from mlflow.entities import Metric
 
+    from mmln.selection import mean_ci
+
     now, m = int(time.time() * 1000), []
+    scores, means = lr_scores(points), {}
     for s, p in best.items():
-        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", p.value, now, 0)]
+        means[s], half, n = mean_ci(scores[s][p.lr])
+        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", means[s], now, 0)]
+        m += [Metric(f"best_{metric}_ci95/{s}", half, now, 0), Metric(f"best_n_seeds/{s}", n, now, 0)] if n > 1 else []
         client.set_tag(parent_id, f"best_lr/{s}", f"{p.lr:g}")
         client.set_tag(parent_id, f"best_run/{s}", p.run_id)
     if best:
-        top = max(best.values(), key=lambda p: (p.value, p.lr))
-        m.append(Metric(f"best_{metric}", top.value, now, 0))
+        top = max(best, key=lambda s: (means[s], best[s].lr))
+        m.append(Metric(f"best_{metric}", means[top], now, 0))
     failed = [p for p in points if p.status in ("failed", "missing")]
     m += [Metric("sweep/n_points", len(points), now, 0), Metric("sweep/n_failed", len(failed), now, 0)]
     client.log_batch(parent_id, metrics=m)
-    rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "run_name": p.name, "run_id": p.run_id,
+    rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "seed": p.seed, "run_name": p.name, "run_id": p.run_id,
              "config_hash": p.hash, "status": p.status, metric: p.value, "error": p.error} for p in points]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.json"
@@ -387,6 +431,7 @@ def write_slurm(args, points: list[Point], sweep_id: str, uri: str, experiment: 
             "--lrs", *[repr(x) for x in args.lrs], "--bench", ",".join(args.bench) or "none",
             "--select-metric", args.select_metric, "--sweep-id", sweep_id]
     base += ["--variant", args.variant] if args.variant else []
+    base += ["--seeds", str(args.seeds)] if args.seeds > 1 else []
     base += ["--final-bench", ",".join(args.final_bench)] if args.final_bench else []
     base += [a for po in args.point_overrides for a in ("--point-overrides", po)]
     over = args.overrides
@@ -430,6 +475,8 @@ def parser() -> argparse.ArgumentParser:
                     help="benchmarks evaluated only at each strategy's best point, after the sweep")
     ap.add_argument("--select-metric", default=DEFAULT_METRIC, help="picks the best lr per strategy (default: %(default)s)")
     ap.add_argument("--variant", default="", help="run-name prefix and `variant` tag (e.g. conversation20k)")
+    ap.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="train every point with N seeds (train.seed, +1, ...); the best lr by the mean")
     ap.add_argument("--point-overrides", action="append", default=[], metavar="'lr=X[,strategy=S]:key=value ...'",
                     help="overrides for matching points only (repeatable)")
     ap.add_argument("--launcher", choices=("local", "slurm"), default="local")
@@ -439,6 +486,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--only-index", type=int, default=None, help="run only this point (a SLURM array task)")
     ap.add_argument("--summarize", action="store_true", help="train nothing: best lrs (+ --final-bench) from MLflow")
     ap.add_argument("--sweep-id", default=None, help="default: a hash of the grid, so a re-run continues the sweep")
+    h = ap.add_argument_group("successive halving (--search halving; see mmln.halving)")
+    h.add_argument("--search", choices=("grid", "halving"), default="grid",
+                   help="grid: every point to the end; halving: Optuna successive halving over the lrs")
+    h.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
+    h.add_argument("--first-rung", type=fraction, default=fraction("1/9"), metavar="1/9",
+                   help="halving: the first rung, as a fraction of the run (default 1/9)")
+    h.add_argument("--proxy-bench", default="flickr30k", help="halving: the benchmark of the proxy score")
+    h.add_argument("--proxy-metric", default=DEFAULT_METRIC,
+                   help="halving: the proxy score, an eval/* metric of --proxy-bench or val/loss (data.val; "
+                        "default %(default)s)")
+    h.add_argument("--proxy-overrides", default="eval.limit=100", metavar="'eval.limit=100'",
+                   help="halving: overrides of the proxy evaluation (default: the first 100 items)")
+    h.add_argument("--study-storage", default=None, metavar="URL",
+                   help="halving: Optuna RDB storage (default: sqlite optuna.db beside the MLflow store)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every point")
     return ap
 
@@ -471,14 +532,19 @@ def main(argv: list[str] | None = None) -> int:
         args.strategies = args.strategies or [base.tune.strategy]
         args.lrs = args.lrs or list(PAPER_LRS)
         check_select(args.select_metric, args.bench)
-        points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant)
+        halving = halving_options(args, base)
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: at least 1")
+        seeds = [base.train.seed + i for i in range(args.seeds)] if args.seeds > 1 else []
+        points = plan(args.config, args.strategies, args.lrs, args.overrides, args.point_overrides, args.variant,
+                      seeds)
         if args.only_index is not None and not 0 <= args.only_index < len(points):
             raise ConfigError(f"--only-index {args.only_index}: the grid has points 0..{len(points) - 1}")
         if not args.dry_run and args.launcher == "local" and not args.summarize:
             from mmln.eval.benchmarks import check_inputs
             from mmln.eval.caption import require_java
 
-            benches = args.bench + args.final_bench
+            benches = args.bench + args.final_bench + ([halving.bench] if halving and halving.bench else [])
             check_inputs(base, benches)  # a missing benchmark file fails now, not after the first training
             if {"coco", "flickr30k"} & set(benches):
                 require_java()
@@ -491,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
 
     experiment = experiment_name(points[0].cfg, args.config)
     uri = tracking_uri(points[0].cfg.tracking.uri)
-    sweep_id = args.sweep_id or sweep_id_of(points, args.bench)
+    sweep_id = args.sweep_id or sweep_id_of(points, args.bench + ([f"halving:{halving}"] if halving else []))
     header = f"sweep {sweep_id}: experiment '{experiment}', {len(points)} points, select by {args.select_metric}"
     if args.dry_run:
         print(header)
@@ -510,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     exp_id = get_or_create_experiment(client, experiment, uri)
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
-              "overrides": " ".join(args.overrides), "n_points": len(points)}
-    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant,
+              "overrides": " ".join(args.overrides), "n_points": len(points), "seeds": args.seeds}
+    tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search,
             "name": sweep_name(base.model.name, args.strategies, len(args.lrs), args.variant)}
     parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
 
@@ -534,7 +600,16 @@ def main(argv: list[str] | None = None) -> int:
     if parent_id and args.only_index is None:
         client.update_run(parent_id, status="RUNNING")
     try:
-        if not args.summarize:
+        if halving and not args.summarize:
+            from mmln.halving import default_storage, log_budget, run_halving
+
+            storage = args.study_storage or default_storage(uri, Path(points[0].cfg.output_dir) / experiment)
+            budget = run_halving(points, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric,
+                                 args.config, halving, storage, _say)
+            _say(f"halving: {budget['halving/steps_spent']} of {budget['halving/steps_full_grid']} steps "
+                 f"({budget['halving/budget_fraction']:.3f} of the full grid)")
+            log_budget(client, parent_id, budget, halving, storage)
+        elif not args.summarize:
             from mmln.progress import eta
 
             t0 = time.time()
@@ -569,6 +644,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def halving_options(args, base):
+    """The successive-halving options (None for a grid search); config problems are ConfigErrors."""
+    if args.search != "halving":
+        return None
+    from mmln.halving import Options
+
+    if args.launcher == "slurm" or args.only_index is not None:
+        raise ConfigError("--search halving drives its Optuna study from one process: "
+                          "no --launcher slurm / --only-index (submit the whole sweep as one job)")
+    opts = Options(args.eta, args.first_rung, args.proxy_metric, args.proxy_bench, args.proxy_overrides.split(),
+                   args.study_storage)
+    opts.check()
+    if opts.bench is None and not base.data.val.files:
+        raise ConfigError("--proxy-metric val/loss needs held-out validation records: set data.val.files "
+                          "(data.val.limit=N for a fixed subset)")
+    return opts
+
+
 def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> list[str]:
     """Evaluate each strategy's best point on `benches` it lacks; the names of points that failed."""
     from mmln.evaluate import evaluate
@@ -589,13 +682,19 @@ def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> lis
 
 
 def report_text(points: list[Point], best: dict[str, Point], metric: str, header: str) -> str:
-    counts = {s: sum(p.status == s for p in points) for s in ("trained", "evaluated", "skipped", "done", "failed", "missing")}
+    counts = {s: sum(p.status == s for p in points)
+              for s in ("trained", "evaluated", "skipped", "done", "pruned", "failed", "missing")}
     lines = [header + ": " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     for p in points:
         value = "-" if p.value is None else f"{p.value:.4g}"
         lines.append(f"  {p.name:32s} {p.status:9s} {metric}={value:8s} run {p.run_id or '-'}")
+    from mmln.selection import mean_ci
+
+    scores = lr_scores(points)
     for s, p in best.items():
-        lines.append(f"best {s}: lr={p.lr:g} ({metric}={p.value:.4g}, run {p.run_id})")
+        mean, half, n = mean_ci(scores[s][p.lr])
+        value = f"{mean:.4g}" + (f" +- {half:.2g} (95% CI, {n} seeds)" if n > 1 else "")
+        lines.append(f"best {s}: lr={p.lr:g} ({metric}={value}, run {p.run_id})")
     return "\n".join(lines)
 
 

@@ -1,0 +1,318 @@
+"""Successive halving over a sweep's learning-rate grid (`python -m mmln.sweep --search halving`).
+
+Optuna holds the study and makes the pruning decisions: one study per strategy (and training seed),
+a `GridSampler` over the grid's learning rates and a `SuccessiveHalvingPruner` (reduction factor
+`eta`, first rung `min_resource` = `first_rung` x the run's total optimizer steps), on an RDB
+storage: by default the sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
+(`--study-storage postgresql://...`) so that a study outlives the process that drives it.
+
+Rung k ends at step `r0 * eta**k` (r0 = round(first_rung * total), at least 1); the last rung is the
+full run. Every grid point trains to the end of rung 0 and pauses there (`fit(stop_at=...)`: the
+Trainer stops, `checkpoints/last.ckpt` holds the exact state; the warmup + cosine schedule is the
+full run's), is scored with a cheap proxy (`--proxy-metric` of `--proxy-bench`, evaluated from that
+checkpoint with `--proxy-overrides`, by default `eval.limit=100`: the first 100 test items, the same
+fixed subset every time), and reports it to its trial. Then, in trial order, Optuna's pruner
+decides: a trial is promoted when its proxy is in the top 1/eta of the trials that reached that rung
+before it (Optuna's asynchronous rule; the first trials of a rung, fewer than eta, must be the best
+so far), else it is pruned (trial state PRUNED, its MLflow run KILLED). A promoted run *continues*
+from its checkpoint to the next rung, so a survivor that reaches the end is bit-identical to the
+same point of the full grid, and gets the sweep's full evaluation (`--bench`); its trial is told the
+selection metric.
+
+Restartable: a rung already reported (the trial's intermediate value) is not trained or scored
+again; a point killed mid-rung continues from its last checkpoint (mmln's exact resume). Every
+point is an MLflow child run of the sweep, with tags `halving/state` (paused | promoted | pruned |
+finished), `halving/rung`, `optuna/study`, `optuna/trial`, and the metric `halving/proxy` (step =
+the rung's last optimizer step). The parent run records `halving/steps_spent`,
+`halving/steps_full_grid` and `halving/budget_fraction`.
+
+The study is driven by one process (points run sequentially, as in the grid sweep).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from mmln.config import ConfigError
+
+STATE, RUNG, PROXY = "halving/state", "halving/rung", "halving/proxy"
+VAL_LOSS = "val/loss"  # the proxy computed here, from `data.val`; every other proxy is an eval/* metric
+
+
+@dataclass
+class Options:
+    eta: int = 3
+    first_rung: float = 1 / 9
+    proxy_metric: str = "eval/flickr30k_cider"
+    proxy_bench: str = "flickr30k"
+    proxy_overrides: list[str] = field(default_factory=lambda: ["eval.limit=100"])
+    storage: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def bench(self) -> Optional[str]:
+        """The benchmark the proxy needs (None for val/loss)."""
+        return None if self.proxy_metric == VAL_LOSS else self.proxy_bench
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if "loss" in self.proxy_metric.rsplit("/", 1)[-1] else "maximize"
+
+    def check(self) -> None:
+        if self.eta < 2:
+            raise ConfigError(f"--eta {self.eta}: successive halving needs a reduction factor >= 2")
+        if not 0 < self.first_rung < 1:
+            raise ConfigError(f"--first-rung {self.first_rung}: a fraction of the run in (0, 1), e.g. 1/9")
+        if self.proxy_metric != VAL_LOSS and not self.proxy_metric.startswith(f"eval/{self.proxy_bench}"):
+            raise ConfigError(f"--proxy-metric {self.proxy_metric} comes not from --proxy-bench {self.proxy_bench}")
+        for o in self.proxy_overrides:
+            if "=" not in o:
+                raise ConfigError(f"--proxy-overrides {o!r}: expected key=value")
+
+
+def fraction(text: str) -> float:
+    """'1/9' or '0.111' -> a float (argparse type)."""
+    return float(Fraction(text))
+
+
+def rung_steps(total: int, first_rung: float, eta: int) -> list[int]:
+    """The optimizer step at which each rung ends; the last is the full run."""
+    r0 = max(1, round(first_rung * total))
+    steps, s = [], r0
+    while s < total:
+        steps.append(s)
+        s *= eta
+    return steps + [total]
+
+
+def default_storage(uri: str, out_dir: Path) -> str:
+    """`optuna.db` beside a sqlite MLflow store, else in the experiment's output folder."""
+    from mmln.tracking import SQLITE
+
+    folder = Path(uri[len(SQLITE):]).parent if uri.startswith(SQLITE) else out_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def study_groups(points: list) -> dict[str, list]:
+    """One study per strategy and training seed: successive halving compares learning rates."""
+    groups: dict[str, list] = {}
+    for p in points:
+        groups.setdefault(f"{p.strategy}-seed{p.cfg.train.seed}", []).append(p)
+    return groups
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _grid_sampler(lrs: list[float]):
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """GridSampler without its `study.stop()` once the grid is used up: that only works inside
+        `study.optimize`, and this study is driven with ask / report / tell."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return Grid({"lr": lrs}, seed=0)
+
+
+def load_study(name: str, storage: str, lrs: list[float], opts: Options, min_resource: Optional[int] = None):
+    optuna = _optuna()
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=opts.eta)
+              if min_resource else optuna.pruners.NopPruner())
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=opts.direction,
+                               sampler=_grid_sampler(lrs), pruner=pruner)
+
+
+def grid_trials(study, lrs: list[float]) -> dict[float, int]:
+    """lr -> trial number, asking GridSampler for the grid points that have no trial yet."""
+    optuna = _optuna()
+    by_lr: dict[float, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "lr" not in t.params and t.state == optuna.trial.TrialState.RUNNING:  # killed between ask and suggest
+            optuna.trial.Trial(study, t._trial_id).suggest_categorical("lr", lrs)
+            t = study._storage.get_trial(t._trial_id)
+        if "lr" in t.params and t.state != optuna.trial.TrialState.FAIL:
+            by_lr.setdefault(t.params["lr"], t.number)
+    while len(by_lr) < len(lrs):
+        trial = study.ask()
+        by_lr.setdefault(trial.suggest_categorical("lr", lrs), trial.number)
+    return by_lr
+
+
+def run_halving(points: list, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
+                metric: str, config_path: str, opts: Options, storage: str, say) -> dict[str, Any]:
+    """Run every study to its end; set each point's status (`pruned` for the pruned); the budget spent."""
+    TS = _optuna().trial.TrialState
+    spent = full = 0
+    for group, pts in study_groups(points).items():
+        name = f"mmln-{sweep_id}-{group}"
+        study = halve(name, pts, client, exp_id, parent_id, sweep_id, benches, metric, config_path, opts, storage, say)
+        steps = study.user_attrs.get("rung_steps") or [0]
+        point_of = {t.number: p for t in study.get_trials(deepcopy=False) for p in pts if t.params.get("lr") == p.lr}
+        for t in study.get_trials(deepcopy=False):
+            if t.number in point_of:
+                point_of[t.number].status = "pruned" if t.state == TS.PRUNED else point_of[t.number].status
+                spent += steps[-1] if t.state == TS.COMPLETE else max(t.intermediate_values, default=0)
+        full += steps[-1] * len(pts)
+    return {"halving/steps_spent": spent, "halving/steps_full_grid": full,
+            "halving/budget_fraction": spent / full if full else float("nan")}
+
+
+def halve(name: str, pts: list, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
+          metric: str, config_path: str, opts: Options, storage: str, say):
+    """One study: every grid point through the rungs, Optuna pruning between them. Returns the study."""
+    from mmln.sweep import run_point
+
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    lrs = [p.lr for p in pts]
+    study = load_study(name, storage, lrs, opts, study_min_resource(storage, name))
+    point_of = {n: next(p for p in pts if p.lr == lr) for lr, n in grid_trials(study, lrs).items()}
+    rung = 0
+    while True:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        alive = [n for n in sorted(point_of) if trials[n].state == TS.RUNNING
+                 and all(trials[n].user_attrs.get(f"rung{j}") == "promoted" for j in range(rung))]
+        steps = study.user_attrs.get("rung_steps")
+        if not alive or (steps is not None and rung >= len(steps)):
+            return study
+        for n in alive:  # every live trial reaches the end of this rung (the last rung: the end of the run)
+            p, t = point_of[n], trials[n]
+            if steps is not None and rung < len(steps) - 1 and steps[rung] in t.intermediate_values:
+                continue  # scored before (an earlier process)
+            last = steps is not None and rung == len(steps) - 1
+            say(f"[{p.index}] {p.name}: halving rung {rung}" + (" (the full run)" if last else ""))
+            seen: list[int] = []
+
+            def stop(total: int, rung=rung) -> int:
+                seen.append(total)
+                ends = rung_steps(total, opts.first_rung, opts.eta)
+                return ends[min(rung, len(ends) - 1)]
+
+            tags = {"optuna/study": name, "optuna/trial": str(n), RUNG: str(rung), STATE: "finished" if last else "paused"}
+            try:
+                run_point(p, client, exp_id, parent_id, sweep_id, benches, metric, config_path, stop_at=stop,
+                          extra_tags=tags)
+            except Exception as e:  # the trial stays RUNNING: a re-run retries it
+                p.status, p.error = "failed", f"{type(e).__name__}: {e}"
+                say(f"[{p.index}] {p.name}: FAILED: {p.error}")
+                continue
+            if steps is None and seen:  # the first run tells the study how long a run is
+                steps = rung_steps(seen[0], opts.first_rung, opts.eta)
+                study.set_user_attr("rung_steps", steps)
+                study = load_study(name, storage, lrs, opts, steps[0])
+            if p.status != "paused":  # finished: the full run (last rung, or done before, e.g. by the full grid)
+                value = client.get_run(p.run_id).data.metrics.get(metric)
+                ok = value is not None and not math.isnan(value)
+                study.tell(n, value if ok else None, state=TS.COMPLETE if ok else TS.FAIL)
+                client.set_tag(p.run_id, STATE, "finished")
+                continue
+            value = proxy(p, opts, rung)
+            optuna.trial.Trial(study, t._trial_id).report(value, steps[rung])
+            client.log_metric(p.run_id, PROXY, value, step=steps[rung])
+        if steps is None or rung >= len(steps) - 1:
+            return study
+        decisions = decide_rung(study, alive, steps[rung], rung)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for n, pruned in decisions.items():
+            p = point_of[n]
+            client.set_tag(p.run_id, STATE, "pruned" if pruned else "promoted")
+            value = trials[n].intermediate_values[steps[rung]]
+            say(f"[{p.index}] {p.name}: proxy {value:.6g} at step {steps[rung]}: "
+                + ("pruned" if pruned else f"promoted to rung {rung + 1}"))
+        rung += 1
+
+
+def decide_rung(study, numbers: list[int], step: int, rung: int) -> dict[int, bool]:
+    """Optuna's pruner decides, in trial order, for the trials of `numbers` that reported `step` and
+    have no decision at this rung yet: {trial number: pruned}. A pruned trial is told PRUNED; the
+    decision is kept in the trial's user attribute `rung<k>` (promoted | pruned)."""
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    out = {}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for n in sorted(numbers):
+        t = trials[n]
+        if t.state != TS.RUNNING or step not in t.intermediate_values or f"rung{rung}" in t.user_attrs:
+            continue
+        trial = optuna.trial.Trial(study, t._trial_id)
+        out[n] = trial.should_prune()
+        trial.set_user_attr(f"rung{rung}", "pruned" if out[n] else "promoted")
+        if out[n]:
+            study.tell(n, state=TS.PRUNED)
+    return out
+
+
+def study_min_resource(storage: str, name: str) -> Optional[int]:
+    """The first rung's step, once a run has told the study its length."""
+    optuna = _optuna()
+    try:
+        steps = optuna.load_study(study_name=name, storage=storage).user_attrs.get("rung_steps")
+    except KeyError:  # no such study yet
+        return None
+    return steps[0] if steps else None
+
+
+def proxy(p, opts: Options, rung: int) -> float:
+    """The cheap proxy score of a paused point, from its checkpoint, logged nowhere but the trial."""
+    from mmln.evaluate import evaluate
+
+    cfg = OmegaConf.merge(p.cfg, OmegaConf.from_dotlist(list(opts.proxy_overrides)))
+    ckpt = str(p.run_dir / "checkpoints" / "last.ckpt")
+    if opts.proxy_metric == VAL_LOSS:
+        return val_loss(cfg, ckpt)
+    scores = evaluate(cfg, ckpt, [opts.proxy_bench],
+                      p.run_dir / "halving" / f"rung{rung}", log=False)
+    if opts.proxy_metric not in scores["metrics"]:
+        raise ConfigError(f"--proxy-metric {opts.proxy_metric}: {opts.proxy_bench} gave only "
+                          f"{', '.join(sorted(scores['metrics']))}")
+    return float(scores["metrics"][opts.proxy_metric])
+
+
+def val_loss(cfg, ckpt: str) -> float:
+    """Mean loss (per sample) of the checkpoint on the run's validation records (`data.val`)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmln.data.dataset import Collator, build_datasets, pad_token_id
+    from mmln.evaluate import load_model
+
+    mllm, tokenizer, _ = load_model(cfg, ckpt)
+    _, val = build_datasets(cfg, tokenizer, mllm.vision.num_patches)
+    if val is None or len(val) == 0:
+        raise ConfigError(f"--proxy-metric {VAL_LOSS}: the run has no validation records: set data.val.files "
+                          "(held-out LLaVA records; data.val.limit=N for a fixed subset) or another proxy")
+    device = next(mllm.parameters()).device
+    total = count = 0.0
+    with torch.no_grad():
+        for b in DataLoader(val, batch_size=cfg.eval.batch_size, collate_fn=Collator(pad_token_id(tokenizer))):
+            if b["empty"]:
+                continue
+            out = mllm(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device),
+                       b["pixel_values"].to(device))
+            total, count = total + float(out.loss) * len(b["ids"]), count + len(b["ids"])
+    return total / count
+
+
+def log_budget(client, parent_id: str, budget: dict[str, float], opts: Options, storage: str) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in budget.items()])
+    for k, v in {"search": "halving", "halving/eta": opts.eta, "halving/first_rung": f"{opts.first_rung:.6g}",
+                 "halving/proxy": f"{opts.proxy_metric} ({' '.join(opts.proxy_overrides)})",
+                 "optuna/storage": storage}.items():
+        client.set_tag(parent_id, k, str(v))

@@ -1,0 +1,209 @@
+"""Successive halving (mmln.halving): paused runs continue exactly, Optuna's decisions from known
+proxy values, a tiny halving sweep end to end (kill -9 mid-rung, resume, the promoted run equals the
+full-grid run of the same point bit for bit)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from mmln import sweep
+from mmln.fit import fit
+from tests.conftest import ROOT, TINY
+from tests.test_fit import cfg_for
+
+
+def test_a_paused_run_continues_bit_exact(tiny_world, tmp_path):
+    base = ["tune.strategy=layernorm", "train.lr=1e-3", "train.save_every_n_steps=5", "train.warmup_ratio=0.2",
+            "train.global_batch_size=8", "train.micro_batch_size=4"]  # 96 records / 8 -> 12 steps, accumulation 2
+    ref = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=straight"))
+    cfg = cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=paused")
+    first = fit(cfg, stop_at=lambda total: total // 9)
+    assert (first.total_steps, first.paused_at) == (12, 1) and not (first.run_dir / "trainable.safetensors").exists()
+    ckpt = torch.load(first.run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 1 and ckpt["lr_schedulers"][0]["last_epoch"] == 1
+    second = fit(cfg, stop_at=lambda total: 3 * (total // 9))
+    assert second.paused_at == 3 and second.run_id == first.run_id
+    last = fit(cfg)
+    assert last.paused_at is None and last.run_id == first.run_id
+    a, b = load_file(str(ref.run_dir / "trainable.safetensors")), load_file(str(last.run_dir / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ Optuna's decisions, no training
+def asha(values: list[float], eta: int) -> list[bool]:
+    """The rule, written out independently: in trial order, a trial is promoted when its value is in
+    the top max(1, seen // eta) of the values seen so far at the rung (itself included)."""
+    out = []
+    for i, v in enumerate(values):
+        seen = sorted(values[: i + 1], reverse=True)
+        out.append(v < seen[max(1, (i + 1) // eta) - 1])  # pruned?
+    return out
+
+
+def test_rungs_and_decisions_from_known_proxy_values(tmp_path):
+    from mmln import halving
+
+    assert halving.rung_steps(9, 1 / 9, 3) == [1, 3, 9] and halving.rung_steps(100, 1 / 9, 3) == [11, 33, 99, 100]
+    assert halving.rung_steps(2, 1 / 9, 3) == [1, 2] and halving.fraction("1/9") == 1 / 9
+    lrs = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
+    opts = halving.Options(eta=3)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = halving.load_study("s", storage, lrs, opts, min_resource=1)
+    by_lr = halving.grid_trials(study, lrs)
+    assert sorted(by_lr) == sorted(lrs) and len(study.trials) == 6
+    assert halving.grid_trials(study, lrs) == by_lr  # asking again: the same trials
+    import optuna
+
+    proxy = {1e-2: 0.1, 1e-3: 0.5, 1e-4: 0.9, 1e-5: 0.7, 1e-6: 0.3, 1e-7: 0.2}
+    order = sorted(by_lr, key=by_lr.get)  # trial order (GridSampler's seeded shuffle of the grid)
+    for lr in order:
+        optuna.trial.Trial(study, study.trials[by_lr[lr]]._trial_id).report(proxy[lr], 1)
+    decided = halving.decide_rung(study, list(by_lr.values()), step=1, rung=0)
+    expected = dict(zip((by_lr[lr] for lr in order), asha([proxy[lr] for lr in order], 3)))
+    assert decided == expected and any(decided.values()) and not all(decided.values())
+    assert not decided[by_lr[1e-4]]  # the best is never pruned
+    again = halving.load_study("s", storage, lrs, opts, min_resource=1)  # the state lives in the RDB
+    states = {t.number: t.state for t in again.trials}
+    assert {n for n, s in states.items() if s == optuna.trial.TrialState.PRUNED} == {n for n, p in decided.items() if p}
+    assert halving.decide_rung(again, list(by_lr.values()), step=1, rung=0) == {}  # decided once
+
+
+# ------------------------------------------------------------------------ a halving sweep, end to end
+LRS = ["3e-2", "1e-2", "3e-3", "1e-3", "1e-4"]
+METRIC = "eval/pope_random_accuracy"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from mmln.data.synth import synthesize, text_corpus
+    from mmln.data.tokenizer import train_tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("halving_world")
+    synthesize(out, image_size=64, n_pretrain=2, n_instruct=36, n_mme_per_subtask=1, n_pope_images=2,
+               n_vqa_images=1, n_caption_images=1, seed=0)
+    train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
+    return out
+
+
+def overrides(w: Path, root: Path) -> list[str]:
+    """36 records / global batch 4 = 9 steps: rungs end at steps 1, 3 and 9 (first rung 1/9, eta 3)."""
+    return [f"model.llm.tokenizer={w / 'tokenizer'}", f"output_dir={root / 'outputs'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            "tracking.experiment=tiny_halving", "stage=instruct", "data.template=vicuna_v1", "data.num_workers=0",
+            f"data.train.files=[{w / 'llava_instruct/llava_instruct_80k.json'}]", f"data.train.image_folder={w / 'coco/train2017'}",
+            f"data.val.files=[{w / 'llava_instruct/short_answer_vqa.json'}]", "data.val.limit=8",
+            "train.global_batch_size=4", "train.micro_batch_size=1", "train.epochs=1", "train.warmup_ratio=0.2",
+            "train.save_every_n_steps=1", "train.log_every_n_steps=1", "model.max_length=512", "tune.strategy=layernorm",
+            "analysis.grad_every_n_steps=0", "analysis.similarity=false", "eval.limit=8", "eval.yes_no=logits",
+            f"eval.pope_files=[{w / 'pope/coco_pope_random.json'}]", f"eval.pope_images={w / 'coco/val2014'}"]
+
+
+def halving_args(w: Path, root: Path) -> list[str]:
+    return ["--config", str(TINY), "--search", "halving", "--lrs", *LRS, "--bench", "pope", "--select-metric", METRIC,
+            "--proxy-metric", "val/loss", *overrides(w, root)]
+
+
+@pytest.fixture(scope="module")
+def halved(world, tmp_path_factory):
+    """The sweep in a subprocess, killed with SIGKILL in the middle of rung 1 (after the step-2
+    checkpoint of the first promoted point), then run again here to the end. ~60 s: two sweeps'
+    worth of startup plus 5 + 2 + 1 short trainings and a reference run."""
+    root = tmp_path_factory.mktemp("halving_run")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMLN_QUIET": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mmln.sweep", *halving_args(world, root)], cwd=root, env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, killed = [], None
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            m = re.search(r"\] (\S+): halving rung 1", line)
+            if m:
+                ckpt = root / "outputs" / "tiny_halving" / m.group(1) / "checkpoints" / "last.ckpt"
+                before = ckpt.stat().st_mtime_ns
+                deadline = time.time() + 120
+                while ckpt.stat().st_mtime_ns == before and proc.poll() is None and time.time() < deadline:
+                    time.sleep(0.001)
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = m.group(1)
+                break
+    finally:
+        if proc.poll() is None and killed is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert killed and proc.returncode == -signal.SIGKILL, "".join(log)[-3000:]
+    step_at_kill = torch.load(root / "outputs/tiny_halving" / killed / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    run_id_at_kill = (root / "outputs/tiny_halving" / killed / "mlflow_run_id").read_text()
+    rc = sweep.main(halving_args(world, root))
+    return dict(root=root, rc=rc, killed=killed, step_at_kill=step_at_kill, run_id_at_kill=run_id_at_kill, log=log)
+
+
+def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
+    import optuna
+
+    root = halved["root"]
+    assert halved["rc"] == 0 and halved["step_at_kill"] == 2  # killed between rung ends 1 and 3
+    studies = optuna.get_all_study_summaries(f"sqlite:///{root / 'optuna.db'}")
+    assert len(studies) == 1
+    study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{root / 'optuna.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == len(LRS) and sorted(t.params["lr"] for t in trials) == sorted(float(x) for x in LRS)
+    assert study.user_attrs["rung_steps"] == [1, 3, 9]
+    # rung 0: every point; rung 1: the promoted ones; decisions = the rule applied to the proxies
+    r0 = [t for t in trials]
+    assert [t.user_attrs["rung0"] == "pruned" for t in r0] == asha([-t.intermediate_values[1] for t in r0], 3)  # loss: lower wins
+    r1 = [t for t in trials if t.user_attrs["rung0"] == "promoted"]
+    assert [t.user_attrs["rung1"] == "pruned" for t in r1] == asha([-t.intermediate_values[3] for t in r1], 3)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert done and pruned and len(done) + len(pruned) == len(LRS)
+    assert all(t.user_attrs.get("rung1") == "promoted" for t in done)
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny_halving")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
+    children = {float(r.data.tags["lr"]): r for r in runs if r.data.tags.get("kind") != "sweep"}
+    assert len(children) == len(LRS)
+    for t in trials:
+        r = children[t.params["lr"]]
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["optuna/trial"] == str(t.number)
+        history = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "halving/proxy")}
+        assert history == {s: v for s, v in t.intermediate_values.items()}
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert r.data.tags["halving/state"] == "pruned" and r.info.status == "KILLED" and METRIC not in r.data.metrics
+        else:
+            assert r.data.tags["halving/state"] == "finished" and r.info.status == "FINISHED"
+            assert r.data.metrics[METRIC] == t.value
+    spent = sum(9 if t.state == optuna.trial.TrialState.COMPLETE else max(t.intermediate_values) for t in trials)
+    assert parent.data.metrics["halving/steps_spent"] == spent and parent.data.metrics["halving/steps_full_grid"] == 45
+    assert parent.data.metrics["halving/budget_fraction"] == spent / 45 < 1 and parent.data.tags["search"] == "halving"
+    best = max(done, key=lambda t: (t.value, t.params["lr"]))
+    assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}"
+    killed = next(r for r in runs if r.info.run_name == halved["killed"])
+    assert killed.info.run_id == halved["run_id_at_kill"]  # the killed point continued its own run
+
+
+def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):
+    """The point killed mid-rung 1 is the first trial of rung 1, which Optuna's rule always promotes
+    (it competes only with itself): it went through pause, promotion, kill -9 and resume, and must
+    still end bit-identical to the same point trained straight through, as the full grid does."""
+    root = halved["root"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny_halving")
+    done = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`halving/state` = 'finished'")}
+    assert halved["killed"] in done, sorted(done)
+    lr = float(done[halved["killed"]].data.tags["lr"])
+    grid = sweep.plan(str(TINY), ["layernorm"], [lr], overrides(world, tmp_path))[0]  # the full grid's point
+    ref = fit(grid.cfg)
+    a = load_file(str(ref.run_dir / "trainable.safetensors"))
+    b = load_file(str(root / "outputs/tiny_halving" / halved["killed"] / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

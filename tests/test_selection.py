@@ -1,0 +1,59 @@
+"""The best-lr rule shared by mmln.sweep and mmln.report, seed statistics, --seeds grids, and the
+report's mean +- 95% CI cells."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from mmln import report, sweep
+from mmln.selection import best_lr, mean_ci
+from tests.conftest import TINY
+
+
+def test_mean_ci_is_the_student_t_interval():
+    mean, half, n = mean_ci([1.0, 2.0, 3.0, None, float("nan")])
+    lo, hi = stats.t.interval(0.95, 2, loc=2.0, scale=stats.sem([1.0, 2.0, 3.0]))
+    assert (mean, n) == (2.0, 3) and half == pytest.approx((hi - lo) / 2) and half == pytest.approx(2.4841, abs=1e-4)
+    assert mean_ci([5.0])[:2] == (5.0, pytest.approx(math.nan, nan_ok=True)) and mean_ci([])[2] == 0
+
+
+def test_best_lr_by_the_mean_over_seeds_tie_to_the_higher_lr():
+    assert best_lr({1e-3: [1.0, 3.0], 1e-4: [2.5, 2.5]}) == 1e-4  # the single best seed (3.0) does not decide
+    assert best_lr({1e-3: [2.0], 1e-4: [2.0]}) == 1e-3
+    assert best_lr({1e-3: [float("nan")], 1e-4: []}) is None and best_lr({1e-3: [float("nan"), 1.0], 1e-4: [0.5]}) == 1e-3
+
+
+def test_seeds_multiply_the_grid_and_the_best_lr_uses_the_mean():
+    points = sweep.plan(str(TINY), ["layernorm"], [1e-3, 1e-4], ["train.max_steps=2"], seeds=[0, 1])
+    assert [(p.name, p.cfg.train.seed, p.seed) for p in points] == [
+        ("layernorm-lr0.001-seed0", 0, 0), ("layernorm-lr0.001-seed1", 1, 1),
+        ("layernorm-lr0.0001-seed0", 0, 0), ("layernorm-lr0.0001-seed1", 1, 1)]
+    assert len({p.hash for p in points}) == 4
+    assert [p.name for p in sweep.plan(str(TINY), ["layernorm"], [1e-3], [])] == ["layernorm-lr0.001"]  # one seed: as before
+    for p, v in zip(points, [1.0, 3.0, 2.5, 2.5]):
+        p.value = v
+    best = sweep.pick_best(points)
+    assert best["layernorm"].lr == 1e-4
+    assert "lr=0.0001 (m=2.5 +- 0 (95% CI, 2 seeds)" in sweep.report_text(points, best, "m", "h")
+    assert sweep.parse_args(["--config", "c", "--seeds", "3"]).seeds == 3
+
+
+def test_report_cells_are_mean_and_ci_over_seeds():
+    def run(lr, seed, value, i):
+        return report.Run(f"r{i}", "tiny", "layernorm", lr, "", "all", "CLIP (hf_clip)", i,
+                          {"eval/flickr30k_cider": value, "eval/mme_perception": 10.0 * value}, str(seed))
+
+    runs = [run(1e-3, s, v, i) for i, (s, v) in enumerate([(0, 1.0), (1, 3.0)])]
+    runs += [run(1e-4, s, v, 9 + i) for i, (s, v) in enumerate([(0, 2.5), (1, 2.5), (2, 2.5)])]
+    t1 = report.table1(runs, "eval/flickr30k_cider")
+    assert t1.rows[0][2] == "0.0001"
+    cell = t1.rows[0][t1.header.index("Flickr30k")]
+    assert float(cell) == 2.5 and cell.n == 3 and cell.half == 0.0
+    a1 = report.tableA1(runs, "eval/flickr30k_cider")
+    c = a1.rows[0][a1.header.index("0.001")]
+    assert float(c) == 2.0 and c.half == pytest.approx(mean_ci([1.0, 3.0])[1])
+    md = report.markdown(a1)
+    assert f"2.00 ± {report.fmt(c.half)}" in md and "2.50 ± 0" in md
+    assert report.best(runs, "eval/flickr30k_cider")[0].lr == 1e-4
