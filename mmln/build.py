@@ -27,6 +27,7 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     torch.manual_seed(cfg.train.seed)
     mllm = build_mllm(cfg.model)
     apply_strategy(mllm, cfg.tune)
+    mllm.pack_samples = cfg.data.batching == "packed"  # training micro-batches share rows (MLLM.pack)
     if ckpt:
         try:
             state = read_trainable(ckpt)

@@ -270,7 +270,7 @@ CHOICES = {
     "data.image_aspect": ("square", "pad"),
     "data.on_bad_sample": ("skip", "error"),
     "train.nonfinite": ("stop", "skip_step"),
-    "data.batching": ("length_grouped", "random"),
+    "data.batching": ("length_grouped", "random", "packed"),
     "eval.profile": PROFILES,
     "eval.yes_no": ("generate", "logits"),
 }
@@ -413,6 +413,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.nonfinite_limit={t.nonfinite_limit} must be >= 0")
     if not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    if cfg.data.batching == "packed" and (cfg.model.loss_chunk <= 0 or cfg.model.attn_implementation != "sdpa"):
+        raise ConfigError("data.batching=packed needs model.loss_chunk > 0 and model.attn_implementation=sdpa "
+                          f"(got {cfg.model.loss_chunk}, {cfg.model.attn_implementation})")
     if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:
         raise ConfigError(
             f"model.vision.select_layer={cfg.model.vision.select_layer} must be negative and within "

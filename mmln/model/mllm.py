@@ -89,6 +89,7 @@ class MLLM(nn.Module):
         self.connector = connector
         self.llm = llm
         self.max_length = max_length
+        self.pack_samples = False  # data.batching=packed: a training micro-batch's samples share rows (see pack)
 
     # 1 ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,9 +182,15 @@ class MLLM(nn.Module):
         s = self.embed_batch(input_ids, attention_mask, labels, pixel_values, image_features, host=host)
         if s.labels is not None and self.loss_chunk > 0:
             base = base_llm(self.llm)
-            hidden = llm_decoder(self)(inputs_embeds=s.inputs_embeds, attention_mask=self._train_mask(s),
-                                        use_cache=False).last_hidden_state
-            loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), s.labels, self.loss_chunk,
+            labels = s.labels
+            if self.pack_samples:
+                embeds, mask, position_ids, labels = self.pack(s)
+                hidden = llm_decoder(self)(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                            use_cache=False).last_hidden_state
+            else:
+                hidden = llm_decoder(self)(inputs_embeds=s.inputs_embeds, attention_mask=self._train_mask(s),
+                                            use_cache=False).last_hidden_state
+            loss, n = chunked_cross_entropy(hidden, base.get_output_embeddings(), labels, self.loss_chunk,
                                             getattr(base.config, "final_logit_softcapping", None))
             return MLLMOutput(loss, None, n)
         logits = self.llm(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask, use_cache=False).logits
@@ -197,6 +204,45 @@ class MLLM(nn.Module):
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return MLLMOutput(loss, logits, n)
+
+    def pack(self, s: Spliced) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A right-padded training micro-batch (B, T) as R <= B rows of whole samples back to back
+        (first-fit decreasing into rows of at most `max_length`): (inputs_embeds (R, L, D), an SDPA
+        mask (R, 1, L, L) that is causal within each sample and never crosses samples, position
+        ids restarting at 0 for each sample, labels). Each sample's first label is ignored, as
+        it is never a target unpacked either, so the loss (mean over the same supervised tokens)
+        and every gradient equal the unpacked ones. Planned on the host copy of the mask: no sync."""
+        lens = s.host_attention_mask.sum(1).tolist()
+        B, T = s.host_attention_mask.shape
+        rows, used = [], []
+        for b in sorted(range(B), key=lambda b: -lens[b]):
+            r = next((r for r in range(len(rows)) if used[r] + lens[b] <= self.max_length), None)
+            if r is None:
+                rows.append([])
+                used.append(0)
+                r = len(rows) - 1
+            rows[r].append(b)
+            used[r] += lens[b]
+        R, L = len(rows), max(used)
+        src = torch.full((R, L), B * T, dtype=torch.long)  # B * T: a zero row / ignored label (padding)
+        seg = torch.full((R, L), -1, dtype=torch.long)
+        pos = torch.zeros(R, L, dtype=torch.long)
+        first = torch.zeros(R, L, dtype=torch.bool)
+        for r, members in enumerate(rows):
+            o = 0
+            for k, b in enumerate(members):
+                n = lens[b]
+                src[r, o:o + n], seg[r, o:o + n], pos[r, o:o + n] = b * T + torch.arange(n), k, torch.arange(n)
+                first[r, o] = True
+                o += n
+        e, dev = s.inputs_embeds, s.inputs_embeds.device
+        to = dict(device=dev, non_blocking=True)
+        src, seg, first = src.to(**to), seg.to(**to), first.to(**to)
+        table = torch.cat([e.reshape(B * T, e.shape[-1]), e.new_zeros(1, e.shape[-1])])
+        labels = torch.cat([s.labels.reshape(-1), s.labels.new_full((1,), IGNORE_INDEX)])[src]
+        causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+        mask = (causal[None] & (seg[:, :, None] == seg[:, None, :]))[:, None]  # padding attends to padding only
+        return table[src], mask, pos.to(**to), labels.masked_fill(first, IGNORE_INDEX)
 
     def _train_mask(self, s: Spliced) -> torch.Tensor:
         """The attention mask for a right-padded training batch. For SDPA, the 4-D boolean
