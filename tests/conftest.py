@@ -11,6 +11,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "conf" / "model" / "tiny.yaml"
 
+
+def free_port() -> str:
+    """A TCP port free now, for a multi-process test's MASTER_PORT (a fixed one collides when two
+    test runs share the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
 os.environ.setdefault("MMLN_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

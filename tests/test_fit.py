@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mmln.config import load_config
 from mmln.fit import fit, main
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, free_port
 
 
 def stage_overrides(world, tmp_path, stage: str, *extra: str) -> list[str]:
@@ -108,7 +108,7 @@ def test_ddp_two_processes_equal_one_process(tiny_world, tmp_path):
     one = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "run_name=one"))
     args = stage_overrides(tiny_world, tmp_path, "instruct", *base, "run_name=two", "train.strategy=ddp",
                            "train.devices=2")
-    env = {**os.environ, "MMLN_QUIET": "1", "MASTER_PORT": "29533"}
+    env = {**os.environ, "MMLN_QUIET": "1", "MASTER_PORT": free_port()}
     proc = subprocess.run([sys.executable, "-m", "mmln.fit", "--config", str(TINY), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,7 +6,6 @@ are the least that shows sharding, checkpointing and resuming together."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,17 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from mmln.fit import fit
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, free_port
 from tests.test_fit import cfg_for, stage_overrides
 
 BASE = ["tune.strategy=attn_mlp", "train.lr=1e-3", "train.global_batch_size=8", "train.micro_batch_size=2",
         "train.max_steps=4", "train.save_every_n_steps=2", "train.accelerator=cpu"]
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def two_ranks(world, tmp_path, *extra):
