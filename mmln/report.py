@@ -35,6 +35,13 @@ intervals as error bars.
 - Table 5: vision encoder: one row per backend / timm name (runs with the reference data).
 - Table 6: layer similarity (`analysis/layer_similarity`) per strategy.
 - Table A1: the selection metric per learning rate per strategy.
+- Paired tests (`paired`): for each pair of Table 1's strategies at their chosen learning rates,
+  the difference of every Table-1 column with the 95% interval of a paired bootstrap over the same
+  benchmark items (questions for POPE / VQAv2, images for MME and the captions), read back from the
+  evaluations' answer files (`mmln.eval.items`, `mmln.selection.paired_bootstrap`); `*` marks a
+  difference whose interval excludes 0. With several seeds an item's terms are averaged over
+  the seeds of the chosen lr first (the interval covers item sampling, not training noise).
+  `paired.csv` holds one line per (pair, column).
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
 ABLATION = ["layernorm", "connector", "layernorm_no_connector"]
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "figures"]
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "paired", "figures"]
 
 
 @dataclass
@@ -103,6 +110,17 @@ class Stat(float):
         out = cls(mean)
         out.half, out.n = half, n
         return out
+
+
+class Diff(float):
+    """A paired difference A - B with its bootstrap interval; `significant` when it excludes 0."""
+
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
 
 
 @dataclass
@@ -324,6 +342,84 @@ def tableA1(runs, metric):
                  rows, 2, f"no run has {metric}")
 
 
+def evaluation_items(client, run_id: str) -> dict:
+    """metric -> per-item terms of the run's evaluation (`eval/scores.json` names its answer files)."""
+    import json
+    import tempfile
+
+    from mmln.eval.items import evaluation_items as items_of
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            scores = json.loads(Path(client.download_artifacts(run_id, "eval/scores.json", tmp)).read_text())
+        except Exception:  # no evaluation artifact: nothing to pair
+            return {}
+    return items_of(scores)
+
+
+def seed_items(per_run: list[dict]) -> dict:
+    """The per-item terms averaged over a point's seeds (metrics every seed has, on the same items)."""
+    from mmln.eval.items import Items
+
+    out = {}
+    for m in set.intersection(*(set(d) for d in per_run)) if per_run else ():
+        first = per_run[0][m]
+        same = [d[m].aligned(first.ids) for d in per_run]
+        out[m] = Items(first.ids, sum(x.num for x in same) / len(same), sum(x.den for x in same) / len(same))
+    return out
+
+
+def paired_tables(client, runs: list[Run], metric: str) -> tuple[Table, Table]:
+    """(one row per strategy pair and a cell per Table-1 column, one row per pair and column):
+    the difference of the two strategies' columns at their chosen lrs with its paired bootstrap
+    interval (`mmln.selection.paired_bootstrap`)."""
+    from itertools import combinations
+
+    from mmln.selection import paired_bootstrap
+
+    ref = [r for r in reference(runs) if r.strategy not in ABLATION[1:]]
+    rows, long, used, notes = [], [], [], []
+    chosen: dict[str, list[tuple[str, Run, dict]]] = {}
+    for (model, strategy), g in group(ref, lambda r: (r.model, r.strategy)).items():
+        run, scored = best(g, metric)
+        if not scored:
+            continue
+        try:
+            items = seed_items([evaluation_items(client, r.run_id) for r in g if r.lr == run.lr])
+        except (OSError, ValueError) as e:  # answer or ground-truth files gone, or seeds on other items
+            notes.append(f"{model} {strategy}: {e}")
+            continue
+        if items:
+            chosen.setdefault(model, []).append((strategy, run, items))
+    for model, entries in chosen.items():
+        for (sa, ra, ia), (sb, rb, ib) in combinations(entries, 2):
+            cells = []
+            for col, m in BENCH_COLS:
+                if m not in ia or m not in ib:
+                    cells.append(None)
+                    continue
+                try:
+                    d, lo, hi = paired_bootstrap(ia[m], ib[m].aligned(ia[m].ids))
+                except ValueError as e:
+                    notes.append(f"{model} {sa} vs {sb} {col}: {e}")
+                    cells.append(None)
+                    continue
+                cell = Diff(d)
+                cell.low, cell.high = lo, hi
+                cells.append(cell)
+                long.append([model, sa, sb, col, m, d, lo, hi, cell.significant, len(ia[m].ids)])
+            rows.append([model, f"{sa} (lr {ra.lr:g})", f"{sb} (lr {rb.lr:g})"] + cells)
+            used.append(f"{ra.label} vs {rb.label}")
+    empty = "no pair of strategies with per-item answers (evaluations record them in eval/scores.json)"
+    if notes:
+        empty += "; " + "; ".join(notes[:5])
+    title = (f"Paired tests: Table 1 differences A - B at each strategy's best lr (by {metric}), 95% paired "
+             "bootstrap interval over the benchmark items; * = significant at 95%")
+    compact = Table("paired", title, ["model", "A", "B"] + [c for c, _ in BENCH_COLS], rows, 3, empty, runs=used)
+    return compact, Table("paired", title, ["model", "A", "B", "column", "metric", "difference", "low", "high",
+                                            "significant", "n_items"], long, 5, empty)
+
+
 BUILDERS = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
             "table6": table6, "tableA1": tableA1}
 
@@ -334,6 +430,8 @@ def fmt(v: Any) -> str:
         return "-"
     if isinstance(v, Stat) and v.n > 1:  # mean +- 95% CI half-width over the seeds
         return f"{fmt(float(v))} ± {fmt(v.half)}"
+    if isinstance(v, Diff):  # a paired difference [95% bootstrap interval], * = significant
+        return f"{'+' if v > 0 else ''}{fmt(float(v))} [{fmt(v.low)}, {fmt(v.high)}]" + ("*" if v.significant else "")
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -529,10 +627,13 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
           "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", "",
           f"Rows: {ROW_RULE}" + ("" if references else " (no `--config` given: every run counts as the reference's)")
           + ".", ""]
+    long = {}
+    if "paired" in tables:
+        built["paired"], long["paired"] = paired_tables(client, runs, metric)
     for key, t in built.items():
         md.append(markdown(t, bold_max=key == "tableA1"))
         if has_data(t):
-            write_csv(t, out / f"{key}.csv")
+            write_csv(long.get(key, t), out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
         figs = lr_curves(runs, metric, out) + paper_figures(client, runs, metric, out) + \
