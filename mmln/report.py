@@ -468,7 +468,11 @@ def write_csv(t: Table, path: Path) -> None:
                      for n, row in enumerate(t.rows)])
 
 
-def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
+def lr_curves(runs: list[Run], metric: str, out: Path,
+              pruned: Optional[dict[tuple[str, str], set[float]]] = None) -> list[Path]:
+    """Per model: each strategy's `metric` against the learning rate (the mean over seeds, 95% CI
+    error bars), and the learning rates successive halving pruned ((model, strategy) -> lrs in
+    `pruned`; they have no score) as crosses on the x axis in the strategy's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,29 +481,50 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
     from matplotlib.ticker import FixedLocator, NullLocator
 
     paths = []
+    pruned = pruned or {}
     ref = [r for r in reference(runs) if metric in r.metrics]
-    for model in sorted({r.model for r in ref}):
+    for model in sorted({r.model for r in ref} | {m for m, _ in pruned}):
         fig, ax = plt.subplots(figsize=(7.5, 4))
         mine = [r for r in ref if r.model == model]
-        for (strategy,), g in group(mine, lambda r: (r.strategy,)).items():
+        curves = {s: g for (s,), g in group(mine, lambda r: (r.strategy,)).items()}
+        cut = {s: sorted(lrs) for (m, s), lrs in pruned.items() if m == model and lrs}
+        for strategy in sorted(set(curves) | set(cut), key=_strategy_key):
+            g = curves.get(strategy, [])
             lrs = sorted({r.lr for r in g})
             stats = [Stat.of([r.metrics[metric] for r in g if r.lr == lr]) for lr in lrs]
             yerr = [0.0 if math.isnan(st.half) else st.half for st in stats]  # 95% CI over seeds
-            ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o", capsize=3,
-                        label=strategy)
-        lrs = sorted({r.lr for r in mine})
+            drawn = ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o",
+                                capsize=3, label=strategy)
+            if strategy in cut:  # one row of crosses per strategy, just above the x axis
+                row = 0.03 + 0.045 * sorted(cut, key=_strategy_key).index(strategy)
+                ax.plot(cut[strategy], [row] * len(cut[strategy]), "x", color=drawn[0].get_color(), markersize=8,
+                        mew=2, transform=ax.get_xaxis_transform(), clip_on=False)
+        if cut:
+            ax.plot([], [], "x", color="0.3", markersize=8, mew=2, label="pruned by halving\n(no score; colour =\nstrategy)")
+        lrs = sorted({r.lr for r in mine} | {x for v in cut.values() for x in v})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(lrs))  # a tick at every swept lr, none between
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{x:g}" for x in lrs], rotation=45 if len(lrs) > 4 else 0, ha="right" if len(lrs) > 4 else "center")
         ax.set(xlabel="learning rate (log scale)", ylabel=metric_label(metric),
-               title=f"{model}: {metric_label(metric)} per learning rate")
+               title=f"{model}: {metric_label(metric)} per learning rate"
+               + (" (mean ± 95% CI over seeds)" if any(r.seed for r in mine) else ""))
         ax.grid(alpha=0.3)
         ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
         paths.append(out / f"lr_curves_{model}.png")
         save_figure(fig, paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+def pruned_points(client, experiment_ids: list[str]) -> dict[tuple[str, str], set[float]]:
+    """(model, strategy) -> the learning rates of the reference runs successive halving pruned."""
+    out: dict[tuple[str, str], set[float]] = {}
+    for r in client.search_runs(experiment_ids, "tags.`halving/state` = 'pruned'", max_results=5000):
+        t = r.data.tags
+        if t.get("stage") == "instruct" and not t.get("variant") and not t.get("kind"):
+            out.setdefault((t.get("model", "?"), t.get("strategy", "?")), set()).add(float(t.get("lr", "nan")))
+    return out
 
 
 def metric_label(metric: str) -> str:
@@ -636,7 +661,7 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             write_csv(long.get(key, t), out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
-        figs = lr_curves(runs, metric, out) + paper_figures(client, runs, metric, out) + \
+        figs = lr_curves(runs, metric, out, pruned_points(client, ids)) + paper_figures(client, runs, metric, out) + \
             analysis_figures(client, runs, metric, out)
         if "table3" in built:
             figs += data_type_bars(built["table3"], metric, out)

@@ -190,6 +190,11 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
     assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}"
     killed = next(r for r in runs if r.info.run_name == halved["killed"])
     assert killed.info.run_id == halved["run_id_at_kill"]  # the killed point continued its own run
+    # the dashboard's parent: the comparison marks the pruned points, the LR curve is beside it
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert logged == {"comparison/comparison.md", "comparison/lr_curves_tiny.png"}
+    md = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(root))).read_text()
+    assert md.count("| pruned") == len(pruned) and f"**{best.value:.4g}**" in md
 
 
 def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):
