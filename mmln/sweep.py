@@ -340,8 +340,11 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
             p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
             p.status = "done" if p.status == "pending" else p.status
         elif p.status not in ("failed", "pruned"):  # pruned: successive halving stopped it on purpose
-            p.status = "missing"
-            p.error = p.error or f"no FINISHED run with {metric}"
+            cut = client.search_runs([exp_id], f"tags.config_hash = '{p.hash}' and tags.`halving/state` = 'pruned'",
+                                     max_results=1)  # by an earlier halving sweep (--summarize)
+            p.status = "pruned" if cut else "missing"
+            p.run_id = cut[0].info.run_id if cut else p.run_id
+            p.error = None if cut else p.error or f"no FINISHED run with {metric}"
     return pick_best(points)
 
 

@@ -143,7 +143,8 @@ def halved(world, tmp_path_factory):
     step_at_kill = torch.load(root / "outputs/tiny_halving" / killed / "checkpoints/last.ckpt", weights_only=False)["global_step"]
     run_id_at_kill = (root / "outputs/tiny_halving" / killed / "mlflow_run_id").read_text()
     rc = sweep.main(halving_args(world, root))
-    return dict(root=root, rc=rc, killed=killed, step_at_kill=step_at_kill, run_id_at_kill=run_id_at_kill, log=log)
+    return dict(root=root, rc=rc, killed=killed, step_at_kill=step_at_kill, run_id_at_kill=run_id_at_kill, log=log,
+                world=world)
 
 
 def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
@@ -195,6 +196,10 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
     assert logged == {"comparison/comparison.md", "comparison/lr_curves_tiny.png"}
     md = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(root))).read_text()
     assert md.count("| pruned") == len(pruned) and f"**{best.value:.4g}**" in md
+    # --summarize afterwards: the pruned points are pruned, not missing (exit 0), the same best lr
+    assert sweep.main(halving_args(halved["world"], root) + ["--summarize"]) == 0
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}" and parent.data.metrics["sweep/n_failed"] == 0
 
 
 def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):
