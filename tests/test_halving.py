@@ -200,6 +200,9 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
     assert sweep.main(halving_args(halved["world"], root) + ["--summarize"]) == 0
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}" and parent.data.metrics["sweep/n_failed"] == 0
+    (root / "again").mkdir(exist_ok=True)
+    again = client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(root / "again"))
+    assert Path(again).read_text().count("| pruned") == len(pruned)
 
 
 def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):
