@@ -14,8 +14,8 @@ and the wall time of both (proxy evaluations and the per-rung restarts included)
 A survivor of the halving is bit-identical to the same point of the full grid, so its CIDEr must
 equal the grid's at that lr: checked (`survivor_equals_grid`).
 
-python benchmarks/bench_halving.py [--quick]   (~15 min on 2 cores with OMP_NUM_THREADS=1; --quick:
-1 strategy x 1 seed)
+python benchmarks/bench_halving.py [--quick]   (12 CPU-minutes, one core at a time; 31 min of wall time
+when measured on a shared, loaded 2-core machine; --quick: 1 strategy x 1 seed, about 1/9 of it)
 """
 from __future__ import annotations
 
