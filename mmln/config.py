@@ -180,7 +180,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | any Lightning precision
     # HOW Lightning runs the training (its `Trainer(strategy=...)`): auto | ddp | deepspeed_stage_2 |
-    # deepspeed_stage_3 | path to a DeepSpeed JSON. Not tune.strategy, which says WHAT trains.
+    # deepspeed_stage_3 | path to a DeepSpeed JSON | fsdp2 (mmln.lit.fsdp2). Not tune.strategy, which says WHAT trains.
     strategy: str = "auto"
     accelerator: str = "auto"
     devices: Any = "auto"

@@ -153,6 +153,10 @@ def lightning_strategy(cfg):
 
         stage = int(s.split("_")[2])
         return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=True)
+    if s == "fsdp2":  # FSDP2 through Lightning's ModelParallelStrategy (mmln.lit.fsdp2)
+        from mmln.lit.fsdp2 import FSDP2Strategy
+
+        return FSDP2Strategy(world_size(cfg))
     if s == "ddp" and cfg.train.accelerator == "cpu":
         from lightning.pytorch.strategies import DDPStrategy
 

@@ -18,7 +18,10 @@ input, are counted as they behave). Terms, per rank:
 Sharding (`--world W`): DDP replicates everything (plus gradient buckets, one more fp32 copy of
 the grads, with more than one rank); ZeRO-2 shards grads + optimizer state over W; ZeRO-3 and FSDP2 shard every
 parameter too (plus one gathered decoder layer). The peak is taken as weights + optimizer +
-max(activations + loss, grads + one layer's activations, grads + AdamW's step temporaries).
+max(activations + loss + one layer's saved tensors that require grad (the gradient temporaries
+of the first layer backward runs through), grads + one layer's activations, grads + AdamW's step temporaries).
+Attention is traced as the fused kernels save it (mask, q, k, v, output, log-sum-exp; never the
+T x T probabilities): meta tensors would otherwise take the math fallback, which saves them.
 
 What is checked and what is not: on CPU (fp32, no autocast) the prediction is compared with peaks
 measured by `mmln.memtrack.PeakMemory` (tests/test_plan.py). bf16-mixed activations (traced
@@ -39,6 +42,7 @@ from mmln.config import ConfigError, load_config
 
 GB = 1e9
 PAPER_7B = {"layernorm": 24.2, "layernorm_simple": 18.9, "lora": 29.4}  # Table 2, A100-80GB, GB
+PAPER = {"7B": PAPER_7B}
 GPUS = (24, 40, 80, 141)
 
 
@@ -62,12 +66,57 @@ class Plan:
         return {k: (round(v / GB, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(saved bytes of the whole forward, of one decoder layer, of each layer's input) for a
-    right-padded micro-batch of `seq_len` text positions, traced on the meta device without
-    checkpointing."""
+class _FusedAttention(torch.autograd.Function):
+    """Scaled-dot-product attention on the meta device as the fused kernels keep it for backward
+    (CPU flash and CUDA memory-efficient attention alike): the mask converted to the compute dtype,
+    q, k, v, the output and an fp32 log-sum-exp per row; never the (T x T) probabilities, which
+    the math fallback that meta tensors would otherwise take saves."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        saved = [q, k, v, out, lse]
+        if mask is not None:
+            saved.append(q.new_empty(mask.shape) if mask.dtype == torch.bool else mask)
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: the trace only counts what forward saves
+        raise NotImplementedError
+
+
+class fused_attention_on_meta:
+    """Within the context, `F.scaled_dot_product_attention` on meta tensors is `_FusedAttention`."""
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        self._orig = orig = F.scaled_dot_product_attention
+
+        def sdpa(query, key, value, attn_mask=None, *args, **kwargs):
+            if query.device.type != "meta":
+                return orig(query, key, value, attn_mask, *args, **kwargs)
+            return _FusedAttention.apply(query, key, value, attn_mask)
+
+        F.scaled_dot_product_attention = sdpa
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+
+        F.scaled_dot_product_attention = self._orig
+
+
+def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(saved bytes of the whole forward, of one decoder layer, of each layer's input, of one
+    decoder layer's saved tensors that require grad) for a right-padded micro-batch of `seq_len`
+    text positions, traced on the meta device without checkpointing. The last one sizes the
+    gradient temporaries of a layer's backward (the attention mask, saved too, gets none)."""
     params = {p.untyped_storage()._cdata for p in mllm.parameters()}  # storages of weights: not activations
     seen: dict[int, int] = {}
+    graded: dict[int, int] = {}
     keep: list = []
 
     def pack(t):
@@ -75,6 +124,8 @@ def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tup
         if st._cdata not in params and st._cdata not in seen:
             seen[st._cdata] = st.nbytes()
             keep.append(st)
+            if t.requires_grad:
+                graded[st._cdata] = st.nbytes()
         return t
 
     layers = mllm.decoder_layers()
@@ -82,7 +133,7 @@ def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tup
 
     def mark(i):
         def hook(mod, args, kwargs):
-            marks.setdefault(i, sum(seen.values()))
+            marks.setdefault(i, (sum(seen.values()), sum(graded.values())))
         return hook
 
     hooks = [layer.register_forward_pre_hook(mark(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -92,7 +143,7 @@ def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tup
     from mmln.model.mllm import HostBatch
 
     emb = mllm.llm.get_input_embeddings()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fused_attention_on_meta():
         e = emb(ids.to("meta")).to(dtype)
         e.requires_grad_(True)
         s = mllm.splice  # the loss path of forward, from inputs_embeds (the image rows are text rows here)
@@ -103,13 +154,14 @@ def trace_activations(mllm, batch: int, seq_len: int, dtype: torch.dtype) -> tup
 
         sp = Spliced(e, mask, labels.to("meta"), torch.zeros(batch, seq_len, dtype=torch.bool, device="meta"))
         hidden = base.get_decoder()(inputs_embeds=e, attention_mask=mllm._train_mask(sp), use_cache=False).last_hidden_state
-        after_layers = sum(seen.values())
+        after_layers, after_graded = sum(seen.values()), sum(graded.values())
     for h in hooks:
         h.remove()
     del host_ids, hidden
-    per_layer = (after_layers - marks[0]) / len(layers)
+    per_layer = (after_layers - marks[0][0]) / len(layers)
+    per_layer_graded = (after_graded - marks[0][1]) / len(layers)
     layer_input = batch * seq_len * e.shape[-1] * e.element_size()
-    return int(after_layers), int(per_layer), int(layer_input)
+    return int(after_layers), int(per_layer), int(layer_input), int(per_layer_graded)
 
 
 def loss_bytes(batch: int, seq_len: int, vocab: int, act_bytes: int, chunk: int) -> int:
@@ -148,7 +200,7 @@ def _trace(cfg, strategy: str, seq_len: int, gpu: bool) -> dict:
            "head_trainable": sum(p.numel() for p in mllm.llm.get_output_embeddings().parameters() if p.requires_grad)}
     if gpu:  # activations as autocast computes them: every weight in bf16 for the trace
         mllm.to(torch.bfloat16)
-    out["total"], out["per_layer"], out["layer_in"] = trace_activations(mllm, 1, seq_len, dtype)
+    out["total"], out["per_layer"], out["layer_in"], out["per_layer_graded"] = trace_activations(mllm, 1, seq_len, dtype)
     _TRACES[key] = out
     return out
 
@@ -180,9 +232,36 @@ def plan(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointing: b
     # AdamW's step allocates temporaries: ~1 fp32 copy of the (local) trainables with CUDA's fused
     # foreach kernels (modelled), 3.5 measured on CPU, where foreach falls back to per-tensor ops
     step_tmp = (1.0 if gpu else 3.5) * 4.0 * trainable / (world if sharding != "ddp" else 1)
-    peak = weights + o + max(act + loss, g + per_layer, g + step_tmp)
+    # backward starts with every activation and the loss's buffers alive; the last layer's backward
+    # then adds gradient temporaries of about one layer's saved tensors that require grad
+    peak = weights + o + max(act + loss + B * t["per_layer_graded"], g + per_layer, g + step_tmp)
     return Plan(strategy, micro_batch, seq_len, checkpointing, sharding, world, weights, g, o, float(act), float(loss),
                 float(per_layer), peak)
+
+
+def cpu_check(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointing: bool) -> tuple[float, int]:
+    """(predicted, measured) extra bytes of one steady-state optimizer step on CPU (fp32): forward,
+    backward and AdamW on a real model built from `cfg`, measured by mmln.memtrack.PeakMemory on
+    the second step (weights and Adam state already exist, so they are left out of both)."""
+    from mmln.memtrack import PeakMemory
+    from mmln.model import build_mllm
+    from mmln.tuning import apply_strategy
+
+    cfg = cfg.copy()
+    cfg.tune.strategy = strategy
+    cfg.model.gradient_checkpointing = checkpointing
+    p = plan(cfg, strategy, micro_batch=micro_batch, seq_len=seq_len, checkpointing=checkpointing, gpu=False)
+    torch.manual_seed(0)
+    m = build_mllm(cfg.model).train()
+    apply_strategy(m, cfg.tune)
+    opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-5)
+    ids = torch.randint(3, int(cfg.model.llm.vocab_size), (micro_batch, seq_len))
+    for _ in range(2):
+        with PeakMemory() as pm:
+            m(ids, None, ids).loss.backward()
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return p.peak - p.weights - p.optimizer, pm.peak_bytes()
 
 
 def fits(cfg, strategy: str, seq_len: int, gpu_gb: float, **kw) -> str:
@@ -208,8 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world", type=int, default=1, help="ranks the sharding spans")
     ap.add_argument("--seq-len", type=int, default=None, help="positions per sample (default model.max_length)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--table2", action="store_true", help="Table 2's strategies at 7B and 13B side by side "
+                    "(the 7B / 13B presets; overrides apply to both)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = ap.parse_args(argv)
+    if args.table2:
+        return table2(args)
+    skipped = []
     try:
         cfg = load_config(args.config, args.overrides)
         names = [n for n in REGISTRY if n != "pretrain"] if args.strategy == "all" else [args.strategy or cfg.tune.strategy]
@@ -219,7 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         T = args.seq_len or int(cfg.model.max_length)
         mb, ckpt = int(cfg.train.micro_batch_size), bool(cfg.model.gradient_checkpointing)
         kw = dict(sharding=args.sharding, world=args.world)
-        rows = [plan(cfg, n, micro_batch=mb, seq_len=T, checkpointing=ckpt, **kw) for n in names]
+        rows = []
+        for n in names:
+            try:
+                rows.append(plan(cfg, n, micro_batch=mb, seq_len=T, checkpointing=ckpt, **kw))
+            except (ConfigError, ValueError) as e:
+                if args.strategy != "all":
+                    raise
+                skipped.append(f"{n} ({str(e).split(';')[0]})")  # a strategy this model has nothing for (bitfit on LLaMA)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -238,6 +329,52 @@ def main(argv: list[str] | None = None) -> int:
               f"{g['peak']:>8}{(str(paper) if paper else '-'):>7}{cells}")
     print("paper: Table 2 (A100-80GB). Fit columns: the largest micro-batch that fits 95% of the card, "
           "checkpointing added only when needed.")
+    for n in skipped:
+        print(f"not applicable here: {n}")
+    return 0
+
+
+TABLE2 = ("finetune", "attn_mlp", "attn_qv", "lora", "layernorm", "layernorm_simple")
+PRESETS = {"7B": "conf/vicuna7b_ln.yaml", "13B": "conf/llama2_13b_ln.yaml"}
+
+
+def table2(args) -> int:
+    """Table 2's shape: predicted peak per strategy at 7B and 13B side by side (each preset's
+    micro-batch, checkpointing and max length, one GPU unless --sharding/--world), the paper's
+    figures beside them, and the fit on an 80 GB card."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        cfgs = {k: load_config(root / v, args.overrides) for k, v in PRESETS.items()}
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    kw = dict(sharding=args.sharding, world=args.world)
+    c7 = cfgs["7B"]
+    say = (lambda *a: None) if args.json else print
+    say(f"Table 2 (predicted, GB = 1e9 bytes): micro-batch {c7.train.micro_batch_size} x "
+          f"{args.seq_len or c7.model.max_length} positions, checkpointing "
+          f"{'on' if c7.model.gradient_checkpointing else 'off'}, {args.sharding} over {args.world}")
+    say(f"{'strategy':<18}" + "".join(f"{k + ' peak':>10}{k + ' paper':>11}{k + ' on 80 GB':>14}" for k in cfgs))
+    out = []
+    for n in TABLE2:
+        cells, row = "", {"strategy": n}
+        for k, cfg in cfgs.items():
+            T = args.seq_len or int(cfg.model.max_length)
+            p = plan(cfg, n, micro_batch=int(cfg.train.micro_batch_size), seq_len=T,
+                     checkpointing=bool(cfg.model.gradient_checkpointing), **kw)
+            paper = PAPER.get(k, {}).get(n)
+            row[k] = {"peak": round(p.peak / GB, 2), "paper": paper, "fit_80gb": fits(cfg, n, T, 80, **kw)}
+            cells += f"{row[k]['peak']:>10}{(str(paper) if paper else '-'):>11}{row[k]['fit_80gb']:>14}"
+        out.append(row)
+        if not args.json:
+            print(f"{n:<18}{cells}")
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print("paper: Table 2 (A100-80GB; '-' = not reported or not recorded here: full finetune and MLP tuning ran "
+              "out of memory there, and its 13B figures are not in this repository).")
     return 0
 
 

@@ -184,4 +184,8 @@ class InstructFinetune(MLLMModule):
 
 def module_for(cfg, mllm, total_steps: int) -> MLLMModule:
     cls = PretrainConnector if cfg.stage == "pretrain" else InstructFinetune
+    if cfg.train.strategy == "fsdp2":
+        from mmln.lit.fsdp2 import fsdp2_module
+
+        cls = fsdp2_module(cls)
     return cls(mllm, cfg, total_steps)
