@@ -59,6 +59,6 @@ lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
 	$(BIN)/python -m compileall -q mmln tests
 
 clean:  ## remove caches, outputs, the demo dir and the local MLflow store (keeps .venv)
-	rm -rf outputs demo .pytest_cache mlflow.db mlruns mlartifacts
+	rm -rf outputs demo .pytest_cache mlflow.db mlflow.db.lock optuna.db mlruns mlartifacts
 
 include experiments/Makefile.inc
