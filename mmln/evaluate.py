@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mmln.config import ConfigError, load_config
-from mmln.eval.benchmarks import BENCHES, check_inputs, run_benchmark, table_metrics
+from mmln.eval.benchmarks import BENCHES, answer_inputs, check_inputs, run_benchmark, table_metrics
 from mmln.io import write_json
 
 DEFAULT_EXPERIMENT = "mmln-eval"
@@ -174,7 +174,7 @@ def child_suffix(identity: dict[str, str], parent_tags: dict[str, str]) -> str:
 def _merge_scores(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Scores of the same evaluation identity: what was there stays, what is new is added."""
     out = dict(new)
-    for key in ("metrics", "benches", "seconds", "questions_per_s"):
+    for key in ("metrics", "benches", "seconds", "questions_per_s", "inputs"):
         out[key] = {**new.get(key, {}), **old.get(key, {})}
     return out
 
@@ -208,13 +208,14 @@ def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, 
     runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
                     num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
     scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
-                              "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}}
+                              "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}, "inputs": {}}
     for bench in benches:
         t0 = time.perf_counter()
         runner.desc = f"eval {bench}"  # a progress bar per benchmark (per call: POPE's splits, MME's subtasks)
         result = run_benchmark(bench, runner, cfg, out_dir)
         seconds = time.perf_counter() - t0
         scores["benches"][bench] = result
+        scores["inputs"][bench] = answer_inputs(cfg, bench, out_dir)  # per-item results for paired tests
         scores["metrics"].update(table_metrics(bench, result))
         scores["seconds"][bench] = seconds
         n = _n_questions(bench, result)

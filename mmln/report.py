@@ -35,6 +35,13 @@ intervals as error bars.
 - Table 5: vision encoder: one row per backend / timm name (runs with the reference data).
 - Table 6: layer similarity (`analysis/layer_similarity`) per strategy.
 - Table A1: the selection metric per learning rate per strategy.
+- Paired tests (`paired`): for each pair of Table 1's strategies at their chosen learning rates,
+  the difference of every Table-1 column with the 95% interval of a paired bootstrap over the same
+  benchmark items (questions for POPE / VQAv2, images for MME and the captions), read back from the
+  evaluations' answer files (`mmln.eval.items`, `mmln.selection.paired_bootstrap`); `*` marks a
+  difference whose interval excludes 0. With several seeds an item's terms are averaged over
+  the seeds of the chosen lr first (the interval covers item sampling, not training noise).
+  `paired.csv` holds one line per (pair, column).
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
 ABLATION = ["layernorm", "connector", "layernorm_no_connector"]
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "figures"]
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "paired", "figures"]
 
 
 @dataclass
@@ -103,6 +110,17 @@ class Stat(float):
         out = cls(mean)
         out.half, out.n = half, n
         return out
+
+
+class Diff(float):
+    """A paired difference A - B with its bootstrap interval; `significant` when it excludes 0."""
+
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
 
 
 @dataclass
@@ -324,6 +342,84 @@ def tableA1(runs, metric):
                  rows, 2, f"no run has {metric}")
 
 
+def evaluation_items(client, run_id: str) -> dict:
+    """metric -> per-item terms of the run's evaluation (`eval/scores.json` names its answer files)."""
+    import json
+    import tempfile
+
+    from mmln.eval.items import evaluation_items as items_of
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            scores = json.loads(Path(client.download_artifacts(run_id, "eval/scores.json", tmp)).read_text())
+        except Exception:  # no evaluation artifact: nothing to pair
+            return {}
+    return items_of(scores)
+
+
+def seed_items(per_run: list[dict]) -> dict:
+    """The per-item terms averaged over a point's seeds (metrics every seed has, on the same items)."""
+    from mmln.eval.items import Items
+
+    out = {}
+    for m in set.intersection(*(set(d) for d in per_run)) if per_run else ():
+        first = per_run[0][m]
+        same = [d[m].aligned(first.ids) for d in per_run]
+        out[m] = Items(first.ids, sum(x.num for x in same) / len(same), sum(x.den for x in same) / len(same))
+    return out
+
+
+def paired_tables(client, runs: list[Run], metric: str) -> tuple[Table, Table]:
+    """(one row per strategy pair and a cell per Table-1 column, one row per pair and column):
+    the difference of the two strategies' columns at their chosen lrs with its paired bootstrap
+    interval (`mmln.selection.paired_bootstrap`)."""
+    from itertools import combinations
+
+    from mmln.selection import paired_bootstrap
+
+    ref = [r for r in reference(runs) if r.strategy not in ABLATION[1:]]
+    rows, long, used, notes = [], [], [], []
+    chosen: dict[str, list[tuple[str, Run, dict]]] = {}
+    for (model, strategy), g in group(ref, lambda r: (r.model, r.strategy)).items():
+        run, scored = best(g, metric)
+        if not scored:
+            continue
+        try:
+            items = seed_items([evaluation_items(client, r.run_id) for r in g if r.lr == run.lr])
+        except (OSError, ValueError) as e:  # answer or ground-truth files gone, or seeds on other items
+            notes.append(f"{model} {strategy}: {e}")
+            continue
+        if items:
+            chosen.setdefault(model, []).append((strategy, run, items))
+    for model, entries in chosen.items():
+        for (sa, ra, ia), (sb, rb, ib) in combinations(entries, 2):
+            cells = []
+            for col, m in BENCH_COLS:
+                if m not in ia or m not in ib:
+                    cells.append(None)
+                    continue
+                try:
+                    d, lo, hi = paired_bootstrap(ia[m], ib[m].aligned(ia[m].ids))
+                except ValueError as e:
+                    notes.append(f"{model} {sa} vs {sb} {col}: {e}")
+                    cells.append(None)
+                    continue
+                cell = Diff(d)
+                cell.low, cell.high = lo, hi
+                cells.append(cell)
+                long.append([model, sa, sb, col, m, d, lo, hi, cell.significant, len(ia[m].ids)])
+            rows.append([model, f"{sa} (lr {ra.lr:g})", f"{sb} (lr {rb.lr:g})"] + cells)
+            used.append(f"{ra.label} vs {rb.label}")
+    empty = "no pair of strategies with per-item answers (evaluations record them in eval/scores.json)"
+    if notes:
+        empty += "; " + "; ".join(notes[:5])
+    title = (f"Paired tests: Table 1 differences A - B at each strategy's best lr (by {metric}), 95% paired "
+             "bootstrap interval over the benchmark items; * = significant at 95%")
+    compact = Table("paired", title, ["model", "A", "B"] + [c for c, _ in BENCH_COLS], rows, 3, empty, runs=used)
+    return compact, Table("paired", title, ["model", "A", "B", "column", "metric", "difference", "low", "high",
+                                            "significant", "n_items"], long, 5, empty)
+
+
 BUILDERS = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
             "table6": table6, "tableA1": tableA1}
 
@@ -334,6 +430,8 @@ def fmt(v: Any) -> str:
         return "-"
     if isinstance(v, Stat) and v.n > 1:  # mean +- 95% CI half-width over the seeds
         return f"{fmt(float(v))} ± {fmt(v.half)}"
+    if isinstance(v, Diff):  # a paired difference [95% bootstrap interval], * = significant
+        return f"{'+' if v > 0 else ''}{fmt(float(v))} [{fmt(v.low)}, {fmt(v.high)}]" + ("*" if v.significant else "")
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -370,7 +468,11 @@ def write_csv(t: Table, path: Path) -> None:
                      for n, row in enumerate(t.rows)])
 
 
-def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
+def lr_curves(runs: list[Run], metric: str, out: Path,
+              pruned: Optional[dict[tuple[str, str], set[float]]] = None) -> list[Path]:
+    """Per model: each strategy's `metric` against the learning rate (the mean over seeds, 95% CI
+    error bars), and the learning rates successive halving pruned ((model, strategy) -> lrs in
+    `pruned`; they have no score) as crosses on the x axis in the strategy's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -379,29 +481,50 @@ def lr_curves(runs: list[Run], metric: str, out: Path) -> list[Path]:
     from matplotlib.ticker import FixedLocator, NullLocator
 
     paths = []
+    pruned = pruned or {}
     ref = [r for r in reference(runs) if metric in r.metrics]
-    for model in sorted({r.model for r in ref}):
+    for model in sorted({r.model for r in ref} | {m for m, _ in pruned}):
         fig, ax = plt.subplots(figsize=(7.5, 4))
         mine = [r for r in ref if r.model == model]
-        for (strategy,), g in group(mine, lambda r: (r.strategy,)).items():
+        curves = {s: g for (s,), g in group(mine, lambda r: (r.strategy,)).items()}
+        cut = {s: sorted(lrs) for (m, s), lrs in pruned.items() if m == model and lrs}
+        for strategy in sorted(set(curves) | set(cut), key=_strategy_key):
+            g = curves.get(strategy, [])
             lrs = sorted({r.lr for r in g})
             stats = [Stat.of([r.metrics[metric] for r in g if r.lr == lr]) for lr in lrs]
             yerr = [0.0 if math.isnan(st.half) else st.half for st in stats]  # 95% CI over seeds
-            ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o", capsize=3,
-                        label=strategy)
-        lrs = sorted({r.lr for r in mine})
+            drawn = ax.errorbar(lrs, [float(st) for st in stats], yerr=yerr if any(yerr) else None, marker="o",
+                                capsize=3, label=strategy)
+            if strategy in cut:  # one row of crosses per strategy, just above the x axis
+                row = 0.03 + 0.045 * sorted(cut, key=_strategy_key).index(strategy)
+                ax.plot(cut[strategy], [row] * len(cut[strategy]), "x", color=drawn[0].get_color(), markersize=8,
+                        mew=2, transform=ax.get_xaxis_transform(), clip_on=False)
+        if cut:
+            ax.plot([], [], "x", color="0.3", markersize=8, mew=2, label="pruned by halving\n(no score; colour =\nstrategy)")
+        lrs = sorted({r.lr for r in mine} | {x for v in cut.values() for x in v})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(lrs))  # a tick at every swept lr, none between
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{x:g}" for x in lrs], rotation=45 if len(lrs) > 4 else 0, ha="right" if len(lrs) > 4 else "center")
         ax.set(xlabel="learning rate (log scale)", ylabel=metric_label(metric),
-               title=f"{model}: {metric_label(metric)} per learning rate")
+               title=f"{model}: {metric_label(metric)} per learning rate"
+               + (" (mean ± 95% CI over seeds)" if any(r.seed for r in mine) else ""))
         ax.grid(alpha=0.3)
         ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
         paths.append(out / f"lr_curves_{model}.png")
         save_figure(fig, paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+def pruned_points(client, experiment_ids: list[str]) -> dict[tuple[str, str], set[float]]:
+    """(model, strategy) -> the learning rates of the reference runs successive halving pruned."""
+    out: dict[tuple[str, str], set[float]] = {}
+    for r in client.search_runs(experiment_ids, "tags.`halving/state` = 'pruned'", max_results=5000):
+        t = r.data.tags
+        if t.get("stage") == "instruct" and not t.get("variant") and not t.get("kind"):
+            out.setdefault((t.get("model", "?"), t.get("strategy", "?")), set()).add(float(t.get("lr", "nan")))
+    return out
 
 
 def metric_label(metric: str) -> str:
@@ -529,13 +652,16 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
           "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", "",
           f"Rows: {ROW_RULE}" + ("" if references else " (no `--config` given: every run counts as the reference's)")
           + ".", ""]
+    long = {}
+    if "paired" in tables:
+        built["paired"], long["paired"] = paired_tables(client, runs, metric)
     for key, t in built.items():
         md.append(markdown(t, bold_max=key == "tableA1"))
         if has_data(t):
-            write_csv(t, out / f"{key}.csv")
+            write_csv(long.get(key, t), out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
-        figs = lr_curves(runs, metric, out) + paper_figures(client, runs, metric, out) + \
+        figs = lr_curves(runs, metric, out, pruned_points(client, ids)) + paper_figures(client, runs, metric, out) + \
             analysis_figures(client, runs, metric, out)
         if "table3" in built:
             figs += data_type_bars(built["table3"], metric, out)

@@ -340,8 +340,11 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
             p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
             p.status = "done" if p.status == "pending" else p.status
         elif p.status not in ("failed", "pruned"):  # pruned: successive halving stopped it on purpose
-            p.status = "missing"
-            p.error = p.error or f"no FINISHED run with {metric}"
+            cut = client.search_runs([exp_id], f"tags.config_hash = '{p.hash}' and tags.`halving/state` = 'pruned'",
+                                     max_results=1)  # by an earlier halving sweep (--summarize)
+            p.status = "pruned" if cut else "missing"
+            p.run_id = cut[0].info.run_id if cut else p.run_id
+            p.error = None if cut else p.error or f"no FINISHED run with {metric}"
     return pick_best(points)
 
 
@@ -399,18 +402,26 @@ def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Pa
     strategies = list(dict.fromkeys(p.strategy for p in points))
     lines = [f"# {metric} per strategy x learning rate", "", "| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
              "|---|" + "---|" * len(lrs)]
+    from mmln.selection import mean_ci
+
+    scores = lr_scores(points)
     for s in strategies:
         cells = []
         for lr in lrs:
-            p = next((q for q in points if q.strategy == s and q.lr == lr), None)
-            v = "-" if p is None or p.value is None else f"{p.value:.4g}"
-            cells.append(f"**{v}**" if best.get(s) is p and p is not None else v)
+            at = [q for q in points if q.strategy == s and q.lr == lr]
+            mean, half, n = mean_ci(scores.get(s, {}).get(lr, []))
+            v = "-" if n == 0 else f"{mean:.4g}" + (f" ± {half:.2g}" if n > 1 else "")
+            v = "pruned" if n == 0 and at and all(q.status == "pruned" for q in at) else v
+            cells.append(f"**{v}**" if s in best and best[s].lr == lr else v)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "mean ± 95% CI over seeds where there are several; pruned = stopped by successive halving"]
     lines += ["", "runs: " + ", ".join(f"{p.name} = {p.run_id}" for p in points if p.run_id)]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     model = points[0].cfg.model.name if points else "?"
-    lr_curves([Run(p.run_id or "", model, p.strategy, p.lr, "", "", "", p.index, {metric: p.value})
-               for p in points if p.value is not None], metric, out)
+    pruned = {(model, p.strategy): {q.lr for q in points if q.strategy == p.strategy and q.status == "pruned"}
+              for p in points}
+    lr_curves([Run(p.run_id or "", model, p.strategy, p.lr, "", "", "", p.index, {metric: p.value},
+                   seed="" if p.seed is None else str(p.seed)) for p in points if p.value is not None], metric, out, pruned)
     return out
 
 

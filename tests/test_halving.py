@@ -143,7 +143,8 @@ def halved(world, tmp_path_factory):
     step_at_kill = torch.load(root / "outputs/tiny_halving" / killed / "checkpoints/last.ckpt", weights_only=False)["global_step"]
     run_id_at_kill = (root / "outputs/tiny_halving" / killed / "mlflow_run_id").read_text()
     rc = sweep.main(halving_args(world, root))
-    return dict(root=root, rc=rc, killed=killed, step_at_kill=step_at_kill, run_id_at_kill=run_id_at_kill, log=log)
+    return dict(root=root, rc=rc, killed=killed, step_at_kill=step_at_kill, run_id_at_kill=run_id_at_kill, log=log,
+                world=world)
 
 
 def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
@@ -190,6 +191,18 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
     assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}"
     killed = next(r for r in runs if r.info.run_name == halved["killed"])
     assert killed.info.run_id == halved["run_id_at_kill"]  # the killed point continued its own run
+    # the dashboard's parent: the comparison marks the pruned points, the LR curve is beside it
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert logged == {"comparison/comparison.md", "comparison/lr_curves_tiny.png"}
+    md = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(root))).read_text()
+    assert md.count("| pruned") == len(pruned) and f"**{best.value:.4g}**" in md
+    # --summarize afterwards: the pruned points are pruned, not missing (exit 0), the same best lr
+    assert sweep.main(halving_args(halved["world"], root) + ["--summarize"]) == 0
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.tags["best_lr/layernorm"] == f"{best.params['lr']:g}" and parent.data.metrics["sweep/n_failed"] == 0
+    (root / "again").mkdir(exist_ok=True)
+    again = client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(root / "again"))
+    assert Path(again).read_text().count("| pruned") == len(pruned)
 
 
 def test_the_promoted_run_equals_the_full_grid_run(halved, world, tmp_path):

@@ -95,7 +95,8 @@ def test_tables_from_runs(tmp_path):
     assert float(a1["finetune"]["0.001"]) == 30.0 and float(a1["layernorm"]["0.0001"]) == 45.0
     assert a1["lora"]["0.0001"] == "" and float(a1["lora"]["0.001"]) == 25.0
     md = (out / "report.md").read_text()
-    assert "| m7 | layernorm | **50.00** | 45.00 |" in md and "No data" not in md
+    assert "| m7 | layernorm | **50.00** | 45.00 |" in md
+    assert md.count("No data") == 1 and "No data: no pair of strategies with per-item answers" in md  # no answer files here
     assert (out / "analysis" / "m7-layernorm" / "layer_similarity.png").read_bytes() == b"\x89PNG fake"
     assert (out / "lr_curves_m7.png").stat().st_size > 1000 and (out / "data_types_m7.png").is_file()
     rep = c.search_runs([exp], "tags.kind = 'report'")
@@ -114,7 +115,7 @@ def test_tables_without_data_say_so(tmp_path, capsys):
     out = tmp_path / "r"
     assert report.main(["--experiment", "empty_ln", "--out", str(out), "--no-log"]) == 0
     md = (out / "report.md").read_text()
-    assert md.count("No data:") == 7 and not list(out.glob("*.csv"))
+    assert md.count("No data:") == 8 and not list(out.glob("*.csv"))  # 7 tables + the paired tests
     assert "No figures" in md
     assert report.main(["--experiment", "nowhere"]) == 2
     assert "no MLflow experiment 'nowhere'" in capsys.readouterr().err

@@ -57,3 +57,19 @@ def test_report_cells_are_mean_and_ci_over_seeds():
     md = report.markdown(a1)
     assert f"2.00 ± {report.fmt(c.half)}" in md and "2.50 ± 0" in md
     assert report.best(runs, "eval/flickr30k_cider")[0].lr == 1e-4
+
+
+def test_lr_curves_mark_the_pruned_learning_rates(tmp_path):
+    from PIL import Image
+
+    runs = [report.Run(f"r{i}", "tiny", "layernorm", lr, "", "all", "CLIP (hf_clip)", i, {"m": v}, str(seed))
+            for i, (lr, seed, v) in enumerate([(1e-3, 0, 1.0), (1e-3, 1, 2.0), (1e-4, 0, 3.0), (1e-4, 1, 3.5)])]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = report.lr_curves(runs, "m", tmp_path / "a")[0]
+    marked = report.lr_curves(runs, "m", tmp_path / "b", {("tiny", "layernorm"): {1e-5, 1e-6}})[0]
+    assert plain.name == marked.name == "lr_curves_tiny.png"
+    a, b = Image.open(plain), Image.open(marked)
+    assert a.size != b.size or a.tobytes() != b.tobytes()  # the crosses (and their ticks and legend entry) are drawn
+    only_pruned = report.lr_curves([], "m", tmp_path, {("tiny", "lora"): {1e-3}})  # a strategy with no score yet
+    assert [p.name for p in only_pruned] == ["lr_curves_tiny.png"]

@@ -211,6 +211,16 @@ def run_benchmark(bench: str, runner: Runner, cfg: Any, out_dir: Path) -> dict[s
     return RUNNERS[bench](runner, cfg, out)
 
 
+def answer_inputs(cfg: Any, bench: str, out_dir: Path) -> dict[str, Any]:
+    """Where `run_benchmark` put `bench`'s answer files (`answers`) and the ground truth they are
+    scored against (its `eval.*` inputs), as absolute paths: what `mmln.eval.items` reads back."""
+    def absolute(v: Any) -> Any:
+        return [absolute(x) for x in v] if isinstance(v, (list, tuple)) else str(Path(v).resolve())
+
+    return {"answers": absolute(Path(out_dir) / bench),
+            **{key: absolute(list(cfg.eval[key]) if kind == "files" else cfg.eval[key]) for key, kind, _ in INPUTS[bench]}}
+
+
 def table_metrics(bench: str, result: dict[str, Any]) -> dict[str, float]:
     """The paper's Table 1 columns of one benchmark under their stable MLflow names
     (POPE accuracy / F1 in percent, like every other column)."""

@@ -106,14 +106,25 @@ def score_captions(
     for image_id, refs in references.items():
         if not refs:
             raise ValueError(f"image_id {image_id} has no reference captions")
+    raw, _ = _cider(results, references)
+    return {"CIDEr": 100 * raw, "CIDEr_raw": raw, "n_images": len(references)}
+
+
+def image_ciders(results: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> dict[Any, float]:
+    """image_id -> that image's CIDEr-D (unscaled) in the corpus of ``references`` (document
+    frequencies from all of them, as ``score_captions``); their mean is its ``CIDEr_raw``. The
+    per-image scores a paired bootstrap resamples."""
+    return dict(zip(references, _cider(results, references)[1]))
+
+
+def _cider(results: Mapping[Any, str], references: Mapping[Any, Sequence[str]]) -> tuple[float, list[float]]:
     tokens = ptb_tokenize(
         {**{("ref", i): list(refs) for i, refs in references.items()}, **{("res", i): [results[i]] for i in references}}
     )
-    raw, _ = cider_d(
+    return cider_d(
         {i: tokens[("ref", i)] for i in references},
         {i: tokens[("res", i)][0] for i in references},
     )
-    return {"CIDEr": 100 * raw, "CIDEr_raw": raw, "n_images": len(references)}
 
 
 def karpathy_image_id(image: Mapping[str, Any]) -> int:
