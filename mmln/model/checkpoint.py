@@ -35,9 +35,9 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
                 "does. " + ("mmln's own checkpoints never need that: resume from another one" if what.startswith("resume")
                             else CONVERT_HINT.format(path=path, stem=path.with_suffix("")))) from None
         raise _damaged(path, what, "not a torch checkpoint") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # damaged bytes surface as RuntimeError, EOFError, IndexError, KeyError, UnicodeDecodeError, ...
         raise _damaged(path, what, (str(e).splitlines() or [type(e).__name__])[0][:120] or "empty file") from None
 
 
