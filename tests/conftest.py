@@ -53,11 +53,16 @@ def tiny_cfg():
 def tiny_world(tmp_path_factory):
     """Synthetic data in the real formats + a tiny LLaMA-style tokenizer, made once per session:
     (root, {data set: path} as `synthesize` returns it, tokenizer dir). Tests must not write into it."""
+    return make_world(tmp_path_factory.mktemp("world"), n_pretrain=192, n_instruct=96, n_mme_per_subtask=2,
+                      n_pope_images=4, n_vqa_images=4, n_caption_images=6)
+
+
+def make_world(out, **sizes):
+    """`synthesize(out, image_size=64, seed=0, **sizes)` + a tiny LLaMA-style tokenizer in
+    out/tokenizer: (out, {data set: path}, tokenizer dir)."""
     from mmln.data.synth import synthesize, text_corpus
     from mmln.data.tokenizer import train_tiny_tokenizer
 
-    out = tmp_path_factory.mktemp("world")
-    paths = synthesize(out, image_size=64, n_pretrain=192, n_instruct=96, n_mme_per_subtask=2, n_pope_images=4,
-                       n_vqa_images=4, n_caption_images=6, seed=0)
+    paths = synthesize(out, image_size=64, seed=0, **sizes)
     tok = train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
     return out, paths, tok

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mmln import sweep
 from mmln.fit import fit
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, make_world
 from tests.test_fit import cfg_for
 
 
@@ -85,14 +85,8 @@ METRIC = "eval/pope_random_accuracy"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mmln.data.synth import synthesize, text_corpus
-    from mmln.data.tokenizer import train_tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("halving_world")
-    synthesize(out, image_size=64, n_pretrain=2, n_instruct=36, n_mme_per_subtask=1, n_pope_images=2,
-               n_vqa_images=1, n_caption_images=1, seed=0)
-    train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
-    return out
+    return make_world(tmp_path_factory.mktemp("halving_world"), n_pretrain=2, n_instruct=36,
+                      n_mme_per_subtask=1, n_pope_images=2, n_vqa_images=1, n_caption_images=1)[0]
 
 
 def overrides(w: Path, root: Path) -> list[str]:

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from mmln import sweep
 from mmln.config import load_config
-from tests.conftest import TINY
+from tests.conftest import TINY, make_world
 
 LRS = ["1e-3", "1e-4"]
 METRIC = "eval/pope_random_accuracy"
@@ -27,14 +27,8 @@ METRIC = "eval/pope_random_accuracy"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from mmln.data.synth import synthesize, text_corpus
-    from mmln.data.tokenizer import train_tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("sweep_world")
-    synthesize(out, image_size=64, n_pretrain=4, n_instruct=12, n_mme_per_subtask=1, n_pope_images=2,
-               n_vqa_images=1, n_caption_images=5, seed=0)
-    train_tiny_tokenizer(text_corpus(2000, seed=0), out / "tokenizer", vocab_size=512)
-    return out
+    return make_world(tmp_path_factory.mktemp("sweep_world"), n_pretrain=4, n_instruct=12,
+                      n_mme_per_subtask=1, n_pope_images=2, n_vqa_images=1, n_caption_images=5)[0]
 
 
 def overrides(world: Path, db: Path) -> list[str]:
