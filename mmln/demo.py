@@ -10,7 +10,11 @@
    (`short_answer_vqa.json`: the benchmarks' answer format, which this tiny LM does not pick up
    from LLaVA-Instruct's long answers; measured in the README);
 5. evaluate the model before stage 2 ("untuned": base LM + stage-1 connector) and after it on the
-   synthetic MME, POPE, VQAv2, COCO and Flickr30k benchmarks, and print the table.
+   synthetic MME, POPE, VQAv2, COCO and Flickr30k benchmarks, and print the table;
+6. with `--compare`, the paper's comparison in miniature: `layernorm_simple`, `lora` and `finetune`
+   trained by the same stage-2 recipe from the same stage-1 connector (one learning rate each,
+   `COMPARE`, not swept), one table of trainable share, peak memory, step time, scores, layer
+   similarity and LayerNorm-gradient variance (about 4x stage 2's time).
 Everything is tracked in the local MLflow store (`make ui`).
 """
 from __future__ import annotations
@@ -30,6 +34,10 @@ from mmln.io import write_json, write_text
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
+# --compare: strategy -> learning rate. Not swept on the demo (one guess each: the norm strategies at
+# the demo's LayerNorm rate, LoRA likewise, full finetuning at the base LM's chat-tuning rate);
+# a real comparison sweeps each (`make sweep`), as the paper does.
+COMPARE = {"layernorm_simple": 3e-3, "lora": 3e-3, "finetune": 5e-4}
 RECIPE = "2"  # bump when the data, vision tower or base LM a demo dir caches would come out different
 
 
@@ -301,11 +309,51 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison_row(run, scores: dict, lr: float) -> dict:
+    """A strategy's row of the comparison: its scores, parameter share, efficiency and analysis
+    summaries (from the run's own files: analysis/layer_similarity.npz, analysis/ln_grads.npz)."""
+    import numpy as np
+
+    from mmln.analysis.gradients import load_grads, variances
+    from mmln.analysis.similarity import load_similarity, off_diagonal_mean
+
+    from mmln.config import load_config
+    from mmln.plan import GB, plan
+
+    m, cfg = run.metrics, load_config(run.run_dir / "config.yaml")
+    # memory: the planner's prediction (a CPU's peak RSS only grows across the runs of one process)
+    planned = plan(cfg, cfg.tune.strategy, micro_batch=int(cfg.train.micro_batch_size), seq_len=int(cfg.model.max_length),
+                   checkpointing=bool(cfg.model.gradient_checkpointing), gpu=False).peak / GB
+    row = {**scores, "lr": lr, "trainable %": m.get("params/percent"), "plan GB": planned,
+           "step ms": 1000 * m["perf/micro_step_s"] if "perf/micro_step_s" in m else None}
+    sim, grads = run.run_dir / "analysis" / "layer_similarity.npz", run.run_dir / "analysis" / "ln_grads.npz"
+    if sim.is_file():
+        row["layer sim"] = off_diagonal_mean(load_similarity(sim)["token"])
+    if grads.is_file():  # recorded only where the norms train (finetune, layernorm, layernorm_simple)
+        row["LN grad var"] = float(np.mean([v.mean() for v in variances(load_grads(grads)[1]).values()]))
+    return row
+
+
+def comparison_table(rows: dict[str, dict]) -> str:
+    cols = [("lr", "lr", "{:.0e}"), ("train %", "trainable %", "{:.1f}"), ("plan GB", "plan GB", "{:.3f}"),
+            ("step ms", "step ms", "{:.0f}"), ("MME-P", "eval/mme_perception", "{:.1f}"),
+            ("POPE-ran", "eval/pope_random_accuracy", "{:.1f}"), ("COCO", "eval/coco_cider", "{:.1f}"),
+            ("Flickr30k", "eval/flickr30k_cider", "{:.1f}"), ("layer sim", "layer sim", "{:.3f}"),
+            ("LN grad var", "LN grad var", "{:.2e}")]
+    lines = ["strategy".ljust(22) + "".join(c[0].rjust(12) for c in cols)]
+    for name, r in rows.items():
+        lines.append(name.ljust(22) + "".join((f.format(r[k]) if r.get(k) is not None else "-").rjust(12)
+                                              for _, k, f in cols))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller data and fewer steps (used by the slow test)")
     ap.add_argument("--fresh", action="store_true", help="delete the demo dir's runs first (keeps data and base LM)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the tuned model beats the untuned one and chance")
+    ap.add_argument("--compare", action="store_true",
+                    help="also train layernorm_simple, lora and finetune the same way and print the comparison")
     args = ap.parse_args(argv)
 
     from mmln.config import load_config
@@ -355,6 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "the tuned model beats the untuned one and chance on POPE and MME" if ok else (
         f"WARNING: on {' and '.join(missed)} the tuned model does not beat both the untuned one and chance "
         "(a known limitation of this tiny model: README, 'The demo')")
+    if args.compare:
+        compared = {"layernorm": comparison_row(s2, tuned, s2cfg.train.lr)}
+        for strategy, lr in COMPARE.items():
+            over = [f"tune.strategy={strategy}", f"train.lr={lr}"]
+            say(f"comparison: {strategy} (lr {lr:g})")
+            with heartbeat(f"comparison: {strategy}"):
+                run = fit(load_config(CONF / "stage2.yaml", quick + over), str(CONF / "stage2.yaml"))
+                scores = evaluate(load_config(CONF / "stage2.yaml", limit + over), str(run.run_dir / "trainable.safetensors"),
+                                  BENCHES, run.run_dir / "eval", run_id=run.run_id)["metrics"]
+            compared[strategy] = comparison_row(run, scores, lr)
+        print("\n" + comparison_table({**compared, "untuned (stage 1)": untuned, "chance": rows["chance"]}))
+        print("(same data, epochs and stage-1 connector for every strategy; one learning rate each, not swept: "
+              "mmln.demo.COMPARE; plan GB: mmln.plan's peak for a micro-batch padded to model.max_length, fp32; "
+              "step ms: mean micro-step; layer sim: mean off-diagonal similarity of the blocks' outputs; "
+              "LN grad var: mean variance of the tracked norms' gradients, none where norms are frozen)")
+        rows["comparison"] = compared
     print(f"\n{verdict}.\nDemo took {time.time() - t_start:.0f}s. Runs: {root / 'outputs'}; "
           f"MLflow: {os.environ['MLFLOW_TRACKING_URI']} -> `make ui` and open http://127.0.0.1:5000")
     write_json(root / "demo_results.json", rows, indent=1)

@@ -17,7 +17,7 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
     db = tmp_path / "mlflow.db"
     env = {**os.environ, "MMLN_DEMO_DIR": str(tmp_path / "demo"), "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
            "MMLN_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mmln.demo", "--quick"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "mmln.demo", "--quick", "--compare"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Demo took" in proc.stdout and "make ui" in proc.stdout
@@ -36,13 +36,26 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{db}")
-    runs = {r.data.tags.get("stage"): r for e in client.search_experiments()
-            for r in client.search_runs([e.experiment_id]) if r.data.tags.get("stage")}
-    assert {"pretrain", "instruct"} <= set(runs)
+    every = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+             if r.data.tags.get("stage")]
+    by_strategy = {r.data.params["tune.strategy"]: r for r in every if r.data.tags["stage"] == "instruct"}
+    assert set(by_strategy) == {"layernorm", "layernorm_simple", "lora", "finetune"}  # --compare
+    runs = {"pretrain": next(r for r in every if r.data.tags["stage"] == "pretrain"), "instruct": by_strategy["layernorm"]}
     stage2 = runs["instruct"]
     assert stage2.info.status == "FINISHED"
     assert stage2.data.metrics["eval/pope_random_accuracy"] == pytest.approx(tuned["eval/pope_random_accuracy"])
     assert "analysis/layer_similarity" in stage2.data.metrics
+
+    # --compare: one row per strategy, trained from the same connector, each row from its own run
+    compared = rows["comparison"]
+    assert set(compared) == set(by_strategy)
+    share = {k: r["trainable %"] for k, r in compared.items()}
+    assert share["layernorm_simple"] < share["layernorm"] < share["finetune"], share
+    for k, r in compared.items():
+        assert by_strategy[k].info.status == "FINISHED"
+        assert r["eval/pope_random_accuracy"] == pytest.approx(by_strategy[k].data.metrics["eval/pope_random_accuracy"])
+        assert r["layer sim"] == pytest.approx(by_strategy[k].data.metrics["analysis/layer_similarity"])
+    assert "LN grad var" not in compared["lora"] and "LN grad var" in compared["finetune"]  # frozen norms: none
     assert stage2.data.params["tune.strategy"] == "layernorm"
     for stage, run in runs.items():
         loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
