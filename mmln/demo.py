@@ -316,7 +316,6 @@ def comparison_row(run, scores: dict, lr: float) -> dict:
 
     from mmln.analysis.gradients import load_grads, variances
     from mmln.analysis.similarity import load_similarity, off_diagonal_mean
-
     from mmln.config import load_config
     from mmln.plan import GB, plan
 
