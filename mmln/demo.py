@@ -14,7 +14,7 @@
 6. with `--compare`, the paper's comparison in miniature: `layernorm_simple`, `lora` and `finetune`
    trained by the same stage-2 recipe from the same stage-1 connector (one learning rate each,
    `COMPARE`, not swept), one table of trainable share, peak memory, step time, scores, layer
-   similarity and LayerNorm-gradient variance (about 4x stage 2's time).
+   similarity and LayerNorm-gradient variance (three more stage-2 runs and evaluations).
 Everything is tracked in the local MLflow store (`make ui`).
 """
 from __future__ import annotations
