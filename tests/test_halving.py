@@ -50,13 +50,70 @@ def asha(values: list[float], eta: int) -> list[bool]:
     return out
 
 
-def test_rungs_and_decisions_from_known_proxy_values(tmp_path):
+def synchronous(values: dict[float, float], eta: int) -> set[float]:
+    """The synchronous rule, written out independently: the best ceil(n / eta) of the n learning
+    rates by value (higher is better), a tie going to the higher learning rate."""
+    keep = -(-len(values) // eta)
+    ranked = sorted(values, key=lambda lr: (values[lr], lr))[::-1]
+    return set(ranked[:keep])
+
+
+def test_synchronous_decisions_from_known_proxy_values(tmp_path):
+    import optuna
+
+    from mmln import halving
+
+    lrs = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = halving.load_study("s", storage, lrs, halving.Options(eta=3))  # the default rule: sync
+    by_lr = halving.grid_trials(study, lrs)
+    study.set_user_attr("rung_steps", [1, 3, 9, 20])
+    trial = {lr: optuna.trial.Trial(study, study.trials[n]._trial_id) for lr, n in by_lr.items()}
+    # rung 0: 7 points, ceil(7/3) = 3 go on; 1e-3 and 1e-5 tie at 0.5 for the third place: the higher lr wins
+    r0 = {1e-2: 0.1, 1e-3: 0.5, 1e-4: 0.9, 1e-5: 0.5, 1e-6: 0.7, 1e-7: 0.2, 1e-8: 0.3}
+    assert synchronous(r0, 3) == {1e-4, 1e-6, 1e-3}
+    order = sorted(by_lr, key=by_lr.get)  # trial order; the best is reported last, the worst first
+    for lr in sorted(order, key=r0.get)[:-1]:
+        trial[lr].report(r0[lr], 1)
+    assert halving.decide_rung(study, list(by_lr.values()), step=1, rung=0) == {}  # one point still to report
+    with pytest.raises(halving.RungIncomplete, match="rung 0"):
+        trial[1e-2].should_prune()
+    assert all(t.state == optuna.trial.TrialState.RUNNING and not t.user_attrs for t in study.trials)
+    trial[1e-4].report(r0[1e-4], 1)
+    decided = halving.decide_rung(study, list(by_lr.values()), step=1, rung=0)
+    assert decided == {by_lr[lr]: lr not in synchronous(r0, 3) for lr in lrs}
+    # a restarted process (a new study object on the same storage) decides nothing twice, and its
+    # pruner, asked again, gives the same answers from the stored values
+    again = halving.load_study("s", storage, lrs, halving.Options(eta=3))
+    assert halving.decide_rung(again, list(by_lr.values()), step=1, rung=0) == {}
+    assert {t.number: again.pruner.prune(again, t) for t in again.trials} == decided
+    pruned = {t.params["lr"] for t in again.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert pruned == set(lrs) - {1e-4, 1e-6, 1e-3}
+    # rung 1: the 3 promoted, ceil(3/3) = 1 goes on; rung 2 (1 point): it goes on to the full run
+    r1 = {1e-3: 0.8, 1e-4: 0.6, 1e-6: float("nan")}  # NaN is the worst
+    for lr in r1:
+        trial[lr].report(r1[lr], 3)
+    assert halving.decide_rung(again, list(by_lr.values()), step=3, rung=1) == {
+        by_lr[1e-3]: False, by_lr[1e-4]: True, by_lr[1e-6]: True}
+    trial[1e-3].report(0.1, 9)
+    assert halving.decide_rung(again, [by_lr[1e-3]], step=9, rung=2) == {by_lr[1e-3]: False}
+    # minimising (a loss proxy): the lowest values go on
+    loss = halving.load_study("l", storage, lrs, halving.Options(eta=3, proxy_metric="val/loss"))
+    ids = halving.grid_trials(loss, lrs)
+    loss.set_user_attr("rung_steps", [1, 3])
+    for lr, n in ids.items():
+        optuna.trial.Trial(loss, loss.trials[n]._trial_id).report(r0[lr], 1)
+    kept = {t.params["lr"] for t in loss.trials if not halving.decide_rung(loss, [t.number], 1, 0)[t.number]}
+    assert kept == synchronous({lr: -v for lr, v in r0.items()}, 3) == {1e-2, 1e-7, 1e-8}
+
+
+def test_rungs_and_async_decisions_from_known_proxy_values(tmp_path):
     from mmln import halving
 
     assert halving.rung_steps(9, 1 / 9, 3) == [1, 3, 9] and halving.rung_steps(100, 1 / 9, 3) == [11, 33, 99, 100]
     assert halving.rung_steps(2, 1 / 9, 3) == [1, 2] and halving.fraction("1/9") == 1 / 9
     lrs = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
-    opts = halving.Options(eta=3)
+    opts = halving.Options(eta=3, rule="async")
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = halving.load_study("s", storage, lrs, opts, min_resource=1)
     by_lr = halving.grid_trials(study, lrs)
