@@ -1,9 +1,8 @@
 """Successive halving over a sweep's learning-rate grid (`python -m mmln.sweep --search halving`).
 
 Optuna holds the study and makes the pruning decisions: one study per strategy (and training seed),
-a `GridSampler` over the grid's learning rates and a `SuccessiveHalvingPruner` (reduction factor
-`eta`, first rung `min_resource` = `first_rung` x the run's total optimizer steps), on an RDB
-storage: by default the sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
+a `GridSampler` over the grid's learning rates and a pruner, on an RDB storage: by default the
+sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
 (`--study-storage postgresql://...`) so that a study outlives the process that drives it.
 
 Rung k ends at step `r0 * eta**k` (r0 = round(first_rung * total), at least 1); the last rung is the
@@ -11,13 +10,21 @@ full run. Every grid point trains to the end of rung 0 and pauses there (`fit(st
 Trainer stops, `checkpoints/last.ckpt` holds the exact state; the warmup + cosine schedule is the
 full run's), is scored with a cheap proxy (`--proxy-metric` of `--proxy-bench`, evaluated from that
 checkpoint with `--proxy-overrides`, by default `eval.limit=100`: the first 100 test items, the same
-fixed subset every time), and reports it to its trial. Then, in trial order, Optuna's pruner
-decides: a trial is promoted when its proxy is in the top 1/eta of the trials that reached that rung
-before it (Optuna's asynchronous rule; the first trials of a rung, fewer than eta, must be the best
-so far), else it is pruned (trial state PRUNED, its MLflow run KILLED). A promoted run *continues*
-from its checkpoint to the next rung, so a survivor that reaches the end is bit-identical to the
-same point of the full grid, and gets the sweep's full evaluation (`--bench`); its trial is told the
-selection metric.
+fixed subset every time), and reports it to its trial (an intermediate value at the rung's last
+step). Then the pruner decides, for each trial of the rung:
+
+- `--halving-rule sync` (default; `SyncHalving`, an `optuna.pruners.BasePruner`): once *every*
+  trial of the rung has reported, the best ceil(n / eta) of its n trials are promoted, a tie going
+  to the higher learning rate (the tie rule of `mmln.selection.best_lr`), NaN ranking last; asked
+  earlier it refuses (`RungIncomplete`). 11 points, eta 3: 4, then 2, then 1 reach the end.
+- `--halving-rule async` (Optuna's `SuccessiveHalvingPruner`): in trial order, a trial is promoted
+  when its proxy is in the top 1/eta of the trials that reached the rung *before* it (the first
+  ones must only beat fewer than eta others), so more points survive.
+
+A pruned trial's state is PRUNED and its MLflow run KILLED. A promoted run *continues* from its
+checkpoint to the next rung, so a survivor that reaches the end is bit-identical to the same point
+of the full grid, and gets the sweep's full evaluation (`--bench`); its trial is told the selection
+metric.
 
 Restartable: a rung already reported (the trial's intermediate value) is not trained or scored
 again; a point killed mid-rung continues from its last checkpoint (mmln's exact resume). Every
@@ -26,7 +33,11 @@ finished), `halving/rung`, `optuna/study`, `optuna/trial`, and the metric `halvi
 the rung's last optimizer step). The parent run records `halving/steps_spent`,
 `halving/steps_full_grid` and `halving/budget_fraction`.
 
-The study is driven by one process (points run sequentially, as in the grid sweep).
+The sync rule is a pure function of the stored intermediate values (`sync_promoted`), so a
+restarted process, or another one on the same storage, reaches the same decisions. A point that
+fails before reporting leaves its rung undecided (the sweep exits 1); a re-run trains it and
+decides the rung. The study is driven by one process (points run sequentially, as in the grid
+sweep).
 """
 from __future__ import annotations
 
