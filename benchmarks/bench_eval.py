@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from mmln.config import load_config  # noqa: E402
 from mmln.data.images import build_image_processor  # noqa: E402
-from mmln.data.synth import read_mme, synthesize, text_corpus  # noqa: E402
+from mmln.data.synth import synthesize, text_corpus  # noqa: E402
+from mmln.eval.mme import read_mme  # noqa: E402
 from mmln.data.tokenizer import train_tiny_tokenizer  # noqa: E402
 from mmln.eval.benchmarks import short_answer  # noqa: E402
 from mmln.eval.runner import Query, Runner, decoding_for, human  # noqa: E402

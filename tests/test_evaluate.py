@@ -55,7 +55,7 @@ def make_runner(cfg, mllm=None, **kw):
 
 def mixed_queries(synth):
     """Yes/no questions of several prompt lengths (MME subtasks + POPE), so batches are padded."""
-    from mmln.data.synth import read_mme
+    from mmln.eval.mme import read_mme
     from mmln.eval.benchmarks import short_answer
     from mmln.eval.runner import Query, human
 
@@ -145,7 +145,7 @@ class OracleRunner:
 
 
 def test_glue_scores_a_perfect_answerer_perfectly(synth, tmp_path):
-    from mmln.data.synth import read_mme
+    from mmln.eval.mme import read_mme
     from mmln.eval import benchmarks as B
 
     p = synth["paths"]

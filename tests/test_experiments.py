@@ -73,3 +73,19 @@ def test_table6_target_at_tiny_scale_writes_the_report_and_its_figures(tmp_path)
     # a report that fails (here: an unknown experiment) fails the target, sweeps done or not
     proc = make("table6", "SCALE=tiny", "LRS=3e-3", "XP_MODELS=demo", "XP_EXPERIMENTS=nowhere", ovr, env=env)
     assert proc.returncode != 0 and "no MLflow experiment 'nowhere'" in proc.stderr
+
+
+def test_demo_prepare_only_reuses_what_the_demo_dir_caches(tmp_path, capsys, monkeypatch):
+    """`python -m mmln.demo --prepare-only` (xp-prep's first step) keeps a demo dir another recipe
+    built, here one with no `RECIPE` marker, instead of deleting it as a full demo run would."""
+    from mmln import demo
+
+    root = stand_in_demo_dir(tmp_path / "demo")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    monkeypatch.setenv("MMLN_DEMO_DIR", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert demo.main(["--quick", "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert "data: cached" in out and "vision encoder: cached" in out and "base LM: cached" in out, out
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing rebuilt, nothing added
+    assert not (tmp_path / "mlflow.db").exists()  # no stage ran

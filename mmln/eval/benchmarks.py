@@ -91,7 +91,7 @@ def short_answer(question: str) -> str:
 
 # ----------------------------------------------------------------------------------- MME
 def run_mme(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
-    from mmln.data.synth import read_mme  # the release-layout reader (real or synthetic MME)
+    from mmln.eval.mme import read_mme  # the release-layout reader (real or synthetic MME)
 
     rows, per_task = [], {}
     for row in read_mme(cfg.eval.mme_dir):

@@ -201,3 +201,37 @@ def write_mme_answers(directory: str | os.PathLike[str], rows: Iterable[Mapping[
         write_text(path, "\n".join(lines) + "\n")
         written.append(path)
     return written
+
+
+# ------------------------------------------------------------------ reading the release folder
+class MMERow(NamedTuple):
+    subtask: str
+    image: Path
+    question: str
+    gt: str  # "Yes" | "No"
+
+
+def read_mme(root: str | Path) -> list[MMERow]:
+    """Read an MME release folder (real or synthetic) into rows in official order: subtasks in
+    the order of PERCEPTION + COGNITION, question files sorted by name, lines in file order (Yes, No)."""
+    root = Path(root)
+    if (root / "MME_Benchmark_release_version").is_dir():
+        root = root / "MME_Benchmark_release_version"
+    rows: list[MMERow] = []
+    for task in PERCEPTION + COGNITION:
+        d = root / task
+        if not d.is_dir():
+            continue
+        img_dir, qa_dir = (d / "images", d / "questions_answers_YN") if (d / "images").is_dir() else (d, d)
+        for txt in sorted(qa_dir.glob("*.txt")):
+            img = next((img_dir / (txt.stem + e) for e in (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
+                        if (img_dir / (txt.stem + e)).exists()), None)
+            if img is None:
+                raise FileNotFoundError(f"MME: no image for {txt}")
+            for line in txt.read_text(encoding="utf-8-sig").splitlines():
+                if line.strip():
+                    q, gt = line.rsplit("\t", 1)
+                    rows.append(MMERow(task, img, q.strip(), gt.strip()))
+    if not rows:
+        raise FileNotFoundError(f"MME: no subtask folders with questions under {root}")
+    return rows

@@ -1,0 +1,386 @@
+"""Language about a scene: captions, descriptions, reasoning, and the question builders (open,
+yes/no, MME items, POPE sampling), each true of the scene it is asked about."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from functools import partial
+from typing import Any, Sequence
+
+from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
+from mmln.data.synth.world import BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, Obj, Scene, sample_scene
+from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION
+
+
+MME_SUBTASKS = MME_PERCEPTION + MME_COGNITION
+YN, SHORT = YES_NO_SUFFIX, SHORT_ANSWER
+BRIEF_PROMPTS = (
+    "Describe the image concisely.", "Provide a brief description of the given image.",
+    "Offer a succinct explanation of the picture presented.",
+    "Summarize the visual content of the image.",
+    "Give a short and clear explanation of the subsequent image.",
+    "Share a concise interpretation of the image provided.",
+    "Write a terse but informative summary of the picture.")
+DETAIL_PROMPTS = (
+    "Describe the following image in detail.", "Provide a detailed description of the given image.",
+    "Give an elaborate explanation of the image you see.", "Offer a thorough analysis of the image.",
+    "Explain the various aspects of the image before you.",
+    "Walk through the important details of the image.",
+    "What do you see happening in this image?", "What is going on in this image?")
+OCR_WORDS = ("CAT", "DOG", "SUN", "MAP", "BOX", "HAT", "CUP", "PEN", "KEY", "BUS")
+FRENCH = {"red": "ROUGE", "green": "VERT", "blue": "BLEU", "yellow": "JAUNE",
+          "purple": "VIOLET", "orange": "ORANGE"}
+
+
+def _a(w: str) -> str:
+    return ("an " if w[0] in "aeiou" else "a ") + w
+
+
+def _pl(w: str) -> str:
+    return w + ("es" if w.endswith(("ss", "x")) else "s")
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{NUM[k]} {noun if k == 1 else _pl(noun)}"
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def where(o: Obj) -> str:
+    """Position phrase: 'in the center', 'on the left', 'at the top', 'at the bottom right'..."""
+    if (o.row, o.col) == (1, 1):
+        return "in the center"
+    if o.row == 1:
+        return f"on the {COLS[o.col]}"
+    return f"at the {ROWS[o.row]}" + ("" if o.col == 1 else f" {COLS[o.col]}")
+
+
+def _spot(o: Obj) -> str:  # 'left', 'top left', 'center'
+    return where(o).split(" ", 2)[2]
+
+
+def _join(parts: list[str], sep: str = ", ") -> str:
+    return parts[0] if len(parts) == 1 else sep.join(parts[:-1]) + " and " + parts[-1]
+
+
+def _phrase(o: Obj, rnd: random.Random) -> str:
+    p = _a(f"{o.size} {o.name}" if rnd.random() < 0.3 else o.name)
+    return p + (f" {where(o)}" if rnd.random() < 0.6 else "")
+
+
+def caption(scene: Scene, rnd: random.Random) -> str:
+    """CC3M-style caption: lowercase, space before punctuation ('a red circle and a blue star .')."""
+    body = _join([_phrase(o, rnd) for o in rnd.sample(scene.objects, len(scene.objects))], " , ")
+    form, bg, n = rnd.randrange(4), scene.background, len(scene.objects)
+    if form == 1:
+        body = f"{body} on a {bg} background"
+    elif form == 2:
+        body = f"{rnd.choice(('an illustration of', 'a picture of', 'a drawing of'))} {body}"
+    elif form == 3:
+        body = f"{_n(n, 'shape')} on a {bg} background : {body}"
+    return body + " ."
+
+
+def sentence(scene: Scene, rnd: random.Random) -> str:
+    """A COCO-style reference caption ('A red circle on the left and a blue star.')."""
+    return _cap(caption(scene, rnd)[:-2].replace(" , ", ", ").replace(" : ", ": ")) + "."
+
+
+def absent_label(scene: Scene, rnd: random.Random, similar: float = 0.5) -> str:
+    """A label not in the scene; with probability ``similar`` one sharing a shape or colour."""
+    absent = [lab for lab in LABELS if lab not in scene.labels]
+    near = [lab for lab in absent if any(set(lab.split()) & set(o.name.split()) for o in scene.objects)]
+    return rnd.choice(near if near and rnd.random() < similar else absent)
+
+
+QA = tuple[str, str, str]  # question, full answer, short answer
+
+
+def _qa_color(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    ref = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else "")
+    return f"What color is {ref}?", f"{_cap(ref)} is {o.color}.", o.color
+
+
+def _qa_shape(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    ref = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else "")
+    return f"What shape is {ref}?", f"{_cap(ref)} is {_a(o.shape)}.", o.shape
+
+
+def _qa_count(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    noun, k = ("object", len(s.objects)) if rnd.random() < 0.5 else (o.shape, s.count(shape=o.shape))
+    if rnd.random() < 0.3:  # a shape that may be absent
+        noun = rnd.choice(SHAPES)
+        k = s.count(shape=noun)
+    return (f"How many {_pl(noun)} are there in the image?",
+            f"There {'is' if k == 1 else 'are'} {_n(k, noun)} in the image.", str(k))
+
+
+def _qa_where(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    return f"Where is the {o.name} in the image?", f"The {o.name} is {where(o)} of the image.", _spot(o)
+
+
+def _qa_exist(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is there {} in the image?", "Is there {} in this image?", "Does the image contain {}?"))
+    if rnd.random() < 0.5:
+        return q.format(_a(o.name)), f"Yes, there is {_a(o.name)} {where(o)}.", "yes"
+    lab = absent_label(s, rnd)
+    return q.format(_a(lab)), f"No, there is no {lab} in the image.", "no"
+
+
+def _qa_background(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    return "What color is the background?", f"The background is {s.background}.", s.background
+
+
+def _qa_relation(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
+    others = [b for b in s.objects if b is not o]
+    if not others:
+        return None
+    b = rnd.choice(others)
+    if o.col != b.col and (o.row == b.row or rnd.random() < 0.5):
+        asked, true = rnd.choice(("left", "right")), "left" if o.col < b.col else "right"
+        q, rel = f"Is the {o.name} to the {asked} of the {b.name}?", f"to the {true} of"
+    else:
+        asked, true = rnd.choice(("above", "below")), "above" if o.row < b.row else "below"
+        q, rel = f"Is the {o.name} {asked} the {b.name}?", true
+    yes = asked == true
+    return q, f"{'Yes' if yes else 'No'}, the {o.name} is {rel} the {b.name}.", "yes" if yes else "no"
+
+
+def _yn(yes: bool, question: str, fact: str) -> QA:
+    return question, f"{'Yes' if yes else 'No'}, {fact}.", "yes" if yes else "no"
+
+
+def _asked(true: Any, options: Sequence[Any], rnd: random.Random) -> Any:
+    """The true value or (half the time) another one of ``options``."""
+    return true if rnd.random() < 0.5 else rnd.choice([x for x in options if x != true])
+
+
+def _qa_background_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is the background {}?", "Is the background of this image {}?", "Is the background color {}?"))
+    bg = _asked(s.background, tuple(BACKGROUNDS), rnd)
+    return _yn(bg == s.background, q.format(bg), f"the background is {s.background}")
+
+
+def _qa_color_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Is {} {}?", "Is {} in this image {}?", "Is {} {} in color?"))
+    ref = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else "")
+    color = _asked(o.color, tuple(COLORS), rnd)
+    return _yn(color == o.color, q.format(ref, color), f"{ref} is {o.color}")
+
+
+def _qa_shape_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    ref = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else "")
+    shape = _asked(o.shape, SHAPES, rnd)
+    return _yn(shape == o.shape, f"Is {ref} {_a(shape)}?", f"{ref} is {_a(o.shape)}")
+
+
+def _qa_picture_yn(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
+    if len(s.objects) > 1:
+        return None
+    q = rnd.choice(("Is this a picture of {}?", "Is this a photo of {}?", "Is this an image of {}?"))
+    if rnd.random() < 0.5:  # ask about a wrong shape or a wrong colour, not both
+        color, shape = o.color, _asked(o.shape, SHAPES, rnd)
+    else:
+        color, shape = _asked(o.color, tuple(COLORS), rnd), o.shape
+    return _yn(f"{color} {shape}" == o.name, q.format(_a(f"{color} {shape}")), f"it is a picture of {_a(o.name)}")
+
+
+def _qa_count_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    q = rnd.choice(("Are there {} in the image?", "Is there a total of {} in this image?", "Does the image contain {}?"))
+    k = len(s.objects)
+    n = _asked(k, [j for j in (k - 1, k + 1, k + 2) if j >= 1], rnd)
+    fact = f"there {'is' if k == 1 else 'are'} {_n(k, 'object')} in the image"
+    return _yn(n == k, q.format(_n(n, "object")), fact)
+
+
+# yes/no questions, as LLaVA's conversations (and MME, POPE) ask them, a few phrasings each
+YES_NO_QA = (_qa_exist, _qa_background_yn, _qa_color_yn, _qa_shape_yn, _qa_picture_yn, _qa_count_yn)
+OPEN_QA = (_qa_color, _qa_shape, _qa_count, _qa_where, _qa_background)
+CONV_QA = (*OPEN_QA, _qa_relation, *YES_NO_QA)
+
+
+def pick_qa(kinds: Sequence[Any], scene: Scene, rnd: random.Random) -> QA:
+    """One question of a kind drawn from ``kinds`` about a random object of ``scene``; a kind that
+    does not apply to the scene (it returns None) is drawn again."""
+    qa = None
+    while qa is None:
+        qa = rnd.choice(kinds)(scene, rnd, rnd.choice(scene.objects))
+    return qa
+
+
+def qa_turns(scene: Scene, rnd: random.Random, k: int) -> list[QA]:
+    """``k`` question/answer pairs of different kinds, each true of ``scene``."""
+    out: list[QA] = []
+    for gen in rnd.sample(CONV_QA, len(CONV_QA)):
+        qa = gen(scene, rnd, rnd.choice(scene.objects))
+        if qa is not None and len(out) < k:
+            out.append(qa)
+    return out
+
+
+def _short(qa: QA, rnd: random.Random) -> tuple[str, str]:
+    """The question with its full answer or (yes/no questions 60%, others 30%) a one-word answer
+    asked for with LLaVA-1.5's suffixes (yes/no: " Please answer yes or no." a third of the time)."""
+    q, long, short = qa
+    yes_no = short in ("yes", "no")
+    if rnd.random() >= (0.6 if yes_no else 0.3):
+        return q, long
+    return q + (YN if yes_no and rnd.random() < 1 / 3 else SHORT), _cap(short)
+
+
+def describe(scene: Scene, rnd: random.Random) -> str:
+    """Detailed paragraph naming every object, its size, colour and position."""
+    n = len(scene.objects)
+    out = [f"The image shows {_n(n, 'shape')} on a plain {scene.background} background."]
+    for o in sorted(scene.objects, key=lambda o: (o.row, o.col)):
+        thing = _a(f"{o.size} {o.name}")
+        out.append(rnd.choice((f"{_cap(where(o))}, there is {thing}.", f"There is {thing} {where(o)}.",
+                               f"{_cap(thing)} can be seen {where(o)}.")))
+    if n > 1:
+        rel = _qa_relation(scene, rnd, scene.objects[0])
+        out.append(rel[1].split(", ", 1)[1].capitalize() if rel else "")
+    out.append("There are no other objects in the image.")
+    return " ".join(t for t in out if t)
+
+
+def reasoning(scene: Scene, rnd: random.Random) -> tuple[str, str]:
+    """One question that needs inference over the scene, with a long true answer."""
+    objs, n = scene.objects, len(scene.objects)
+    opts: list[tuple[str, str]] = []
+    for edge, key in (("left", lambda o: o.col), ("right", lambda o: -o.col),
+                      ("top", lambda o: o.row), ("bottom", lambda o: -o.row)):
+        best = min(key(o) for o in objs)
+        win = [o for o in objs if key(o) == best]
+        if len(win) == 1:
+            o = win[0]
+            rest = (f" The other object, the {next(b for b in objs if b is not o).name}, is farther from "
+                    "that edge." if n == 2 else " The other objects are farther from that edge." if n > 2 else "")
+            opts.append((f"Which object is closest to the {edge} edge of the image, and what color is it?",
+                         f"The object closest to the {edge} edge is the {o.size} {o.name}, which is "
+                         f"{where(o)} of the image. It is {o.color}.{rest}"))
+    large = [o for o in objs if o.size == "large"]
+    if n > 1 and len(large) == 1:
+        small = _join([f"the {o.name}" for o in objs if o.size == "small"])
+        opts.append(("Which object appears to be the largest in the image?",
+                     f"The largest object is the {large[0].name} {where(large[0])}. "
+                     f"Compared with it, {small} {'is' if n == 2 else 'are'} small."))
+    o = rnd.choice(objs)
+    left = [f"the {b.name}" for b in objs if b is not o]
+    opts.append((f"If the {o.name} were removed, how many objects would remain in the image?",
+                 f"The image contains {_n(n, 'object')}. Removing the {o.name} would leave "
+                 + (f"{_n(n - 1, 'object')}: {_join(left)}." if left else
+                    f"no objects, only the plain {scene.background} background.")))
+    if n > 1:
+        by = Counter(b.color for b in objs)
+        color, k = by.most_common(1)[0]
+        same = [b.name for b in objs if b.color == color]
+        opts.append(("Do any of the objects in the image share the same color?",
+                     f"Yes. The {_join(same)} are all {color}." if k > 1 else
+                     "No. Every object has a different color: "
+                     + _join([f"the {b.shape} is {b.color}" for b in objs]) + "."))
+    return rnd.choice(opts)
+
+
+def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
+    """(scene, question whose answer is Yes, question whose answer is No), without the YN suffix."""
+    bg = rnd.choice(tuple(BACKGROUNDS))
+    if task in ("existence", "count", "color", "position", "celebrity"):
+        while True:
+            s = sample_scene(rnd, None if task in ("existence", "count") else rnd.randint(2, 3))
+            unique = [o for o in s.objects if s.count(shape=o.shape) == 1]
+            if task != "color" or unique:
+                break
+        o = rnd.choice(unique if task == "color" else s.objects)
+        if task == "existence":
+            return s, f"Is there {_a(o.name)} in this image?", f"Is there {_a(absent_label(s, rnd))} in this image?"
+        if task == "count":
+            k = len(s.objects)
+            k_wrong = rnd.choice([j for j in (k - 1, k + 1, k + 2) if j >= 1])
+            q = "Is there a total of {} in this image?"
+            return s, q.format(_n(k, "object")), q.format(_n(k_wrong, "object"))
+        if task == "color":
+            other = rnd.choice([c for c in COLORS if c != o.color])
+            return s, f"Is the {o.shape} in this image {o.color}?", f"Is the {o.shape} in this image {other}?"
+        if task == "celebrity":
+            s = Scene(s.background, s.objects, box=s.objects.index(o))
+            wrong = rnd.choice([b.name for b in s.objects if b is not o])
+            q = "Is the object inside the box {}?"
+            return s, q.format(_a(o.name)), q.format(_a(wrong))
+        b = rnd.choice([b for b in s.objects if b is not o])
+        if o.col != b.col:
+            true, false = ("left", "right") if o.col < b.col else ("right", "left")
+            q = f"Is the {o.name} on the {{}} side of the {b.name}?"
+        else:
+            true, false = ("above", "below") if o.row < b.row else ("below", "above")
+            q = f"Is the {o.name} {{}} the {b.name}?"
+        return s, q.format(true), q.format(false)
+    if task in ("posters", "landmark"):
+        o = Obj(rnd.choice(SHAPES), rnd.choice(tuple(COLORS)), "large", 1, 1, 0.5, 0.5)
+        s = Scene(bg, (o,), frame=task == "posters")
+        if task == "posters":
+            wrong = f"{o.color} {rnd.choice([x for x in SHAPES if x != o.shape])}"
+            return s, f"Is this a poster of {_a(o.name)}?", f"Is this a poster of {_a(wrong)}?"
+        wrong = f"{rnd.choice([c for c in COLORS if c != o.color])} {o.shape}"
+        return s, f"Is this a photo of {_a(o.name)}?", f"Is this a photo of {_a(wrong)}?"
+    if task == "scene":
+        s = sample_scene(rnd, background=bg)
+        other = rnd.choice([b for b in BACKGROUNDS if b != bg])
+        return s, f"Is the background of this image {bg}?", f"Is the background of this image {other}?"
+    if task == "artwork":
+        shape = rnd.choice(SHAPES)
+        s = sample_scene(rnd, rnd.randint(2, 3), shapes=(shape,), background=bg)
+        other = rnd.choice([x for x in SHAPES if x != shape])
+        q = "Does this artwork consist only of {}?"
+        return s, q.format(_pl(shape)), q.format(_pl(other))
+    if task == "OCR":
+        word, wrong = rnd.sample(OCR_WORDS, 2)
+        return Scene(bg, text=word), f'Is the word in this image "{word}"?', f'Is the word in this image "{wrong}"?'
+    if task == "commonsense_reasoning":
+        color = rnd.choice(("red", "green"))
+        s = Scene("black", (Obj("circle", color, "large", 1, 1, 0.5, 0.5),))
+        stop, go = "This is a traffic light. Should you stop?", "This is a traffic light. Is it safe to go?"
+        return (s, stop, go) if color == "red" else (s, go, stop)
+    if task == "numerical_calculation":
+        s = sample_scene(rnd, background=bg)
+        k, add = len(s.objects), rnd.randint(1, 4)
+        q = f"Is the number of objects in this image plus {NUM[add]} equal to {{}}?"
+        return s, q.format(k + add), q.format(k + add + rnd.choice((-1, 1, 2)))
+    if task == "text_translation":
+        color, wrong = rnd.sample(tuple(COLORS), 2)
+        s = Scene(bg, text=FRENCH[color], ink=color)
+        q = "Is it appropriate to translate the French word in the image into English as '{}'?"
+        return s, q.format(color), q.format(wrong)
+    assert task == "code_reasoning", task
+    x, y, op = rnd.randint(1, 9), rnd.randint(1, 9), rnd.choice("+*")
+    res = x + y if op == "+" else x * y
+    s = Scene(bg, text=f"a = {x}\nb = {y}\nprint(a {op} b)")
+    q = "The image shows a python code. Is the output of the code '{}'?"
+    return s, q.format(res), q.format(res + rnd.choice((-2, -1, 1, 3)))
+
+
+def _adversarial_key(lab: str, present: list[str], cooc: Counter[tuple[str, str]]) -> tuple[bool, int, str]:
+    similar = any(set(lab.split()) & set(p.split()) for p in present)
+    return (not similar, -sum(cooc[(p, lab)] for p in present), lab)
+
+
+def pope_questions(scenes: list[Scene], strategy: str, rnd: random.Random) -> list[tuple[int, str, str]]:
+    """POPE sampling for each image (index, label, yes|no): its 3 objects (yes) interleaved with
+    3 absent labels (no) sampled at random / most frequent overall / co-occurring or similar."""
+    freq = Counter(lab for s in scenes for lab in s.labels)
+    cooc = Counter((a, b) for s in scenes for a in s.labels for b in s.labels if a != b)
+    popular = sorted(LABELS, key=lambda lab: (-freq[lab], lab))
+    rows = []
+    for i, s in enumerate(scenes):
+        absent = [lab for lab in LABELS if lab not in s.labels]
+        if strategy == "random":
+            neg = rnd.sample(absent, 3)
+        elif strategy == "popular":
+            neg = [lab for lab in popular if lab not in s.labels][:3]
+        else:  # adversarial: same shape or colour as a present object first, then most co-occurring
+            neg = sorted(absent, key=partial(_adversarial_key, present=s.labels, cooc=cooc))[:3]
+        pos = rnd.sample(s.labels, 3)
+        for p, q in zip(pos, neg, strict=True):
+            rows += [(i, p, "yes"), (i, q, "no")]
+    return rows
