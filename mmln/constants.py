@@ -12,12 +12,15 @@ def image_positions(vision) -> int:
 
 
 def pack_rows(lengths, capacity: int) -> list[list[int]]:
-    """`data.batching=packed`'s rows: the indices of `lengths` laid into rows of at most
-    `capacity` positions by first-fit decreasing (longest first, each into the first row it fits).
-    The one definition: the model packs a micro-batch by it (`MLLM.pack`), and the sampler's
+    """`data.batching=packed`'s rows: the indices of `lengths` laid into as few rows of at most
+    `capacity` positions as first-fit decreasing finds (longest first, each into the first row it
+    fits), then balanced over that many rows (longest first, each into the shortest row, kept
+    where it stays within `capacity`), since every row pads to the longest one. The one
+    definition: the model packs a micro-batch by it (`MLLM.pack`), and the sampler's
     `data/pad_fraction` counts the padding of the same rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     rows, used = [], []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in order:
         r = next((r for r in range(len(rows)) if used[r] + lengths[i] <= capacity), None)
         if r is None:
             rows.append([])
@@ -25,7 +28,12 @@ def pack_rows(lengths, capacity: int) -> list[list[int]]:
             r = len(rows) - 1
         rows[r].append(i)
         used[r] += lengths[i]
-    return rows
+    balanced, load = [[] for _ in rows], [0] * len(rows)
+    for i in order:
+        r = min(range(len(rows)), key=lambda r: load[r])
+        balanced[r].append(i)
+        load[r] += lengths[i]
+    return balanced if max(load, default=0) <= min(capacity, max(used, default=0)) else rows
 
 # LLaVA-1.5's answer-format suffixes, appended to a question (training data and evaluation prompts alike)
 YES_NO_SUFFIX = " Please answer yes or no."

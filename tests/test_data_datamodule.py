@@ -143,6 +143,5 @@ def test_packed_pad_fraction_is_the_padding_of_the_packed_rows(synth_data, tok_d
     assert used < total  # rows pad to the longest row of their micro-batch
     assert packed.train_sampler.pad_fraction() == pytest.approx(1 - used / total, abs=1e-12)
     assert packed.train_sampler.micro_batches() == unpacked.train_sampler.micro_batches()
-    # not the unpacked padding of the same micro-batches (here packing pads *more*: samples of
-    # 150-250 positions leave a short last row, e.g. 180+170+160 | 150, and rows pad to 510)
-    assert abs(packed.train_sampler.pad_fraction() - unpacked.train_sampler.pad_fraction()) > 0.05
+    # not the unpacked padding of the same micro-batches: 1.8% packed against 9.7% here
+    assert packed.train_sampler.pad_fraction() < unpacked.train_sampler.pad_fraction() - 0.05
