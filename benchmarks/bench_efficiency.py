@@ -10,8 +10,11 @@
        given (no data set can be downloaded here); read +-x% as uniform, so the random-batching
        figures differ from the issue's own (27/37/45%), whose distribution was not stated.
 2. CPU step time at equal samples: one mega-batch of 64 length-model samples (lengths / 8, so a
-   CPU can run them) through a small LLaMA (hidden 256, 2 layers, layernorm strategy), forward +
-   backward, micro-batch 8, random vs grouped micro-batches of the same samples (one pass each).
+   CPU can run them; max length 2,048 / 8 = 256) through a small LLaMA (hidden 256, 2 layers,
+   layernorm strategy), forward + backward, micro-batch 8, one thread: random vs length-grouped
+   micro-batches vs packed (random micro-batches, each packed into rows of 256) of the same 64
+   samples; per mode the padded share, wall and CPU seconds (median of 3 interleaved passes),
+   samples/s and tokens/s (real positions), and the speed-ups over random.
 3. Peak extra memory of the loss (head + cross-entropy, forward + backward), vocab 32,000,
    1 x 2,048 tokens, hidden 512, fp32 on CPU, measured by mmln.memtrack.PeakMemory: the full-fp32
    logits loss vs `model.loss_chunk=1024`.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -74,42 +78,62 @@ def padding(name: str, lengths: list[int]) -> None:
         print(json.dumps(row), flush=True)
 
 
-def step_time() -> None:
+def step_time(passes: int = 3) -> None:
     from mmln.config import load_config
+    from mmln.data.sampler import pad_fraction
     from mmln.model import build_mllm
     from mmln.tuning import apply_strategy
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: CPU seconds then read like wall seconds on an idle core
+    T = 2048 // 8  # the presets' max length, scaled as the lengths are
     cfg = load_config(ROOT / "conf/model/tiny.yaml", [
         "model.llm.hidden_size=256", "model.llm.intermediate_size=688", "model.llm.num_heads=4",
-        "model.llm.vocab_size=8000", "model.max_length=1024", "tune.strategy=layernorm"])
+        "model.llm.vocab_size=8000", f"model.max_length={T}", "tune.strategy=layernorm"])
     m = build_mllm(cfg.model).train()
     apply_strategy(m, cfg.tune)
     P = m.vision.num_patches
     lengths = [max(x // 8, P + 8) for x in length_model(64, seed=1)]
     text = [x - P + 1 for x in lengths]  # the placeholder id becomes P positions
     px = torch.randn(8, 3, 64, 64)
+    gen = torch.Generator().manual_seed(0)
 
     def micro(ids_of):
         n = max(text[i] for i in ids_of)
-        ids = torch.randint(3, 8000, (len(ids_of), n))
+        ids = torch.randint(3, 8000, (len(ids_of), n), generator=gen)
         mask = torch.zeros_like(ids)
         for k, i in enumerate(ids_of):
             mask[k, :text[i]] = 1
         ids[:, 1] = -200
         return ids, mask, ids.masked_fill(mask == 0, -100)
 
-    row = {"bench": "step_time_equal_samples", "samples": 64, "micro_batch": 8}
-    for mode in ("random", "length_grouped"):
-        s = GlobalBatchSampler(64, 64, 8, seed=0, lengths=lengths, grouped=mode != "random", megabatch=1)
-        batches = [micro(mb) for mb in s]
-        t0 = time.perf_counter()  # one pass each (trimmed from best-of-2 to keep `make bench` short)
-        for ids, mask, labels in batches:
-            m(ids, mask, labels, pixel_values=px[: ids.shape[0]]).loss.backward()
-        row[f"{mode}_s"] = round(time.perf_counter() - t0, 3)
-        row[f"{mode}_pad_fraction"] = round(s.pad_fraction(), 4)
-    row["speedup"] = round(row["random_s"] / row["length_grouped_s"], 3)
+    modes = {}  # mode: (micro-batches as tensors, padded share, packed?)
+    for mode in ("random", "length_grouped", "packed"):
+        s = GlobalBatchSampler(64, 64, 8, seed=0, lengths=lengths, grouped=mode == "length_grouped", megabatch=1)
+        mbs = s.micro_batches()
+        modes[mode] = ([micro(mb) for mb in mbs], pad_fraction(mbs, lengths, T if mode == "packed" else None),
+                       mode == "packed")
+    wall = {k: [] for k in modes}
+    cpu = {k: [] for k in modes}
+    for _ in range(passes):  # interleaved passes, the median of each: the machine is shared
+        for mode, (batches, _, packed) in modes.items():
+            m.pack_samples = packed
+            t0, c0 = time.perf_counter(), time.process_time()
+            for ids, mask, labels in batches:
+                m(ids, mask, labels, pixel_values=px[: ids.shape[0]]).loss.backward()
+            wall[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
+    m.pack_samples = False
+    tokens = sum(lengths)  # real positions (text + image), the same samples in every mode
+    row = {"bench": "step_time_equal_samples", "samples": 64, "micro_batch": 8, "max_length": T, "tokens": tokens,
+           "passes": passes, "threads": 1}
+    for mode, (_, pad, _) in modes.items():
+        w, c = statistics.median(wall[mode]), statistics.median(cpu[mode])
+        row[mode] = {"pad_fraction": round(pad, 4), "wall_s": round(w, 3), "cpu_s": round(c, 3),
+                     "samples_per_s": round(64 / w, 2), "tokens_per_s": round(tokens / w, 1)}
+    for mode in ("length_grouped", "packed"):
+        row[f"{mode}_speedup_wall"] = round(row["random"]["wall_s"] / row[mode]["wall_s"], 3)
+        row[f"{mode}_speedup_cpu"] = round(row["random"]["cpu_s"] / row[mode]["cpu_s"], 3)
     print(json.dumps(row), flush=True)
 
 
