@@ -236,7 +236,12 @@ class Tracker(RetryingClient):
         from mlflow import MlflowClient
 
         self.uri = tracking_uri(uri)
-        super().__init__(MlflowClient(self.uri))
+        # MLflow creates and migrates a new sqlite store on first use, which races between processes
+        # started at once (lost runs, a store that no longer opens): that first use happens here,
+        # under the store's lock. The store is cached per URI, so later clients reuse it.
+        with store_lock(self.uri):
+            super().__init__(MlflowClient(self.uri))
+            self.search_experiments(max_results=1)
 
     @classmethod
     def of_logger(cls, logger) -> "Tracker":
@@ -415,10 +420,7 @@ def _logger_class():
 def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
     """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours); the run
     ends only with `logger.end(status)`. A continued run (`run_id`) skips steps it already logged."""
-    # MLflow creates and migrates a new sqlite store on first use, which races between processes
-    # started at once (lost runs, a store that no longer opens): `experiment_id` does that, and the
-    # experiment, once under a lock. The store object is cached per URI, so later clients reuse it.
-    client = Tracker(uri)
+    client = Tracker(uri)  # the store (created under its lock), then the experiment (under it too)
     client.experiment_id(experiment)
     logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                              log_model=False, run_id=run_id)
