@@ -4,8 +4,8 @@ On the tiny model of the tests (conf/model/tiny.yaml, random init) and synthetic
 (mmln.data.synth: captioning records to train on, a Flickr30k Karpathy file to score), for each of
 3 strategies x 3 training seeds: the paper's 11-point lr grid trained to the end
 (`python -m mmln.sweep`, every point scored by Flickr30k CIDEr on the whole test split) and the
-same grid by successive halving (`--search halving`, eta 3, first rung 1/9, proxy = Flickr30k
-CIDEr on the first PROXY_IMAGES test images, Optuna's study in sqlite), in separate MLflow
+same grid by successive halving (`--search halving`, the default synchronous rule, eta 3, first
+rung 1/9, proxy = Flickr30k CIDEr on the first PROXY_IMAGES test images, Optuna's study in sqlite), in separate MLflow
 experiments so that nothing is reused. Reports, as JSON lines, per (strategy, seed) the best lr
 of each, the full grid's CIDEr at the lr halving picked and the regret (best - that), and a
 summary: training steps spent (halving / full grid), k of N same best lr, mean and max regret,
@@ -14,8 +14,8 @@ and the wall time of both (proxy evaluations and the per-rung restarts included)
 A survivor of the halving is bit-identical to the same point of the full grid, so its CIDEr must
 equal the grid's at that lr: checked (`survivor_equals_grid`).
 
-python benchmarks/bench_halving.py [--quick]   (12 CPU-minutes, one core at a time; 31 min of wall time
-when measured on a shared, loaded 2-core machine; --quick: 1 strategy x 1 seed, about 1/9 of it)
+python benchmarks/bench_halving.py [--quick]   (one core at a time; 16.5 min of wall time when
+measured on a shared 2-core machine; --quick: 1 strategy x 1 seed, about 1/9 of it)
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
                   "mean_regret_cider": round(sum(regrets) / len(regrets), 3), "max_regret_cider": round(max(regrets), 3),
                   "survivor_equals_grid": equal, "wall_s_full_grid": round(grid_s, 1),
                   "wall_s_halving": round(halving_s, 1), "wall_fraction": round(halving_s / grid_s, 3),
-                  "synth_s": round(synth_s, 1), "proxy_images": PROXY_IMAGES,
+                  "synth_s": round(synth_s, 1), "proxy_images": PROXY_IMAGES, "rule": "sync (the sweep's default)",
                   "steps_per_run": int(steps_f / (len(PAPER_LRS) * len(grid["scores"])))})
     for line in lines:
         print(json.dumps(line), flush=True)

@@ -1,9 +1,8 @@
 """Successive halving over a sweep's learning-rate grid (`python -m mmln.sweep --search halving`).
 
 Optuna holds the study and makes the pruning decisions: one study per strategy (and training seed),
-a `GridSampler` over the grid's learning rates and a `SuccessiveHalvingPruner` (reduction factor
-`eta`, first rung `min_resource` = `first_rung` x the run's total optimizer steps), on an RDB
-storage: by default the sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
+a `GridSampler` over the grid's learning rates and a pruner, on an RDB storage: by default the
+sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
 (`--study-storage postgresql://...`) so that a study outlives the process that drives it.
 
 Rung k ends at step `r0 * eta**k` (r0 = round(first_rung * total), at least 1); the last rung is the
@@ -11,13 +10,21 @@ full run. Every grid point trains to the end of rung 0 and pauses there (`fit(st
 Trainer stops, `checkpoints/last.ckpt` holds the exact state; the warmup + cosine schedule is the
 full run's), is scored with a cheap proxy (`--proxy-metric` of `--proxy-bench`, evaluated from that
 checkpoint with `--proxy-overrides`, by default `eval.limit=100`: the first 100 test items, the same
-fixed subset every time), and reports it to its trial. Then, in trial order, Optuna's pruner
-decides: a trial is promoted when its proxy is in the top 1/eta of the trials that reached that rung
-before it (Optuna's asynchronous rule; the first trials of a rung, fewer than eta, must be the best
-so far), else it is pruned (trial state PRUNED, its MLflow run KILLED). A promoted run *continues*
-from its checkpoint to the next rung, so a survivor that reaches the end is bit-identical to the
-same point of the full grid, and gets the sweep's full evaluation (`--bench`); its trial is told the
-selection metric.
+fixed subset every time), and reports it to its trial (an intermediate value at the rung's last
+step). Then the pruner decides, for each trial of the rung:
+
+- `--halving-rule sync` (default; `SyncHalving`, an `optuna.pruners.BasePruner`): once *every*
+  trial of the rung has reported, the best ceil(n / eta) of its n trials are promoted, a tie going
+  to the higher learning rate (the tie rule of `mmln.selection.best_lr`), NaN ranking last; asked
+  earlier it refuses (`RungIncomplete`). 11 points, eta 3: 4, then 2, then 1 reach the end.
+- `--halving-rule async` (Optuna's `SuccessiveHalvingPruner`): in trial order, a trial is promoted
+  when its proxy is in the top 1/eta of the trials that reached the rung *before* it (the first
+  ones must only beat fewer than eta others), so more points survive.
+
+A pruned trial's state is PRUNED and its MLflow run KILLED. A promoted run *continues* from its
+checkpoint to the next rung, so a survivor that reaches the end is bit-identical to the same point
+of the full grid, and gets the sweep's full evaluation (`--bench`); its trial is told the selection
+metric.
 
 Restartable: a rung already reported (the trial's intermediate value) is not trained or scored
 again; a point killed mid-rung continues from its last checkpoint (mmln's exact resume). Every
@@ -26,7 +33,11 @@ finished), `halving/rung`, `optuna/study`, `optuna/trial`, and the metric `halvi
 the rung's last optimizer step). The parent run records `halving/steps_spent`,
 `halving/steps_full_grid` and `halving/budget_fraction`.
 
-The study is driven by one process (points run sequentially, as in the grid sweep).
+The sync rule is a pure function of the stored intermediate values (`sync_promoted`), so a
+restarted process, or another one on the same storage, reaches the same decisions. A point that
+fails before reporting leaves its rung undecided (the sweep exits 1); a re-run trains it and
+decides the rung. The study is driven by one process (points run sequentially, as in the grid
+sweep).
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ from omegaconf import OmegaConf
 from mmln.config import ConfigError
 
 STATE, RUNG, PROXY = "halving/state", "halving/rung", "halving/proxy"
+RULES = ("sync", "async")
 VAL_LOSS = "val/loss"  # the proxy computed here, from `data.val`; every other proxy is an eval/* metric
 
 
@@ -52,6 +64,7 @@ class Options:
     proxy_bench: str = "flickr30k"
     proxy_overrides: list[str] = field(default_factory=lambda: ["eval.limit=100"])
     storage: Optional[str] = field(default=None, repr=False)
+    rule: str = "sync"
 
     @property
     def bench(self) -> Optional[str]:
@@ -63,6 +76,8 @@ class Options:
         return "minimize" if "loss" in self.proxy_metric.rsplit("/", 1)[-1] else "maximize"
 
     def check(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"--halving-rule {self.rule}: one of {', '.join(RULES)}")
         if self.eta < 2:
             raise ConfigError(f"--eta {self.eta}: successive halving needs a reduction factor >= 2")
         if not 0 < self.first_rung < 1:
@@ -127,11 +142,75 @@ def _grid_sampler(lrs: list[float]):
 
 
 def load_study(name: str, storage: str, lrs: list[float], opts: Options, min_resource: Optional[int] = None):
+    """The study `name` (created on first use): GridSampler over `lrs`, the `opts.rule` pruner. The
+    async pruner needs the first rung's step (`min_resource`; none yet: no pruner); the sync one
+    reads the rung ends from the study's user attribute `rung_steps`."""
     optuna = _optuna()
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=opts.eta)
-              if min_resource else optuna.pruners.NopPruner())
+    if opts.rule == "sync":
+        pruner = _sync_pruner(lrs, opts.eta)
+    else:
+        pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=opts.eta)
+                  if min_resource else optuna.pruners.NopPruner())
     return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=opts.direction,
                                sampler=_grid_sampler(lrs), pruner=pruner)
+
+
+class RungIncomplete(RuntimeError):
+    """The synchronous rule was asked to decide a rung that some of its trials have not reported."""
+
+
+def sync_promoted(trials: list, lrs: list[float], steps: list[int], rung: int, eta: int, maximize: bool) -> set[int]:
+    """The synchronous rule: the trial numbers promoted at `rung` (whose proxy is reported at step
+    `steps[rung]`). Rung 0's trials: one per grid lr, the lowest-numbered trial that reported rung 0
+    (a trial that finished or failed without reporting it, e.g. a point the full grid had already
+    trained, takes no part). Rung k's trials: those promoted at rung k-1. Once every trial of the
+    rung has reported, the best ceil(n / eta) of its n trials go on: ranked by the proxy (`maximize`
+    or not; NaN is the worst), a tie going to the higher lr (as `mmln.selection.best_lr` breaks
+    ties). A pure function of the stored intermediate values, so a restarted or second process
+    reaches the same decisions. Raises RungIncomplete while some trial of the rung has not reported."""
+    by_lr: dict[float, list] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.params.get("lr") in lrs:
+            by_lr.setdefault(t.params["lr"], []).append(t)
+    members = []
+    for lr in lrs:
+        ts = by_lr.get(lr, [])
+        reported = [t for t in ts if steps[0] in t.intermediate_values]
+        if reported:
+            members.append(reported[0])
+        elif not ts or any(not t.state.is_finished() for t in ts):
+            raise RungIncomplete(f"rung 0: lr {lr:g} has not reported step {steps[0]}")
+    for k in range(rung + 1):
+        missing = [t.number for t in members if steps[k] not in t.intermediate_values]
+        if missing:
+            raise RungIncomplete(f"rung {k}: trials {missing} have not reported step {steps[k]}")
+
+        def rank(t, step=steps[k]):
+            v = float(t.intermediate_values[step])
+            return (not math.isnan(v), (v if maximize else -v) if not math.isnan(v) else 0.0, t.params["lr"])
+
+        members = sorted(members, key=rank, reverse=True)[: math.ceil(len(members) / eta)]
+    return {t.number for t in members}
+
+
+def _sync_pruner(lrs: list[float], eta: int):
+    import optuna
+
+    class SyncHalving(optuna.pruners.BasePruner):
+        """Successive halving with synchronous rungs (`sync_promoted`): a trial that reported a rung's
+        last step is pruned unless it is among the rung's best ceil(n / eta). Asked before every
+        trial of the rung has reported, it raises RungIncomplete rather than guess."""
+
+        def prune(self, study, trial) -> bool:
+            steps = study.user_attrs.get("rung_steps")
+            step = trial.last_step
+            if not steps or step not in steps[:-1]:
+                return False  # not a rung's end (or no rung yet): nothing to decide
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+            kept = sync_promoted(study.get_trials(deepcopy=False), lrs, steps, steps.index(step), eta, maximize)
+            return trial.number not in kept
+
+    return SyncHalving()
 
 
 def grid_trials(study, lrs: list[float]) -> dict[float, int]:
@@ -225,6 +304,11 @@ def halve(name: str, pts: list, client, exp_id: str, parent_id: Optional[str], s
             return study
         decisions = decide_rung(study, alive, steps[rung], rung)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        waiting = [n for n in alive if trials[n].state == TS.RUNNING and f"rung{rung}" not in trials[n].user_attrs]
+        if waiting and opts.rule == "sync":  # a point failed before reporting: the rung stays open for a re-run
+            say(f"{name}: rung {rung} undecided, {len(waiting)} of {len(alive)} points without a decision "
+                "(failed ones are listed); run the sweep again to finish them")
+            return study
         for n, pruned in decisions.items():
             p = point_of[n]
             client.set_tag(p.run_id, STATE, "pruned" if pruned else "promoted")
@@ -235,9 +319,10 @@ def halve(name: str, pts: list, client, exp_id: str, parent_id: Optional[str], s
 
 
 def decide_rung(study, numbers: list[int], step: int, rung: int) -> dict[int, bool]:
-    """Optuna's pruner decides, in trial order, for the trials of `numbers` that reported `step` and
-    have no decision at this rung yet: {trial number: pruned}. A pruned trial is told PRUNED; the
-    decision is kept in the trial's user attribute `rung<k>` (promoted | pruned)."""
+    """The study's pruner decides, in trial order, for the trials of `numbers` that reported `step`
+    and have no decision at this rung yet: {trial number: pruned}; {} while the sync rule's rung is
+    incomplete. A pruned trial is told PRUNED; the decision is kept in the trial's user attribute
+    `rung<k>` (promoted | pruned)."""
     optuna = _optuna()
     TS = optuna.trial.TrialState
     out = {}
@@ -247,7 +332,10 @@ def decide_rung(study, numbers: list[int], step: int, rung: int) -> dict[int, bo
         if t.state != TS.RUNNING or step not in t.intermediate_values or f"rung{rung}" in t.user_attrs:
             continue
         trial = optuna.trial.Trial(study, t._trial_id)
-        out[n] = trial.should_prune()
+        try:
+            out[n] = trial.should_prune()
+        except RungIncomplete:  # the sync rule waits for every trial of the rung (a re-run trains the missing)
+            return out
         trial.set_user_attr(f"rung{rung}", "pruned" if out[n] else "promoted")
         if out[n]:
             study.tell(n, state=TS.PRUNED)
@@ -308,6 +396,7 @@ def val_loss(cfg, ckpt: str) -> float:
 def log_budget(client, parent_id: str, budget: dict[str, float], opts: Options, storage: str) -> None:
     """The parent run's budget metrics and the search's settings (`client`: a mmln.tracking.Tracker)."""
     client.log_metrics(parent_id, budget)
-    client.set_tags(parent_id, {"search": "halving", "halving/eta": opts.eta, "halving/first_rung": f"{opts.first_rung:.6g}",
+    client.set_tags(parent_id, {"search": "halving", "halving/rule": opts.rule, "halving/eta": opts.eta,
+                                "halving/first_rung": f"{opts.first_rung:.6g}",
                                 "halving/proxy": f"{opts.proxy_metric} ({' '.join(opts.proxy_overrides)})",
                                 "optuna/storage": storage})

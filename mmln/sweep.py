@@ -41,8 +41,9 @@ store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 `--search halving` (mmln.halving) trains the same points by successive halving instead: every
 point to a first rung (`--first-rung`, 1/9 of the run), scored by a cheap proxy (`--proxy-metric`),
 the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
-SuccessiveHalvingPruner on an RDB study (`--study-storage`); survivors end bit-identical to the
-grid's runs and get the `--bench` evaluation; the parent records the steps spent.
+a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) on an RDB
+study (`--study-storage`); survivors end bit-identical to the grid's runs and get the `--bench`
+evaluation; the parent records the steps spent.
 
 Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, before any run.
 """
@@ -470,6 +471,9 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--search", choices=("grid", "halving"), default="grid",
                    help="grid: every point to the end; halving: Optuna successive halving over the lrs")
     h.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
+    h.add_argument("--halving-rule", choices=("sync", "async"), default="sync",
+                   help="halving: sync (default): once every point of a rung reports, its best ceil(n/eta) go on; "
+                        "async: Optuna's SuccessiveHalvingPruner, in trial order against the points before")
     h.add_argument("--first-rung", type=fraction, default=fraction("1/9"), metavar="1/9",
                    help="halving: the first rung, as a fraction of the run (default 1/9)")
     h.add_argument("--proxy-bench", default="flickr30k", help="halving: the benchmark of the proxy score")
@@ -632,7 +636,7 @@ def halving_options(args, base):
         raise ConfigError("--search halving drives its Optuna study from one process: "
                           "no --launcher slurm / --only-index (submit the whole sweep as one job)")
     opts = Options(args.eta, args.first_rung, args.proxy_metric, args.proxy_bench, args.proxy_overrides.split(),
-                   args.study_storage)
+                   args.study_storage, args.halving_rule)
     opts.check()
     if opts.bench is None and not base.data.val.files:
         raise ConfigError("--proxy-metric val/loss needs held-out validation records: set data.val.files "
