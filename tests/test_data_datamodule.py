@@ -111,3 +111,38 @@ def test_length_grouping_pads_less_on_the_instruct_data(synth_data, tok_dirs, to
     k = next(i for i, n in enumerate(lengths) if n)
     assert lengths[k] == len(ds[k]["input_ids"]) + ds.num_image_tokens - 1
     assert g.train_sampler.pad_fraction() < r.train_sampler.pad_fraction()
+
+
+def test_packed_pad_fraction_is_the_padding_of_the_packed_rows(synth_data, tok_dirs, toks):
+    """Under data.batching=packed, data/pad_fraction counts the rows MLLM.pack lays out (each
+    micro-batch: rows x longest row), not the unpacked micro-batches' padding."""
+    from mmln.model import build_mllm
+    from mmln.model.mllm import HostBatch
+    from tests.conftest import tiny_config
+
+    extra = [f"data.train.files=[{synth_data['instruct_80k']}]",
+             f"data.train.image_folder={synth_data['instruct_80k'].parent.parent / 'coco/train2017'}",
+             "data.template=vicuna_v1", "train.global_batch_size=8", "train.micro_batch_size=4", "model.max_length=512"]
+    dms = {}
+    for batching in ("random", "packed"):
+        dms[batching] = MMLNDataModule(cfg_for(synth_data, tok_dirs[True], *extra, f"data.batching={batching}"), toks[True])
+        dms[batching].setup("fit", world_size=1)
+    packed, unpacked = dms["packed"], dms["random"]
+    unpacked.train_dataloader()
+    m = build_mllm(tiny_config("model.max_length=512", "model.llm.vocab_size=600").model).eval()
+    total = used = 0
+    with torch.no_grad():
+        for b in packed.train_dataloader():
+            if b["empty"]:  # every sample bad (the synthetic data has some): length 0 in the sampler too
+                continue
+            s = m.embed_batch(b["input_ids"], b["attention_mask"], b["labels"], b["pixel_values"],
+                              host=HostBatch(b["input_ids"], b["attention_mask"], b["labels"]))
+            embeds = m.pack(s)[0]
+            total += embeds.shape[0] * embeds.shape[1]
+            used += int(s.host_attention_mask.sum())
+    assert used < total  # rows pad to the longest row of their micro-batch
+    assert packed.train_sampler.pad_fraction() == pytest.approx(1 - used / total, abs=1e-12)
+    assert packed.train_sampler.micro_batches() == unpacked.train_sampler.micro_batches()
+    # not the unpacked padding of the same micro-batches (here packing pads *more*: samples of
+    # 150-250 positions leave a short last row, e.g. 180+170+160 | 150, and rows pad to 510)
+    assert abs(packed.train_sampler.pad_fraction() - unpacked.train_sampler.pad_fraction()) > 0.05

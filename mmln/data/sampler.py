@@ -17,6 +17,8 @@ Batching modes:
   shuffled (seeded) and dealt out to the mega-batch's global batches. A micro-batch so holds
   samples of similar length and pads little; every sample is still drawn once per epoch, and the
   list depends only on the seed, the epoch and the data, never on the device count.
+- packed (`packed=max_length`): micro-batches are drawn as with `random`; the model then lays each
+  one's samples into rows (`mmln.constants.pack_rows`), and `pad_fraction` counts those rows' padding.
 """
 from __future__ import annotations
 
@@ -25,13 +27,21 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from mmln.constants import pack_rows
 
-def pad_fraction(micro_batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
-    """Share of all positions that are padding when each micro-batch pads to its longest sample."""
+
+def pad_fraction(micro_batches: Sequence[Sequence[int]], lengths: Sequence[int], packed: Optional[int] = None) -> float:
+    """Share of all positions that are padding when each micro-batch pads to its longest sample,
+    or, with `packed` (the row capacity, `model.max_length`), when its samples are packed into
+    rows (`pack_rows`) that pad to the longest row, as `MLLM.pack` lays them out."""
     total = used = 0
     for mb in micro_batches:
         ls = [lengths[i] for i in mb]
-        total += len(ls) * max(ls, default=0)
+        if packed and ls:
+            rows = [sum(ls[j] for j in row) for row in pack_rows(ls, packed)]
+            total += len(rows) * max(rows)
+        else:
+            total += len(ls) * max(ls, default=0)
         used += sum(ls)
     return 1.0 - used / total if total else 0.0
 
@@ -39,7 +49,7 @@ def pad_fraction(micro_batches: Sequence[Sequence[int]], lengths: Sequence[int])
 class GlobalBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, global_batch_size: int, micro_batch_size: int, *, world_size: int = 1,
                  rank: int = 0, seed: int = 0, shuffle: bool = True, lengths: Optional[Sequence[int]] = None,
-                 grouped: bool = False, megabatch: int = 8):
+                 grouped: bool = False, megabatch: int = 8, packed: Optional[int] = None):
         if global_batch_size % (micro_batch_size * world_size):
             raise ValueError(
                 f"train.global_batch_size={global_batch_size} is not a multiple of train.micro_batch_size="
@@ -55,6 +65,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
         self.lengths = None if lengths is None else list(lengths)
         self.grouped, self.megabatch = grouped, megabatch
+        self.packed = packed  # row capacity under data.batching=packed (only pad_fraction uses it)
         self.accumulation = global_batch_size // (micro_batch_size * world_size)
         self.epoch = 0
         self.skip = 0  # micro-batches of this rank to skip at the start of the current epoch
@@ -90,7 +101,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def pad_fraction(self) -> Optional[float]:
         """Padded share of all positions this epoch (all ranks), or None without `lengths` (either mode)."""
-        return None if self.lengths is None else pad_fraction(self.micro_batches(), self.lengths)
+        return None if self.lengths is None else pad_fraction(self.micro_batches(), self.lengths, self.packed)
 
     def __iter__(self):
         k, a = self.g // self.m, self.accumulation

@@ -135,6 +135,7 @@ class MMLNDataModule(L.LightningDataModule):
             world_size=self._world(), rank=self._rank(), seed=t.seed, shuffle=True,
             lengths=self.train_lengths, grouped=self.cfg.data.batching == "length_grouped",
             megabatch=int(self.cfg.data.megabatch),
+            packed=int(self.cfg.model.max_length) if self.cfg.data.batching == "packed" else None,
         )
         # Lightning creates the first iterator before its own set_epoch call, and DataLoader workers
         # draw indices at once, so the first epoch to run is set here: the trainer's current epoch,

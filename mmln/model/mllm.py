@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, pack_rows
 from mmln.model.layout import base_llm, llm_decoder
 
 
@@ -214,16 +214,8 @@ class MLLM(nn.Module):
         and every gradient equal the unpacked ones. Planned on the host copy of the mask: no sync."""
         lens = s.host_attention_mask.sum(1).tolist()
         B, T = s.host_attention_mask.shape
-        rows, used = [], []
-        for b in sorted(range(B), key=lambda b: -lens[b]):
-            r = next((r for r in range(len(rows)) if used[r] + lens[b] <= self.max_length), None)
-            if r is None:
-                rows.append([])
-                used.append(0)
-                r = len(rows) - 1
-            rows[r].append(b)
-            used[r] += lens[b]
-        R, L = len(rows), max(used)
+        rows = pack_rows(lens, self.max_length)
+        R, L = len(rows), max(sum(lens[b] for b in row) for row in rows)
         src = torch.full((R, L), B * T, dtype=torch.long)  # B * T: a zero row / ignored label (padding)
         seg = torch.full((R, L), -1, dtype=torch.long)
         pos = torch.zeros(R, L, dtype=torch.long)
