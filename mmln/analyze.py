@@ -73,17 +73,13 @@ def load_run(ref: str, tracking_uri: Optional[str] = None) -> dict:
     if path.is_dir():
         name, d = path.name, (path / "analysis" if (path / "analysis").is_dir() else path)
     else:
-        from mlflow import MlflowClient
+        from mmln.tracking import Tracker
 
-        from mmln.tracking import tracking_uri as resolve_uri
-
-        client = MlflowClient(resolve_uri(tracking_uri))
-        try:
-            run = client.get_run(ref)
-        except Exception as e:
-            raise FileNotFoundError(f"'{ref}' is neither a run directory nor an MLflow run id ({e})") from None
+        client = Tracker(tracking_uri)
+        if (run := client.find_run(ref)) is None:
+            raise FileNotFoundError(f"'{ref}' is neither a run directory nor a run id in the MLflow store {client.uri}")
         name = run.info.run_name or ref
-        d = Path(client.download_artifacts(ref, "analysis", tempfile.mkdtemp(prefix="mmln-analyze-")))
+        d = client.download(ref, "analysis", tempfile.mkdtemp(prefix="mmln-analyze-"))
     sim = d / SIMILARITY_FILE
     grads = d / GRADS_FILE
     if not sim.is_file() and not grads.is_file():

@@ -123,30 +123,22 @@ def plan_logging(cfg: Any, ckpt: Optional[str], run_id: Optional[str]) -> tuple[
     run has no evaluation yet, or one with the same identity (`eval_identity`): only metrics it
     lacks are added. `child`: the run holds an evaluation of another identity (a limited one, a
     full one, another checkpoint): a child run of it (tag `kind=eval`, `mlflow.parentRunId`)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from mmln.tracking import Tracker
 
-    from mmln.tracking import tracking_uri
-
-    uri = tracking_uri(cfg.tracking.uri)
-    client = MlflowClient(uri)
+    client = Tracker(cfg.tracking.uri)
     identity = eval_identity(cfg, ckpt)
     id_file = run_dir_of(ckpt) / "mlflow_run_id" if ckpt else None
+    run = None
     if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            raise ConfigError(f"--run-id {run_id}: no such run in the MLflow store {uri}") from None
+        if (run := client.find_run(run_id)) is None:
+            raise ConfigError(f"--run-id {run_id}: no such run in the MLflow store {client.uri}")
     elif id_file is not None and id_file.is_file():
         run_id = id_file.read_text().strip() or None
-        try:
-            client.get_run(run_id) if run_id else None
-        except MlflowException:
-            _note(f"{id_file}: run {run_id} is not in the MLflow store {uri}; logging to a new run")
+        if run_id and (run := client.find_run(run_id)) is None:
+            _note(f"{id_file}: run {run_id} is not in the MLflow store {client.uri}; logging to a new run")
             run_id = None
-    if run_id is None:
+    if run is None:
         return None, "new", identity
-    run = client.get_run(run_id)
     has_eval = any(k.startswith("eval/") for k in run.data.metrics)
     same = all(run.data.tags.get(k) == v for k, v in identity.items() if k != "eval_ckpt")
     return run_id, "merge" if same or not has_eval else "child", identity
@@ -185,7 +177,7 @@ def _logged_scores(client, run_id: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            return json.loads(Path(client.download_artifacts(run_id, "eval/scores.json", tmp)).read_text())
+            return json.loads(client.download(run_id, "eval/scores.json", tmp).read_text())
         except Exception:  # no such artifact (the first evaluation) or an unreadable one
             return {}
 
@@ -247,27 +239,23 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
                   mode: Optional[str] = None, identity: Optional[dict[str, str]] = None) -> str:
     """Log `scores["metrics"]` as `plan_logging` decided (run_id/mode None: decide here): into a new
     run, merged into `run_id` (only metrics it lacks), or into a new child run of `run_id`."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from mmln.tracking import get_or_create_experiment, tracking_uri
+    from mmln.tracking import Tags, Tracker
 
     if mode is None:
         run_id, mode, identity = plan_logging(cfg, ckpt, run_id)
-    uri = tracking_uri(cfg.tracking.uri)
-    client = MlflowClient(uri)
+    client = Tracker(cfg.tracking.uri)
     tags = {**identity, "eval_benches": ",".join(scores["benches"])}
     metrics = scores["metrics"]
     if mode == "new":
-        experiment = get_or_create_experiment(client, cfg.tracking.experiment or DEFAULT_EXPERIMENT, uri)
-        run_id = client.create_run(experiment, run_name=new_run_name(cfg, ckpt, identity), tags={
-            "model": cfg.model.name, "strategy": cfg.tune.strategy, "ckpt": ckpt or "none", **tags}).info.run_id
+        experiment = client.experiment_id(cfg.tracking.experiment or DEFAULT_EXPERIMENT)
+        run_id = client.start_run(experiment, new_run_name(cfg, ckpt, identity), {
+            Tags.MODEL: cfg.model.name, Tags.STRATEGY: cfg.tune.strategy, "ckpt": ckpt or "none", **tags})
     elif mode == "child":
         parent = client.get_run(run_id)
         name = f"{parent.info.run_name}-eval-{child_suffix(identity, parent.data.tags)}"
-        run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
-            "kind": "eval", "mlflow.parentRunId": parent.info.run_id, "model": cfg.model.name,
-            "strategy": cfg.tune.strategy, "stage": "eval", **tags}).info.run_id
+        run_id = client.start_run(parent.info.experiment_id, name, {
+            Tags.KIND: "eval", Tags.PARENT: parent.info.run_id, Tags.MODEL: cfg.model.name,
+            Tags.STRATEGY: cfg.tune.strategy, Tags.STAGE: "eval", **tags})
         _say(f"run {parent.info.run_id} holds another evaluation ({parent.data.tags.get('eval_limit', '?')} limit, "
               f"checkpoint {parent.data.tags.get('eval_ckpt_sha256', '?')}): logging to its child run '{name}'")
     else:  # merge: add what the run lacks, keep what it has
@@ -279,16 +267,14 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
         done = [b for b in have.tags.get("eval_benches", "").split(",") if b]
         tags["eval_benches"] = ",".join(dict.fromkeys(done + list(scores["benches"])))
         scores = _merge_scores(_logged_scores(client, run_id), scores)  # the run's eval/scores.json keeps all
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
+    client.log_metrics(run_id, metrics)
+    client.set_tags(run_id, tags)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scores.json"
         write_json(path, {**scores, "mlflow_run_id": run_id}, indent=1, default=str)
         client.log_artifact(run_id, str(path), artifact_path="eval")
     if mode != "merge":
-        client.set_terminated(run_id, "FINISHED")
+        client.end(run_id, "FINISHED")
     return run_id
 
 

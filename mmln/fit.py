@@ -32,6 +32,7 @@ from typing import Callable, Optional
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
+from mmln.tracking import SweepContext
 
 
 @dataclass
@@ -112,11 +113,14 @@ def run_name(cfg) -> str:
     return cfg.run_name or f"{cfg.tune.strategy}-lr{cfg.train.lr:g}"
 
 
-def run_tags(cfg, experiment: str) -> dict[str, str]:
+def run_tags(cfg, experiment: str, sweep_id: str = "") -> dict[str, str]:
+    """A training run's own tags (`mmln.tracking.Tags`)."""
+    from mmln.tracking import Tags
+
     types = ",".join(cfg.data.train.types) or "all"
-    return {"model": cfg.model.name, "strategy": cfg.tune.strategy, "stage": cfg.stage, "lr": f"{cfg.train.lr:g}",
-            "data_subset": f"{types}:{cfg.data.train.limit or 'all'}", "config_family": experiment,
-            "sweep_id": os.environ.get("MMLN_SWEEP_ID", "")}
+    return {Tags.MODEL: cfg.model.name, Tags.STRATEGY: cfg.tune.strategy, Tags.STAGE: cfg.stage,
+            Tags.LR: f"{cfg.train.lr:g}", Tags.DATA_SUBSET: f"{types}:{cfg.data.train.limit or 'all'}",
+            Tags.CONFIG_FAMILY: experiment, Tags.SWEEP_ID: sweep_id}
 
 
 def world_size(cfg) -> int:
@@ -179,10 +183,12 @@ def step_checkpoint(**kwargs):
     return StepCheckpoint(**kwargs)
 
 
-def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None) -> RunResult:
+def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None,
+        sweep: Optional[SweepContext] = None) -> RunResult:
     """Train `cfg`. `stop_at(total_steps)` (successive halving's rungs): pause after that many
     optimizer steps of the full run's schedule; the run is then left KILLED, not exported, and
-    continues exactly from `checkpoints/last.ckpt` on the next call."""
+    continues exactly from `checkpoints/last.ckpt` on the next call. `sweep` (mmln.sweep): the
+    sweep's id and the tags its points carry from the run's creation on."""
     import lightning as L
     import torch
 
@@ -196,7 +202,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     from mmln.lit.safety import (NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal,
                                  StopRequested)
     from mmln.model.llm import load_tokenizer
-    from mmln.tracking import TrackingUnreachable, check_reachable, close_orphans, make_logger, offline_uri, tracking_uri
+    from mmln.tracking import Tags, Tracker, TrackingUnreachable, check_reachable, make_logger, offline_uri, tracking_uri
     from mmln.tuning import count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
@@ -248,8 +254,12 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
     # tracking -------------------------------------------------------------------------------
     prior = _prior_run_id(run_dir) if resume else None
-    logger = make_logger(experiment, name, uri, {**run_tags(cfg, experiment), "run_dir": str(run_dir.resolve())},
-                         run_id=prior)
+    sweep_tags = dict(sweep.tags) if sweep else {}
+    tags = {**run_tags(cfg, experiment, sweep.sweep_id if sweep else ""), Tags.RUN_DIR: str(run_dir.resolve())}
+    logger = make_logger(experiment, name, uri, {**tags, **sweep_tags}, run_id=prior)
+    tracker = Tracker.of_logger(logger)
+    if prior is not None and sweep_tags:  # a continued run was created before (maybe by another sweep)
+        tracker.set_tags(logger.run_id, sweep_tags)
     if prior is None:
         logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(cfg).items()})
     rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
@@ -260,7 +270,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
                   "percent": counts.percent, "groups": counts.groups}
         write_text(run_dir / "params.json", json.dumps(params, indent=1))
         write_text(run_dir / "mlflow_run_id", logger.run_id)
-        close_orphans(logger, "run_dir", str(run_dir.resolve()))  # runs of this folder a kill left RUNNING
+        tracker.close_orphans(logger.experiment_id, logger.run_id, str(run_dir.resolve()))  # left RUNNING by a kill
 
     # a paused run's last.ckpt is the one of the pause step (a divisor of it), never the end-of-training one
     every = cfg.train.save_every_n_steps if pause is None else math.gcd(cfg.train.save_every_n_steps, pause)
@@ -296,7 +306,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         limit_val_batches=1.0 if dm.has_val else 0,
     )
     try:
-        logger.experiment.set_tag(logger.run_id, "mlflow.note.content", f"run dir: {run_dir.resolve()}")
+        tracker.set_tags(logger.run_id, {Tags.NOTE: f"run dir: {run_dir.resolve()}"})
         t0 = time.time()
         trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         stopper.raise_if_stopped()  # a signal during the last step
@@ -309,25 +319,22 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
                    **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
                    "data/bad_samples": float(module.bad_log.total)}
         if trainer.is_global_zero:
-            from mmln.tracking import log_file_or_reference
-
             for path in module.export(run_dir):
                 if path.is_file():
-                    log_file_or_reference(logger.experiment, logger.run_id, path,
-                                          int(cfg.tracking.artifact_max_mb * 2**20))
+                    tracker.log_file_or_reference(logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
             write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
             for f in ("config.yaml", "params.json", "efficiency.json"):
-                logger.experiment.log_artifact(logger.run_id, str(run_dir / f))
+                tracker.log_artifact(logger.run_id, str(run_dir / f))
             logger.log_metrics(metrics, step=trainer.global_step)
             if module.bad_log.total:
-                logger.experiment.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+                tracker.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
     except BaseException as e:  # the run is FINISHED only when everything above was written
         if isinstance(e, StopRequested):
             e = RunInterrupted(e.signum, e.step, e.ckpt)
-        logger.experiment.set_tag(logger.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        failure = {Tags.ERROR: f"{type(e).__name__}: {e}"[:5000]}
         if isinstance(e, NonFiniteError):
-            logger.experiment.set_tag(logger.run_id, "failed_step", str(e.step))
-            logger.experiment.set_tag(logger.run_id, "failure_reason", e.reason[:5000])
+            failure |= {Tags.FAILED_STEP: str(e.step), Tags.FAILURE_REASON: e.reason[:5000]}
+        tracker.set_tags(logger.run_id, failure)
         killed = isinstance(e, KeyboardInterrupt) or stopper.received is not None
         logger.end("KILLED" if killed else "FAILED")
         if isinstance(e, RunInterrupted):

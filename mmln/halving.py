@@ -394,13 +394,9 @@ def val_loss(cfg, ckpt: str) -> float:
 
 
 def log_budget(client, parent_id: str, budget: dict[str, float], opts: Options, storage: str) -> None:
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in budget.items()])
-    for k, v in {"search": "halving", "halving/rule": opts.rule, "halving/eta": opts.eta, "halving/first_rung": f"{opts.first_rung:.6g}",
-                 "halving/proxy": f"{opts.proxy_metric} ({' '.join(opts.proxy_overrides)})",
-                 "optuna/storage": storage}.items():
-        client.set_tag(parent_id, k, str(v))
+    """The parent run's budget metrics and the search's settings (`client`: a mmln.tracking.Tracker)."""
+    client.log_metrics(parent_id, budget)
+    client.set_tags(parent_id, {"search": "halving", "halving/rule": opts.rule, "halving/eta": opts.eta,
+                                "halving/first_rung": f"{opts.first_rung:.6g}",
+                                "halving/proxy": f"{opts.proxy_metric} ({' '.join(opts.proxy_overrides)})",
+                                "optuna/storage": storage})

@@ -1,7 +1,7 @@
 """python -m mmln.report --experiment NAME[,NAME...] | --config CFG [key=value ...] [--out DIR] [--tables ...]
 
 Paper-style tables and figures from the MLflow runs of one or more experiments (read with
-`MlflowClient.search_runs`), written to `--out` (default `outputs/<experiment>/report/`):
+`mmln.tracking.Tracker.runs`), written to `--out` (default `outputs/<experiment>/report/`):
 
     report.md              every table, in the paper's shapes (a table without data says so in one line)
     <table>.csv            the same numbers, unrounded
@@ -176,14 +176,7 @@ def load_runs(client, experiment_ids: list[str], references: Optional[dict[str, 
     """FINISHED stage-2 runs, one per (model, strategy, lr, variant, data, vision), chosen by `Run.rank`:
     a run of the reference config (when `references` gives one for its model) over one of another
     config, a full evaluation over one with `eval.limit`, then the newest."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, "attributes.status = 'FINISHED'", max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = client.runs(experiment_ids, "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
     out: dict[tuple, Run] = {}
     for r in runs:
         t, p = r.data.tags, r.data.params
@@ -351,7 +344,7 @@ def evaluation_items(client, run_id: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            scores = json.loads(Path(client.download_artifacts(run_id, "eval/scores.json", tmp)).read_text())
+            scores = json.loads(client.download(run_id, "eval/scores.json", tmp).read_text())
         except Exception:  # no evaluation artifact: nothing to pair
             return {}
     return items_of(scores)
@@ -520,7 +513,7 @@ def lr_curves(runs: list[Run], metric: str, out: Path,
 def pruned_points(client, experiment_ids: list[str]) -> dict[tuple[str, str], set[float]]:
     """(model, strategy) -> the learning rates of the reference runs successive halving pruned."""
     out: dict[tuple[str, str], set[float]] = {}
-    for r in client.search_runs(experiment_ids, "tags.`halving/state` = 'pruned'", max_results=5000):
+    for r in client.runs(experiment_ids, "tags.`halving/state` = 'pruned'"):
         t = r.data.tags
         if t.get("stage") == "instruct" and not t.get("variant") and not t.get("kind"):
             out.setdefault((t.get("model", "?"), t.get("strategy", "?")), set()).add(float(t.get("lr", "nan")))
@@ -558,7 +551,7 @@ def paper_figures(client, runs: list[Run], metric: str, out: Path) -> list[Path]
                 label = f"{strategy} (lr {run.lr:g})"
                 for name in (SIMILARITY_FILE, GRADS_FILE):
                     try:
-                        local = Path(client.download_artifacts(run.run_id, f"analysis/{name}", f"{tmp}/{strategy}"))
+                        local = client.download(run.run_id, f"analysis/{name}", f"{tmp}/{strategy}")
                     except Exception:  # this run recorded no such analysis
                         continue
                     if name == SIMILARITY_FILE and "token" in (sim := load_similarity(local)):
@@ -612,7 +605,7 @@ def analysis_figures(client, runs: list[Run], metric: str, out: Path) -> list[Pa
         for p in pngs:
             dst = out / "analysis" / f"{model}-{strategy}"
             dst.mkdir(parents=True, exist_ok=True)
-            paths.append(Path(client.download_artifacts(run.run_id, p, str(dst))))
+            paths.append(client.download(run.run_id, p, dst))
     return paths
 
 
@@ -638,9 +631,9 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
     out = Path(out).resolve()  # MLflow hands back absolute paths; a relative `out` could not name them
     ids = []
     for name in experiments:
-        exp = client.get_experiment_by_name(name)
+        exp = client.find_experiment(name)
         if exp is None:
-            known = ", ".join(e.name for e in client.search_experiments()) or "none"
+            known = ", ".join(client.experiment_names()) or "none"
             raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
         ids.append(exp.experiment_id)
     runs = load_runs(client, ids, references)
@@ -671,16 +664,16 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
     return built, [out / "report.md"] + files
 
 
-def log_report(client, uri: str, experiment: str, scope: str, out: Path) -> str:
+def log_report(client, experiment: str, scope: str, out: Path) -> str:
     """Log `out` as the artifacts (`report/`) of the experiment's `report` run for this scope."""
-    from mmln.tracking import get_or_create_experiment
+    from mmln.tracking import Tags
 
-    exp_id = get_or_create_experiment(client, experiment, uri)
-    found = client.search_runs([exp_id], f"tags.kind = 'report' and tags.report_scope = '{scope}'", max_results=1)
-    run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, run_name="report", tags={"kind": "report", "report_scope": scope}).info.run_id
+    exp_id = client.experiment_id(experiment)
+    found = client.runs([exp_id], f"tags.{Tags.KIND} = 'report' and tags.report_scope = '{scope}'", limit=1)
+    run_id = found[0].info.run_id if found else client.start_run(
+        exp_id, "report", {Tags.KIND: "report", "report_scope": scope})
     client.log_artifacts(run_id, str(out), artifact_path="report" if out.name == "report" else f"report/{out.name}")
-    client.set_terminated(run_id, "FINISHED")
+    client.end(run_id, "FINISHED")
     return run_id
 
 
@@ -702,9 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                          "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
-    from mlflow import MlflowClient
-
-    from mmln.tracking import tracking_uri
+    from mmln.tracking import Tracker, tracking_uri
 
     from mmln.config import ConfigError, load_config
     from mmln.fit import experiment_name
@@ -724,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --experiment NAME or --config CFG")
     out = (Path(args.out) if args.out else Path("outputs") / "+".join(experiments) / "report").resolve()
     uri = tracking_uri(args.tracking_uri)
-    client = MlflowClient(uri)
+    client = Tracker(uri)
     try:
         built, files = report(client, experiments, out, args.select_metric, tables, references)
     except LookupError as e:
@@ -732,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for t in built.values():
         print(markdown(t, bold_max=t.key == "tableA1"))
-    run = "" if args.no_log else f"; MLflow run {log_report(client, uri, experiments[0], '+'.join(experiments), out)}"
+    run = "" if args.no_log else f"; MLflow run {log_report(client, experiments[0], '+'.join(experiments), out)}"
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
     if args.open:
         return open_ui(client, uri, experiments, references, args.port)
@@ -743,7 +734,7 @@ def open_ui(client, uri: str, experiments: list[str], references, port: int) -> 
     """Serve the dashboard and print where the comparison is (until Ctrl-C)."""
     from mmln.tracking import serve_ui, ui_links
 
-    exp = client.get_experiment_by_name(experiments[0])
+    exp = client.find_experiment(experiments[0])
     runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (_strategy_key(r.strategy), -r.lr))
     links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
     proc = serve_ui(uri, port)

@@ -22,8 +22,9 @@ FAILED (fit does that), logged, and the sweep goes on; the exit code is then 1, 
 
 Tracking: the store and the experiment are created once, up front (sqlite dislikes concurrent
 creation), then points run sequentially in this process. A parent MLflow run `sweep-<id>` (tags
-`kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` (env
-`MMLN_SWEEP_ID`, read by fit) and `mlflow.parentRunId`. At the end the parent gets, per strategy,
+`kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` and
+`mlflow.parentRunId` from their creation on (`fit(..., sweep=SweepContext(...))`; the tag schema is
+`mmln.tracking.Tags`). At the end the parent gets, per strategy,
 the best learning rate by `--select-metric` (`mmln.selection.best_lr`: the highest mean over the
 training seeds, `--seeds N` training each point with train.seed, +1, ..., +N-1 as `...-seed<S>`
 runs; a tie goes to the higher lr): metrics
@@ -52,14 +53,12 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shlex
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -69,6 +68,7 @@ from omegaconf import OmegaConf
 from mmln.config import PAPER_LRS, ConfigError, load_config
 from mmln.halving import fraction
 from mmln.io import write_text
+from mmln.tracking import SweepContext, Tags, Tracker
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
 DEFAULT_BENCH = ["flickr30k"]
@@ -164,25 +164,6 @@ def has_bench(metrics: dict[str, float], bench: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------- tracking
-@contextmanager
-def env(**values: Optional[str]):
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        yield
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-def finished_run(client, exp_id: str, h: str):
-    """The newest FINISHED run with config hash `h` (None when there is none)."""
-    runs = client.search_runs([exp_id], f"tags.config_hash = '{h}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def sweep_id_of(points: list[Point], benches: list[str]) -> str:
     return hashlib.sha256(json.dumps([sorted(p.hash for p in points), benches]).encode()).hexdigest()[:8]
 
@@ -193,21 +174,17 @@ def sweep_name(model: str, strategies: list[str], n_lrs: int, variant: str = "")
 
 
 def parent_run(client, exp_id: str, sweep_id: str, create: bool, params: dict[str, Any], tags: dict[str, str]):
-    runs = client.search_runs([exp_id], f"tags.sweep_id = '{sweep_id}' and tags.kind = 'sweep'", max_results=1)
+    runs = client.runs([exp_id], f"tags.{Tags.SWEEP_ID} = '{sweep_id}' and tags.{Tags.KIND} = 'sweep'", limit=1)
     if runs or not create:
         return runs[0].info.run_id if runs else None
-    run_id = client.create_run(exp_id, run_name=tags.pop("name", f"sweep-{sweep_id}"),
-                               tags={"kind": "sweep", "sweep_id": sweep_id, **tags}).info.run_id
-    from mlflow.entities import Param
-
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    return run_id
+    return client.start_run(exp_id, tags.pop("name", f"sweep-{sweep_id}"),
+                            {Tags.KIND: "sweep", Tags.SWEEP_ID: sweep_id, **tags}, params)
 
 
 # ------------------------------------------------------------------------------------ running
 def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tuple[str, Any]:
     """skip | evaluate | train, and the FINISHED run when there is one."""
-    run = finished_run(client, exp_id, p.hash)
+    run = client.finished_run(exp_id, p.hash)
     if run is None:
         return "train", None
     m = run.data.metrics
@@ -252,7 +229,7 @@ def prepare_run_dir(p: Point, client=None) -> None:
         _say(f"{p.name}: {p.run_dir} held a run of another config; moved to {aside}")
         if client is not None and (aside / id_file.name).is_file():
             try:
-                client.set_tag((aside / id_file.name).read_text().strip(), "moved_to", str(aside))
+                client.set_tags((aside / id_file.name).read_text().strip(), {Tags.MOVED_TO: str(aside)})
             except Exception:  # the old run is not in this store: the files moved all the same
                 pass
     p.run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,9 +238,9 @@ def prepare_run_dir(p: Point, client=None) -> None:
 
 def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
     """What the sweep adds to fit's tags (model, strategy, stage, lr, data_subset, sweep_id, ...)."""
-    tags = {"config_hash": p.hash, "sweep_point": str(p.index)}
-    tags |= {"variant": p.variant} if p.variant else {}
-    return tags | ({"mlflow.parentRunId": parent_id} if parent_id else {})
+    tags = {Tags.CONFIG_HASH: p.hash, Tags.SWEEP_POINT: str(p.index)}
+    tags |= {Tags.VARIANT: p.variant} if p.variant else {}
+    return tags | ({Tags.PARENT: parent_id} if parent_id else {})
 
 
 def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
@@ -272,9 +249,8 @@ def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
     if not parent_id:
         return
     tags = client.get_run(run_id).data.tags
-    seen = [s for s in tags.get("sweeps", tags.get("sweep_id", "")).split(",") if s]
-    client.set_tag(run_id, "sweeps", ",".join(dict.fromkeys(seen + [sweep_id])))
-    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+    seen = [s for s in tags.get(Tags.SWEEPS, tags.get(Tags.SWEEP_ID, "")).split(",") if s]
+    client.set_tags(run_id, {Tags.SWEEPS: ",".join(dict.fromkeys(seen + [sweep_id])), Tags.PARENT: parent_id})
 
 
 def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
@@ -295,16 +271,12 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
         _say(f"[{p.index}] {p.name}: training")
         prepare_run_dir(p, client)
         try:
-            # MLFLOW_RUN_CONTEXT: MLflow adds these tags to the run fit creates, so even a killed run has them
-            with env(MMLN_SWEEP_ID=sweep_id, MLFLOW_RUN_CONTEXT=json.dumps(tags)):
-                result = fit(p.cfg, config_path, stop_at=stop_at)
-                p.run_id = result.run_id
+            # the run carries the point's tags from its creation on (a continued one gets them again)
+            result = fit(p.cfg, config_path, stop_at=stop_at, sweep=SweepContext(sweep_id, tags))
+            p.run_id = result.run_id
         finally:
             id_file = p.run_dir / "mlflow_run_id"
             p.run_id = p.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
-            if p.run_id:  # a resumed run was created before: tag it here
-                for k, v in tags.items():
-                    client.set_tag(p.run_id, k, v)
         if result.paused_at is not None:
             p.status = "paused"
             return
@@ -318,7 +290,7 @@ def run_point(p: Point, client, exp_id: str, parent_id: Optional[str], sweep_id:
         try:
             evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
         except Exception as e:
-            client.set_tag(p.run_id, "eval_error", f"{type(e).__name__}: {e}"[:5000])
+            client.set_tags(p.run_id, {Tags.EVAL_ERROR: f"{type(e).__name__}: {e}"[:5000]})
             raise
     p.status = "trained" if action == "train" else "evaluated"
 
@@ -336,7 +308,7 @@ def lr_scores(points: list[Point]) -> dict[str, dict[float, list[float]]]:
 def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str, Point]:
     """Fill every point's run and metric from MLflow; the best point per strategy (`pick_best`)."""
     for p in points:
-        run = finished_run(client, exp_id, p.hash)
+        run = client.finished_run(exp_id, p.hash)
         if run is not None and metric in run.data.metrics:
             p.run_id, p.value = run.info.run_id, run.data.metrics[metric]
             p.status = "done" if p.status == "pending" else p.status
@@ -365,24 +337,21 @@ def pick_best(points: list[Point]) -> dict[str, Point]:
 
 
 def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Point], metric: str) -> None:
-    from mlflow.entities import Metric
-
     from mmln.selection import mean_ci
 
-    now, m = int(time.time() * 1000), []
+    m: dict[str, float] = {}
     scores, means = lr_scores(points), {}
     for s, p in best.items():
         means[s], half, n = mean_ci(scores[s][p.lr])
-        m += [Metric(f"best_lr/{s}", p.lr, now, 0), Metric(f"best_{metric}/{s}", means[s], now, 0)]
-        m += [Metric(f"best_{metric}_ci95/{s}", half, now, 0), Metric(f"best_n_seeds/{s}", n, now, 0)] if n > 1 else []
-        client.set_tag(parent_id, f"best_lr/{s}", f"{p.lr:g}")
-        client.set_tag(parent_id, f"best_run/{s}", p.run_id)
+        m |= {f"best_lr/{s}": p.lr, f"best_{metric}/{s}": means[s]}
+        m |= {f"best_{metric}_ci95/{s}": half, f"best_n_seeds/{s}": n} if n > 1 else {}
+        client.set_tags(parent_id, {f"best_lr/{s}": f"{p.lr:g}", f"best_run/{s}": p.run_id})
     if best:
         top = max(best, key=lambda s: (means[s], best[s].lr))
-        m.append(Metric(f"best_{metric}", means[top], now, 0))
+        m[f"best_{metric}"] = means[top]
     failed = [p for p in points if p.status in ("failed", "missing")]
-    m += [Metric("sweep/n_points", len(points), now, 0), Metric("sweep/n_failed", len(failed), now, 0)]
-    client.log_batch(parent_id, metrics=m)
+    m |= {"sweep/n_points": len(points), "sweep/n_failed": len(failed)}
+    client.log_metrics(parent_id, m)
     rows = [{"index": p.index, "strategy": p.strategy, "lr": p.lr, "seed": p.seed, "run_name": p.name, "run_id": p.run_id,
              "config_hash": p.hash, "status": p.status, metric: p.value, "error": p.error} for p in points]
     with tempfile.TemporaryDirectory() as tmp:
@@ -450,7 +419,7 @@ def write_slurm(args, points: list[Point], sweep_id: str, uri: str, experiment: 
     out = Path(points[0].cfg.output_dir) / experiment
     setup = [f"cd {shlex.quote(str(Path.cwd()))}",
              "# sqlite suits one node; for many nodes point MLFLOW_TRACKING_URI at an MLflow server (make ui)",
-             f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}", f"export MMLN_SWEEP_ID={sweep_id}", "export MMLN_QUIET=1"]
+             f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}", "export MMLN_QUIET=1"]
     options = SBATCH_DEFAULTS + list(args.slurm_opt)
     array = out / f"sweep_{sweep_id}.sbatch"
     summary = out / f"sweep_{sweep_id}_summary.sbatch"
@@ -536,11 +505,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mlflow import MlflowClient
-
     from mmln.fit import experiment_name
     from mmln.model.errors import MissingWeightsError
-    from mmln.tracking import get_or_create_experiment, tracking_uri
+    from mmln.tracking import tracking_uri
 
     try:
         base = load_config(args.config, args.overrides)
@@ -577,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(header)
         no_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
-        client = None if no_store else MlflowClient(uri)  # a dry run creates no database
+        client = None if no_store else Tracker(uri)  # a dry run creates no database
         exp = client.get_experiment_by_name(experiment) if client else None
         for p in points:
             action = decide(p, client, exp.experiment_id, args.bench, args.select_metric)[0] if exp else "train"
@@ -587,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      would move aside {moved}")
         return 0
 
-    client = MlflowClient(uri)  # the store, its schema and the experiment: once, up front
-    exp_id = get_or_create_experiment(client, experiment, uri)
+    client = Tracker(uri)  # the store, its schema and the experiment: once, up front
+    exp_id = client.experiment_id(experiment)
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
               "bench": ",".join(args.bench) or "none", "select_metric": args.select_metric, "variant": args.variant,
               "overrides": " ".join(args.overrides), "n_points": len(points), "seeds": args.seeds}
@@ -644,11 +611,11 @@ def main(argv: list[str] | None = None) -> int:
             log_summary(client, parent_id, points, best, args.select_metric)
     except KeyboardInterrupt:
         if parent_id and args.only_index is None:
-            client.set_terminated(parent_id, "KILLED")
+            client.end(parent_id, "KILLED")
         raise
     failed = [p for p in points if p.status in ("failed", "missing")]
     if parent_id:
-        client.set_terminated(parent_id, "FAILED" if failed or final_failed else "FINISHED")
+        client.end(parent_id, "FAILED" if failed or final_failed else "FINISHED")
     print(report_text(points, best, args.select_metric, header))
     if failed or final_failed:
         for p in failed:
@@ -690,7 +657,7 @@ def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> lis
         try:
             evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
         except Exception as e:
-            client.set_tag(p.run_id, "eval_error", f"{type(e).__name__}: {e}"[:5000])
+            client.set_tags(p.run_id, {Tags.EVAL_ERROR: f"{type(e).__name__}: {e}"[:5000]})
             _say(f"[{p.index}] {p.name}: final evaluation FAILED: {type(e).__name__}: {e}")
             failed.append(p.name)
     return failed

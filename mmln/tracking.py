@@ -1,4 +1,13 @@
-"""MLflow: one embedded sqlite store by default, absolute paths, small artifacts only.
+"""MLflow, in one place: every MLflow call mmln makes goes through this module.
+
+- `Tracker` (an MlflowClient retried while a sqlite store is locked) starts, continues and ends runs
+  (status plus the error that ended them), logs metrics and params in batches, tags, artifacts (or
+  a reference for large files), finds a sweep point's finished run by config hash, lists runs for
+  the report and downloads their artifacts. Other modules get a Tracker and never import mlflow.
+- `Tags` is the tag schema: every run tag mmln writes and reads back, with what it means.
+- `SweepContext` is what a sweep tells the runs it starts (`mmln.fit.fit(..., sweep=...)`).
+- `make_logger` is Lightning's MLFlowLogger for training metrics (its run status is set only by
+  mmln.fit, once everything is written).
 
 URI precedence: `tracking.uri` in the config, then $MLFLOW_TRACKING_URI, then `sqlite:///mlflow.db`
 in the working directory. A relative sqlite path is made absolute (a relative one would create a
@@ -14,8 +23,9 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 SQLITE = "sqlite:///"
 
@@ -172,6 +182,190 @@ class RetryingClient:
         return call
 
 
+class Tags:
+    """The tag schema: every run tag mmln writes (and sweep, halving, evaluate and report read back).
+
+    Training runs (mmln.fit): MODEL, STRATEGY, STAGE, LR, DATA_SUBSET, CONFIG_FAMILY (the experiment),
+    SWEEP_ID ("" outside a sweep), RUN_DIR (absolute), NOTE (the dashboard's description); a run that
+    failed also ERROR ("<Exception>: <message>") and, for a non-finite loss, FAILED_STEP and
+    FAILURE_REASON. Sweep points add CONFIG_HASH (`mmln.config.config_hash` of the point's resolved
+    config), SWEEP_POINT (its index in the grid), VARIANT (--variant), PARENT (the sweep's parent run),
+    SWEEPS (every sweep that reused the run), EVAL_ERROR (its evaluation failed), MOVED_TO (its run dir
+    was moved aside for another config). Parents and other non-training runs have KIND: "sweep",
+    "eval" (an evaluation that could not merge into its run: a child of it) or "report".
+    Evaluations tag their run with `mmln.evaluate.eval_identity` (eval_limit, eval_benches, ...).
+    Successive halving adds `halving/state`, `halving/rung`, `optuna/study`, `optuna/trial`
+    (mmln.halving)."""
+
+    MODEL, STRATEGY, STAGE, LR = "model", "strategy", "stage", "lr"
+    DATA_SUBSET, CONFIG_FAMILY, SWEEP_ID, RUN_DIR = "data_subset", "config_family", "sweep_id", "run_dir"
+    NOTE, ERROR, FAILED_STEP, FAILURE_REASON = "mlflow.note.content", "error", "failed_step", "failure_reason"
+    CONFIG_HASH, SWEEP_POINT, VARIANT, PARENT = "config_hash", "sweep_point", "variant", "mlflow.parentRunId"
+    SWEEPS, EVAL_ERROR, MOVED_TO, KIND = "sweeps", "eval_error", "moved_to", "kind"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a sweep tells a run it trains: its id (tag SWEEP_ID) and the tags the run carries from
+    its creation on (CONFIG_HASH, SWEEP_POINT, PARENT, ...), so even a run killed in its first step
+    is listed under its sweep. A continued run gets them again."""
+
+    sweep_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def _error_text(error: BaseException | str) -> str:
+    return (error if isinstance(error, str) else f"{type(error).__name__}: {error}")[:5000]
+
+
+class _Inactive:
+    """The tracker of a distributed rank other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+class Tracker(RetryingClient):
+    """mmln's MLflow client on one store: MlflowClient's own calls (retried while a sqlite store is
+    locked) plus the operations mmln needs, each written once."""
+
+    BATCH = 1000  # MLflow's limit of metrics per log_batch call
+    PARAM_BATCH = 100  # and of params
+
+    def __init__(self, uri: Optional[str] = None):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri(uri)
+        # MLflow creates and migrates a new sqlite store on first use, which races between processes
+        # started at once (lost runs, a store that no longer opens): that first use happens here,
+        # under the store's lock. The store is cached per URI, so later clients reuse it.
+        with store_lock(self.uri):
+            super().__init__(MlflowClient(self.uri))
+            self.search_experiments(max_results=1)
+
+    @classmethod
+    def of_logger(cls, logger) -> "Tracker":
+        """The Tracker of a Lightning MLFlowLogger's store and client (fit, callbacks). On a rank other
+        than 0, where Lightning hands out a stand-in instead of the client, one that does nothing."""
+        from mlflow import MlflowClient
+
+        client = logger.experiment
+        client = client._client if isinstance(client, RetryingClient) else client
+        if not isinstance(client, MlflowClient):  # not rank 0 (rank 0 logs)
+            return _Inactive()  # type: ignore[return-value]
+        tracker = cls.__new__(cls)
+        tracker._client, tracker.uri = client, logger._tracking_uri
+        return tracker
+
+    # ------------------------------------------------------------------------------ experiments
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, created (once, under the store's lock) when missing."""
+        with store_lock(self.uri):
+            return get_or_create_experiment(self, name, self.uri)
+
+    def find_experiment(self, name: str):
+        """The experiment called `name`, or None (never creates one)."""
+        return self.get_experiment_by_name(name)
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.search_experiments()]
+
+    # ------------------------------------------------------------------------------------- runs
+    def find_run(self, run_id: str):
+        """The run, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
+                  params: Optional[Mapping[str, Any]] = None) -> str:
+        run_id = self.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def continue_run(self, run_id: str) -> None:
+        """A paused or interrupted run is RUNNING again until it ends."""
+        self.update_run(run_id, status="RUNNING")
+
+    def end(self, run_id: str, status: str, error: BaseException | str | None = None,
+            tags: Optional[Mapping[str, str]] = None) -> None:
+        """Set the final status (FINISHED | FAILED | KILLED), with the error that ended the run."""
+        extra = dict(tags or {}) | ({Tags.ERROR: _error_text(error)} if error is not None else {})
+        if extra:
+            self.set_tags(run_id, extra)
+        self.set_terminated(run_id, status)
+
+    def runs(self, experiment_ids: list[str], filter_string: str = "", order_by: Optional[list[str]] = None,
+             limit: Optional[int] = None) -> list:
+        """Every run matching `filter_string` (MLflow's search syntax), all pages, or the first `limit`."""
+        out, token = [], None
+        while True:
+            page = self.search_runs(experiment_ids, filter_string, order_by=order_by or None,
+                                    max_results=min(limit or 1000, 1000), page_token=token)
+            out += list(page)
+            token = page.token
+            if not token or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+
+    def finished_run(self, experiment_id: str, config_hash: str):
+        """The newest FINISHED run of this config (tag CONFIG_HASH), or None."""
+        runs = self.runs([experiment_id], f"tags.{Tags.CONFIG_HASH} = '{config_hash}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], limit=1)
+        return runs[0] if runs else None
+
+    def close_orphans(self, experiment_id: str, run_id: str, run_dir: str) -> list[str]:
+        """Mark KILLED every other RUNNING run of this experiment with the same RUN_DIR (runs of the
+        same run folder left behind by a killed process); returns their ids."""
+        runs = self.runs([experiment_id], f"tags.`{Tags.RUN_DIR}` = '{run_dir}' and attributes.status = 'RUNNING'")
+        orphans = [r.info.run_id for r in runs if r.info.run_id != run_id]
+        for orphan in orphans:
+            self.set_terminated(orphan, "KILLED")
+        return orphans
+
+    # ---------------------------------------------------------------------- metrics, params, tags
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0,
+                    timestamp_ms: Optional[int] = None) -> None:
+        """One step's metrics, in as few database writes as MLflow allows."""
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        self.log_metric_rows(run_id, [(step, now, metrics)])
+
+    def log_metric_rows(self, run_id: str, rows: list[tuple[int, int, Mapping[str, float]]]) -> None:
+        """(step, timestamp ms, metrics) rows, e.g. a callback's buffered history: one log_batch per
+        1000 values (non-finite values are skipped: MLflow stores them, plots cannot)."""
+        import math
+
+        from mlflow.entities import Metric
+
+        values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if math.isfinite(v)]
+        for i in range(0, len(values), self.BATCH):
+            self.log_batch(run_id, metrics=values[i:i + self.BATCH])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), self.PARAM_BATCH):
+            self.log_batch(run_id, params=items[i:i + self.PARAM_BATCH])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), self.BATCH):
+            self.log_batch(run_id, tags=items[i:i + self.BATCH])
+
+    # -------------------------------------------------------------------------------- artifacts
+    def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:
+        return log_file_or_reference(self, run_id, path, max_bytes)
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(self.download_artifacts(run_id, path, str(dst)))
+
+
 # MLflow 3's UI opens an experiment without this tag in its GenAI layout (runs labelled "Evaluations")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -226,33 +420,15 @@ def _logger_class():
 def make_logger(experiment: str, run_name: str, uri: str, tags: dict[str, str], run_id: Optional[str] = None):
     """Lightning's MLFlowLogger on an experiment we create (so its artifact location is ours); the run
     ends only with `logger.end(status)`. A continued run (`run_id`) skips steps it already logged."""
-    from mlflow import MlflowClient
-
-    # MLflow creates and migrates a new sqlite store on first use, which races between processes
-    # started at once (lost runs, a store that no longer opens): do that, and the experiment, once
-    # under a lock. The store object is cached per URI, so later clients in this process reuse it.
-    with store_lock(uri):
-        client = RetryingClient(MlflowClient(uri))
-        get_or_create_experiment(client, experiment, uri)
+    client = Tracker(uri)  # the store (created under its lock), then the experiment (under it too)
+    client.experiment_id(experiment)
     logger = _logger_class()(experiment_name=experiment, run_name=run_name, tracking_uri=uri, tags=tags,
                              log_model=False, run_id=run_id)
     if run_id is not None:
-        client.update_run(run_id, status="RUNNING")  # a continued run is running again until it ends
+        client.continue_run(run_id)
         logger.logged_through = {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1)
                                  for k in client.get_run(run_id).data.metrics}
     return logger
-
-
-def close_orphans(logger, tag: str, value: str) -> list[str]:
-    """Mark KILLED every other RUNNING run of this experiment whose tag `tag` is `value` (runs of the
-    same run folder left behind by a killed process); returns their ids."""
-    client = logger.experiment
-    runs = client.search_runs([logger.experiment_id],
-                              f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'", max_results=1000)
-    orphans = [r.info.run_id for r in runs if r.info.run_id != logger.run_id]
-    for run_id in orphans:
-        client.set_terminated(run_id, "KILLED")
-    return orphans
 
 
 def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> str:

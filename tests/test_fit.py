@@ -200,3 +200,24 @@ def test_the_progress_bar_total_respects_max_steps(tiny_world, tmp_path, capfd, 
     cap = capfd.readouterr()  # Lightning's bar writes to stdout
     totals = {int(t) for t in re.findall(r"\d+/(\d+) \[", cap.out + cap.err)}
     assert totals == {4}, totals
+
+
+def test_a_sweep_context_tags_the_run_from_its_creation_on(tiny_world, tmp_path):
+    """What a sweep passes to fit (no environment variables): a run that failed in its second step
+    carries the sweep's id and tags; continuing it under another sweep re-tags it."""
+    from mmln.tracking import SweepContext
+
+    base = ["run_name=point", "train.max_steps=3", "train.save_every_n_steps=1"]
+    cfg = cfg_for(tiny_world, tmp_path, "instruct", *base, "debug.fail_at_step=2")
+    with pytest.raises(RuntimeError, match="debug.fail_at_step"):
+        fit(cfg, sweep=SweepContext("sw1", {"config_hash": "abc", "sweep_point": "3"}))
+    run_id = (Path(cfg.output_dir) / "tiny_ln" / "point" / "mlflow_run_id").read_text()
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags["sweep_id"] == "sw1" and tags["config_hash"] == "abc" and tags["sweep_point"] == "3"
+    assert tags["strategy"] == cfg.tune.strategy and tags["run_dir"].endswith("tiny_ln/point")
+    again = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "resume=auto"),
+                sweep=SweepContext("sw2", {"config_hash": "abc", "sweep_point": "4"}))
+    assert again.run_id == run_id
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags["sweep_point"] == "4" and MlflowClient().get_run(run_id).info.status == "FINISHED"
+    assert "MMLN_SWEEP_ID" not in os.environ

@@ -26,7 +26,8 @@ def imported_by(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["mmln.config", "mmln.model.errors", "mmln.constants", "mmln.io", "mmln.fit",
-                                    "mmln.params", "mmln.score"])
+                                    "mmln.params", "mmln.score", "mmln.tracking", "mmln.evaluate", "mmln.sweep",
+                                    "mmln.report"])
 def test_config_errors_and_cli_entry_points_import_no_heavy_library(module):
     heavy = sorted(m for m in imported_by(module) if m.split(".")[0] in HEAVY)
     assert not heavy, f"importing {module} loads {heavy[:8]}: import them where the work starts"

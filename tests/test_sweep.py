@@ -187,20 +187,6 @@ def test_rest_api_of_a_loopback_server_lists_the_sweep(swept, tmp_path):
 
 
 # ------------------------------------------------------------------------ no training needed
-def test_child_runs_are_tagged_at_creation(tmp_path):
-    """MLFLOW_RUN_CONTEXT (how the sweep links a run to its parent while it trains) reaches
-    Lightning's MLFlowLogger."""
-    from mmln.tracking import make_logger
-
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    with sweep.env(MLFLOW_RUN_CONTEXT=json.dumps({"config_hash": "abc", "mlflow.parentRunId": "p1"})):
-        logger = make_logger("ctx", "r", uri, {"strategy": "layernorm"})
-        run_id = logger.run_id
-    tags = MlflowClient(uri).get_run(run_id).data.tags
-    assert tags["config_hash"] == "abc" and tags["mlflow.parentRunId"] == "p1" and tags["strategy"] == "layernorm"
-    assert "MLFLOW_RUN_CONTEXT" not in os.environ
-
-
 def test_config_hash_ignores_volatile_keys_only():
     a = load_config(TINY, ["train.lr=1e-3"])
     assert sweep.config_hash(a) == sweep.config_hash(load_config(TINY, ["train.lr=1e-3", "resume=never", "quiet=true",

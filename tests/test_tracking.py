@@ -30,3 +30,51 @@ def test_a_copied_project_reads_and_writes_its_own_artifacts(tmp_path):
     assert MlflowClient(tracking_uri(uri_a)).get_run(run).info.artifact_uri.startswith((a / "mlartifacts").as_uri())
     new_run = cb.create_run(exp).info.run_id  # and new runs land in the copy too
     assert cb.get_run(new_run).info.artifact_uri.startswith((tmp_path / "b" / "mlartifacts").as_uri())
+
+
+def test_mlflow_has_one_owner():
+    """No module but mmln/tracking.py imports mlflow or reaches MLflow through a Lightning logger's
+    client (`logger.experiment`): every MLflow call goes through `mmln.tracking.Tracker`."""
+    import ast
+    from pathlib import Path
+
+    import mmln
+
+    offenders = []
+    for path in sorted(Path(mmln.__file__).parent.rglob("*.py")):
+        if path.name == "tracking.py" and path.parent.name == "mmln":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno} imports mlflow")
+            if isinstance(node, ast.Attribute) and node.attr == "experiment" and isinstance(node.value, ast.Name) \
+                    and "logger" in node.value.id:
+                offenders.append(f"{path.name}:{node.lineno} uses {node.value.id}.experiment")
+    assert not offenders, offenders
+
+
+def test_tracker_batches_ends_with_the_error_and_finds_runs_by_config_hash(tmp_path):
+    from mmln.tracking import Tags, Tracker
+
+    t = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = t.experiment_id("x")
+    assert t.experiment_id("x") == exp and t.find_experiment("nope") is None and "x" in t.experiment_names()
+    run = t.start_run(exp, "r", {Tags.CONFIG_HASH: "h1"}, params={f"p{i}": i for i in range(250)})  # 3 param batches
+    t.log_metrics(run, {f"m{i}": float(i) for i in range(2500)} | {"nan": float("nan")}, step=3)  # 3 metric batches
+    t.set_tags(run, {"a": 1, "b": "two"})
+    got = t.get_run(run).data
+    assert len(got.params) == 250 and got.params["p249"] == "249"
+    assert len(got.metrics) == 2500 and got.metrics["m2499"] == 2499.0 and "nan" not in got.metrics
+    assert got.tags["a"] == "1" and got.tags["b"] == "two"
+    assert t.get_metric_history(run, "m7")[0].step == 3
+    assert t.finished_run(exp, "h1") is None  # still RUNNING
+    t.end(run, "FINISHED")
+    assert t.finished_run(exp, "h1").info.run_id == run and t.finished_run(exp, "h2") is None
+    failed = t.start_run(exp, "f", {})
+    t.end(failed, "FAILED", ValueError("bad input"))
+    assert t.get_run(failed).info.status == "FAILED" and t.get_run(failed).data.tags[Tags.ERROR] == "ValueError: bad input"
+    assert t.find_run("0" * 32) is None and t.find_run(run).info.run_name == "r"
+    assert {r.info.run_id for r in t.runs([exp])} == {run, failed}
+    assert len(t.runs([exp], limit=1)) == 1

@@ -32,10 +32,13 @@ def _deepspeed_engine(trainer):
 def log_artifacts(trainer, paths: Sequence[Path], artifact_path: str = "analysis") -> None:
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from mmln.tracking import Tracker
+
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):
+            tracker = Tracker.of_logger(logger)
             for p in paths:
-                logger.experiment.log_artifact(logger.run_id, str(p), artifact_path=artifact_path)
+                tracker.log_artifact(logger.run_id, str(p), artifact_path=artifact_path)
 
 
 def _log_metrics(trainer, metrics: dict[str, float], step: int) -> None:
@@ -49,13 +52,11 @@ def _log_metric_rows(trainer, rows: list[tuple[int, int, dict[str, float]]]) -> 
     write instead of one per step), to any other logger step by step."""
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from mmln.tracking import Tracker
+
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):
-            from mlflow.entities import Metric
-
-            values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if np.isfinite(v)]
-            for i in range(0, len(values), 1000):
-                logger.experiment.log_batch(logger.run_id, metrics=values[i:i + 1000])
+            Tracker.of_logger(logger).log_metric_rows(logger.run_id, rows)
         else:
             for step, _, m in rows:
                 logger.log_metrics(m, step=step)

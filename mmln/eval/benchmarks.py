@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mmln.config import ConfigError
 from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
 from mmln.eval import caption, mme, pope, vqav2
-from mmln.eval.runner import Query, Runner, human, with_examples
+
+if TYPE_CHECKING:  # the runner imports torch: only when a benchmark runs
+    from mmln.eval.runner import Runner
 
 BENCHES = ("mme", "pope", "vqav2", "coco", "flickr30k")
 CAPTION_QUERY = "Please provide a description of the picture."
@@ -91,6 +93,8 @@ def short_answer(question: str) -> str:
 
 # ----------------------------------------------------------------------------------- MME
 def run_mme(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
+    from mmln.eval.runner import Query, human
+
     from mmln.eval.mme import read_mme  # the release-layout reader (real or synthetic MME)
 
     rows, per_task = [], {}
@@ -109,6 +113,8 @@ def run_mme(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- POPE
 def run_pope(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
+    from mmln.eval.runner import Query, human
+
     annotations = {}
     for path in cfg.eval.pope_files:
         split = pope.split_name(path)
@@ -127,6 +133,8 @@ def run_pope(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- VQAv2
 def run_vqav2(runner: Runner, cfg: Any, out: Path) -> dict[str, Any]:
+    from mmln.eval.runner import Query, human, with_examples
+
     with open(cfg.eval.vqav2_questions, encoding="utf-8") as f:
         subtype = json.load(f).get("data_subtype", "val2014")
     questions = vqav2.read_vqav2_questions(cfg.eval.vqav2_questions)
@@ -173,6 +181,8 @@ def _karpathy_images(path: str) -> list[dict[str, Any]]:
 
 
 def run_caption(runner: Runner, cfg: Any, out: Path, bench: str) -> dict[str, Any]:
+    from mmln.eval.runner import Query, with_examples
+
     karpathy, folder = ((cfg.eval.coco_karpathy, cfg.eval.coco_images) if bench == "coco"
                         else (cfg.eval.flickr30k_karpathy, cfg.eval.flickr30k_images))
     images = _karpathy_images(karpathy)

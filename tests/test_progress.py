@@ -1,0 +1,73 @@
+"""Progress on long work: tqdm bars (count, rate, ETA) for synthesis, data check and evaluation, the
+sweep's `point k/n` with an ETA, and the quiet demo's heartbeat. Bars go to stderr and are silent
+under MMLN_QUIET=1. (Training's bar, whose total respects train.max_steps, is tested in test_fit.)"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run(*args: str, quiet: str = "0") -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "MMLN_QUIET": quiet, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_counts(stderr: str, desc: str) -> set[tuple[int, int]]:
+    """The (done, total) pairs a tqdm bar named `desc` printed."""
+    return {(int(a), int(b)) for a, b in re.findall(rf"{re.escape(desc)}: *\d+%\|[^|]*\| *(\d+)/(\d+) \[", stderr)}
+
+
+@pytest.mark.parametrize(("done", "total", "elapsed", "expected"), [
+    (1, 3, 10.0, "0m 20s"), (2, 4, 125.0, "2m 5s"), (1, 2, 4000.0, "1h 6m"), (0, 5, 3.0, "-"), (5, 5, 3.0, "-")])
+def test_eta_is_the_mean_time_per_item_times_the_items_left(done, total, elapsed, expected):
+    from mmln.progress import eta
+
+    assert eta(done, total, elapsed) == expected
+
+
+def test_bar_counts_with_a_rate_and_is_silent_when_quiet(capsys, monkeypatch):
+    from mmln.progress import bar
+
+    monkeypatch.setenv("MMLN_QUIET", "0")
+    assert list(bar(range(7), desc="work", unit="img")) == list(range(7))
+    err = capsys.readouterr().err
+    assert final_counts(err, "work") >= {(7, 7)} and "img/s" in err and "<" in err  # rate and time left
+    monkeypatch.setenv("MMLN_QUIET", "1")
+    assert list(bar(range(7), desc="work")) == list(range(7))
+    assert capsys.readouterr().err == ""
+
+
+def test_synth_counts_every_image_it_writes_and_check_counts_batches(tmp_path, tiny_world):
+    out = tmp_path / "syn"
+    sizes = ["--n-pretrain", "5", "--n-instruct", "4", "--n-mme-per-subtask", "1", "--n-pope-images", "2",
+             "--n-vqa-images", "2", "--n-caption-images", "3", "--image-size", "32"]
+    proc = run("-m", "mmln.data", "synth", "--out", str(out), *sizes)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    images = sum(1 for p in out.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert final_counts(proc.stderr, "synth syn") >= {(images, images)}, (images, proc.stderr[-1500:])
+    quiet = run("-m", "mmln.data", "synth", "--out", str(tmp_path / "q"), *sizes, quiet="1")
+    assert "synth q" not in quiet.stderr
+
+    check = run("-m", "mmln.data", "check", "--config", "conf/model/tiny.yaml",
+                f"data.train.files=[{out / 'llava_instruct/llava_instruct_80k.json'}]",
+                f"data.train.image_folder={out / 'coco/train2017'}", f"model.llm.tokenizer={tiny_world[2]}", "data.num_workers=0")
+    assert "train: 4 records" in check.stdout, check.stdout[-1500:]
+    assert (1, 1) in final_counts(check.stderr, "check train"), check.stderr[-1500:]  # 4 records: 1 batch of 32
+
+
+def test_heartbeat_prints_while_the_block_runs_and_stops_after(capsys):
+    from mmln.demo import heartbeat
+
+    with heartbeat("stage 2", every=0.05):
+        time.sleep(0.32)
+    beats = [line for line in capsys.readouterr().out.splitlines() if "stage 2: still running" in line]
+    assert 3 <= len(beats) <= 7, beats
+    time.sleep(0.2)
+    assert "still running" not in capsys.readouterr().out  # the thread ended with the block
