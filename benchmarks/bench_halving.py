@@ -5,7 +5,7 @@ On the tiny model of the tests (conf/model/tiny.yaml, random init) and synthetic
 3 strategies x 3 training seeds: the paper's 11-point lr grid trained to the end
 (`python -m mmln.sweep`, every point scored by Flickr30k CIDEr on the whole test split) and the
 same grid by successive halving (`--search halving`, the default synchronous rule, eta 3, first
-rung 1/9, proxy = Flickr30k CIDEr on the first PROXY_IMAGES test images, Optuna's study in sqlite), in separate MLflow
+rung 1/12 (the sweep's default; `--first-rungs 1/9,1/12` runs one search per first rung), proxy = Flickr30k CIDEr on the first PROXY_IMAGES test images, Optuna's study in sqlite), in separate MLflow
 experiments so that nothing is reused. Reports, as JSON lines, per (strategy, seed) the best lr
 of each, the full grid's CIDEr at the lr halving picked and the regret (best - that), and a
 summary: training steps spent (halving / full grid), k of N same best lr, mean and max regret,
@@ -14,8 +14,10 @@ and the wall time of both (proxy evaluations and the per-rung restarts included)
 A survivor of the halving is bit-identical to the same point of the full grid, so its CIDEr must
 equal the grid's at that lr: checked (`survivor_equals_grid`).
 
-python benchmarks/bench_halving.py [--quick]   (one core at a time; 16.5 min of wall time when
-measured on a shared 2-core machine; --quick: 1 strategy x 1 seed, about 1/9 of it)
+python benchmarks/bench_halving.py [--quick] [--first-rungs 1/9,1/12]   (one core at a time; 14 min
+of wall time for one first rung when measured on a shared 2-core machine; --quick: 1 strategy x 1
+seed, about 1/9 of it; --first-rungs: one halving search per first rung, against the same full grid,
+each with its summary line)
 """
 from __future__ import annotations
 
@@ -86,10 +88,8 @@ def results(client, experiment: str) -> dict:
 def main(argv: list[str]) -> int:
     from mlflow import MlflowClient
 
-    from mmln.config import PAPER_LRS
-    from mmln.selection import best_lr
-
     quick = "--quick" in argv
+    rungs = argv[argv.index("--first-rungs") + 1].split(",") if "--first-rungs" in argv else ["1/12"]
     strategies, seeds = (STRATEGIES[:1], 1) if quick else (STRATEGIES, SEEDS)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -99,11 +99,26 @@ def main(argv: list[str]) -> int:
         common = ["--config", str(ROOT / "conf/model/tiny.yaml"), "--strategies", *strategies,
                   "--bench", "flickr30k", "--select-metric", METRIC] + (["--seeds", str(seeds)] if seeds > 1 else [])
         grid_s = sweep(common + [*overrides, "tracking.experiment=bench_grid"])
-        halving_s = sweep(common + ["--search", "halving", "--proxy-bench", "flickr30k", "--proxy-metric", METRIC,
-                                    "--proxy-overrides", f"eval.limit={PROXY_IMAGES}",
-                                    *overrides, "tracking.experiment=bench_halving"])
+        halvings = {}
+        for i, first in enumerate(rungs):  # each schedule in its own experiment: nothing reused between them
+            halving_s = sweep(common + ["--search", "halving", "--first-rung", first, "--proxy-bench", "flickr30k",
+                                        "--proxy-metric", METRIC, "--proxy-overrides", f"eval.limit={PROXY_IMAGES}",
+                                        *overrides, f"tracking.experiment=bench_halving_{i}"])
+            halvings[first] = halving_s
         client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-        grid, halving = results(client, "bench_grid"), results(client, "bench_halving")
+        grid = results(client, "bench_grid")
+        found = {first: results(client, f"bench_halving_{i}") for i, first in enumerate(rungs)}
+    for first, halving in found.items():
+        for line in summary(grid, halving, first, strategies, seeds, grid_s, halvings[first], synth_s):
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+def summary(grid: dict, halving: dict, first: str, strategies: list[str], seeds: int, grid_s: float,
+            halving_s: float, synth_s: float) -> list[dict]:
+    """Per (strategy, seed): the best lr of each search and the regret; then the summary line."""
+    from mmln.config import PAPER_LRS
+    from mmln.selection import best_lr
 
     lines, same, regrets = [], 0, []
     equal = True
@@ -115,23 +130,22 @@ def main(argv: list[str]) -> int:
         regret = scores[full_best] - scores[picked] if picked is not None else float("nan")
         same += picked == full_best
         regrets.append(regret)
-        lines.append({"bench": "halving", "strategy": key[0], "seed": key[1], "full_grid_best_lr": full_best,
-                      "full_grid_best_cider": round(scores[full_best], 3), "halving_best_lr": picked,
+        lines.append({"bench": "halving", "first_rung": first, "strategy": key[0], "seed": key[1],
+                      "full_grid_best_lr": full_best, "full_grid_best_cider": round(scores[full_best], 3),
+                      "halving_best_lr": picked,
                       "full_grid_cider_at_halving_lr": None if picked is None else round(scores[picked], 3),
                       "regret": round(regret, 3), "survivors": sorted(survivors),
                       "cider_spread_over_lrs": round(max(scores.values()) - min(scores.values()), 3)})
     steps_h, steps_f = halving["parent"]["halving/steps_spent"], halving["parent"]["halving/steps_full_grid"]
-    lines.append({"bench": "halving_summary", "strategies": strategies, "seeds": seeds, "lrs": len(PAPER_LRS),
-                  "steps_halving": int(steps_h), "steps_full_grid": int(steps_f),
+    lines.append({"bench": "halving_summary", "first_rung": first, "strategies": strategies, "seeds": seeds,
+                  "lrs": len(PAPER_LRS), "steps_halving": int(steps_h), "steps_full_grid": int(steps_f),
                   "steps_fraction": round(steps_h / steps_f, 4), "same_best_lr": f"{same} of {len(grid['scores'])}",
                   "mean_regret_cider": round(sum(regrets) / len(regrets), 3), "max_regret_cider": round(max(regrets), 3),
                   "survivor_equals_grid": equal, "wall_s_full_grid": round(grid_s, 1),
                   "wall_s_halving": round(halving_s, 1), "wall_fraction": round(halving_s / grid_s, 3),
                   "synth_s": round(synth_s, 1), "proxy_images": PROXY_IMAGES, "rule": "sync (the sweep's default)",
                   "steps_per_run": int(steps_f / (len(PAPER_LRS) * len(grid["scores"])))})
-    for line in lines:
-        print(json.dumps(line), flush=True)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ point, each `python -m mmln.sweep ... --only-index $SLURM_ARRAY_TASK_ID`) and
 store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 
 `--search halving` (mmln.halving) trains the same points by successive halving instead: every
-point to a first rung (`--first-rung`, 1/9 of the run), scored by a cheap proxy (`--proxy-metric`),
+point to a first rung (`--first-rung`, 1/12 of the run), scored by a cheap proxy (`--proxy-metric`),
 the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
 a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) on an RDB
 study (`--study-storage`); survivors end bit-identical to the grid's runs and get the `--bench`
@@ -474,8 +474,8 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--halving-rule", choices=("sync", "async"), default="sync",
                    help="halving: sync (default): once every point of a rung reports, its best ceil(n/eta) go on; "
                         "async: Optuna's SuccessiveHalvingPruner, in trial order against the points before")
-    h.add_argument("--first-rung", type=fraction, default=fraction("1/9"), metavar="1/9",
-                   help="halving: the first rung, as a fraction of the run (default 1/9)")
+    h.add_argument("--first-rung", type=fraction, default=fraction("1/12"), metavar="1/12",
+                   help="halving: the first rung, as a fraction of the run (default 1/12)")
     h.add_argument("--proxy-bench", default="flickr30k", help="halving: the benchmark of the proxy score")
     h.add_argument("--proxy-metric", default=DEFAULT_METRIC,
                    help="halving: the proxy score, an eval/* metric of --proxy-bench or val/loss (data.val; "

@@ -161,7 +161,7 @@ def overrides(w: Path, root: Path) -> list[str]:
 
 def halving_args(w: Path, root: Path) -> list[str]:
     return ["--config", str(TINY), "--search", "halving", "--lrs", *LRS, "--bench", "pope", "--select-metric", METRIC,
-            "--proxy-metric", "val/loss", *overrides(w, root)]
+            "--proxy-metric", "val/loss", "--first-rung", "1/9", *overrides(w, root)]
 
 
 def run_until_killed(args: list[str], root: Path, rung: int) -> tuple[str, int, str]:
