@@ -230,7 +230,7 @@ class Tracker(RetryingClient):
     locked) plus the operations mmln needs, each written once."""
 
     BATCH = 1000  # MLflow's limit of metrics per log_batch call
-    PARAM_BATCH = 100  # and of params
+    PARAM_BATCH = 100  # and of params, and of tags
 
     def __init__(self, uri: Optional[str] = None):
         from mlflow import MlflowClient
@@ -355,8 +355,8 @@ class Tracker(RetryingClient):
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), self.BATCH):
-            self.log_batch(run_id, tags=items[i:i + self.BATCH])
+        for i in range(0, len(items), self.PARAM_BATCH):
+            self.log_batch(run_id, tags=items[i:i + self.PARAM_BATCH])
 
     # -------------------------------------------------------------------------------- artifacts
     def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:

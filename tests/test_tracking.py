@@ -63,11 +63,11 @@ def test_tracker_batches_ends_with_the_error_and_finds_runs_by_config_hash(tmp_p
     assert t.experiment_id("x") == exp and t.find_experiment("nope") is None and "x" in t.experiment_names()
     run = t.start_run(exp, "r", {Tags.CONFIG_HASH: "h1"}, params={f"p{i}": i for i in range(250)})  # 3 param batches
     t.log_metrics(run, {f"m{i}": float(i) for i in range(2500)} | {"nan": float("nan")}, step=3)  # 3 metric batches
-    t.set_tags(run, {"a": 1, "b": "two"})
+    t.set_tags(run, {"a": 1, "b": "two"} | {f"t{i}": i for i in range(150)})  # 2 tag batches
     got = t.get_run(run).data
     assert len(got.params) == 250 and got.params["p249"] == "249"
     assert len(got.metrics) == 2500 and got.metrics["m2499"] == 2499.0 and "nan" not in got.metrics
-    assert got.tags["a"] == "1" and got.tags["b"] == "two"
+    assert got.tags["a"] == "1" and got.tags["b"] == "two" and got.tags["t149"] == "149"
     assert t.get_metric_history(run, "m7")[0].step == 3
     assert t.finished_run(exp, "h1") is None  # still RUNNING
     t.end(run, "FINISHED")
