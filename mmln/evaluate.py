@@ -171,17 +171,6 @@ def _merge_scores(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _logged_scores(client, run_id: str) -> dict[str, Any]:
-    """The run's `eval/scores.json` artifact ({} when it has none)."""
-    import json
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return json.loads(client.download(run_id, "eval/scores.json", tmp).read_text())
-        except Exception:  # no such artifact (the first evaluation) or an unreadable one
-            return {}
-
-
 def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
               log: bool) -> dict[str, Any]:
     from mmln.eval.runner import Runner, decoding_for
@@ -266,7 +255,8 @@ def log_to_mlflow(cfg: Any, scores: dict[str, Any], ckpt: Optional[str], run_id:
         metrics = {k: v for k, v in metrics.items() if k not in have.metrics}
         done = [b for b in have.tags.get("eval_benches", "").split(",") if b]
         tags["eval_benches"] = ",".join(dict.fromkeys(done + list(scores["benches"])))
-        scores = _merge_scores(_logged_scores(client, run_id), scores)  # the run's eval/scores.json keeps all
+        # the run's eval/scores.json keeps all ({} at the first evaluation)
+        scores = _merge_scores(client.read_json(run_id, "eval/scores.json") or {}, scores)
     client.log_metrics(run_id, metrics)
     client.set_tags(run_id, tags)
     with tempfile.TemporaryDirectory() as tmp:

@@ -337,17 +337,10 @@ def tableA1(runs, metric):
 
 def evaluation_items(client, run_id: str) -> dict:
     """metric -> per-item terms of the run's evaluation (`eval/scores.json` names its answer files)."""
-    import json
-    import tempfile
-
     from mmln.eval.items import evaluation_items as items_of
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            scores = json.loads(client.download(run_id, "eval/scores.json", tmp).read_text())
-        except Exception:  # no evaluation artifact: nothing to pair
-            return {}
-    return items_of(scores)
+    scores = client.read_json(run_id, "eval/scores.json")
+    return items_of(scores) if scores else {}  # no evaluation artifact: nothing to pair
 
 
 def seed_items(per_run: list[dict]) -> dict:

@@ -365,6 +365,17 @@ class Tracker(RetryingClient):
     def download(self, run_id: str, path: str, dst: str | Path) -> Path:
         return Path(self.download_artifacts(run_id, path, str(dst)))
 
+    def read_json(self, run_id: str, path: str) -> Optional[Any]:
+        """A JSON artifact of the run (e.g. `eval/scores.json`), or None when it has none or it does
+        not parse."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return json.loads(self.download(run_id, path, tmp).read_text())
+            except Exception:
+                return None
+
 
 # MLflow 3's UI opens an experiment without this tag in its GenAI layout (runs labelled "Evaluations")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}

@@ -68,6 +68,6 @@ def test_heartbeat_prints_while_the_block_runs_and_stops_after(capsys):
     with heartbeat("stage 2", every=0.05):
         time.sleep(0.32)
     beats = [line for line in capsys.readouterr().out.splitlines() if "stage 2: still running" in line]
-    assert 3 <= len(beats) <= 7, beats
+    assert 1 <= len(beats) <= 7, beats  # about 6; fewer on a loaded machine
     time.sleep(0.2)
     assert "still running" not in capsys.readouterr().out  # the thread ended with the block
