@@ -105,17 +105,17 @@ def test_eval_prompt_stops_and_yes_no(chat_toks, family, tiny_cfg):
     assert chat_answer_token(tok, "Yes") == yes
 
 
-# a template that refuses long conversations, and one that rewrites earlier answers (as templates
-# that drop past reasoning do): the first is unrenderable, the second's mask is unrecoverable
+# a template that refuses long conversations, and one that drops history (only the last two messages):
+# the first is unrenderable, the second changes the text BEFORE a past turn, so its mask is unrecoverable
+# (templates that only rewrite past answers keep every turn: tests/test_chat_multiturn.py)
 REFUSES = ("{% if messages|length > 2 %}{{ raise_exception('one exchange only') }}{% endif %}"
            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-REWRITES = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-            "{% if m['role'] == 'assistant' and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}"
-            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+DROPS = ("{% for m in messages[-2:] %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-@pytest.mark.parametrize("template,reason", [(REFUSES, "template_error"), (REWRITES, "mask_mismatch")])
+@pytest.mark.parametrize("template,reason", [(REFUSES, "template_error"), (DROPS, "mask_mismatch")])
 def test_unrenderable_or_unrecoverable_is_a_counted_bad_sample(chat_toks, template, reason, tmp_path):
     tok = chat_toks["chatml"]
     old = tok.chat_template

@@ -280,62 +280,109 @@ def _special_tokens(tokenizer: Any) -> list[str]:
     return list(dict.fromkeys([*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)]))
 
 
-def _answer_span(span: str, content: str, specials: Sequence[str]) -> tuple[int, int]:
-    """(start, end) in `span` (the text an assistant turn adds) of what is supervised: the answer's
-    text (from the whitespace just before it, which tokenizers merge into its first token) through
-    the last special token after it (its end-of-turn; ChatML's trailing newline stays prompt)."""
+def _answer_span(span: str, content: str, specials: Sequence[str]) -> tuple[int, int, int]:
+    """(start, text_end, end) in `span`, the text an assistant turn adds after the generation
+    prompt: the answer's text runs from `start` (the whitespace just before it, which tokenizers
+    merge into its first token) to `text_end`, its end-of-turn through `end` (the last special
+    token after it; ChatML's trailing newline stays prompt). `span[:start]` is what the template
+    writes before the text (Qwen3's empty `<think>` block); it is supervised too."""
     content = content.strip()
     at = span.find(content) if content else -1
     if at < 0:
         raise ConversationError("mask_mismatch", "an assistant turn's text does not occur in its rendering")
-    start, end = at, at + len(content)
+    start, text_end = at, at + len(content)
     while start > 0 and span[start - 1] in " \t":
         start -= 1
-    tail, last = span[end:], 0
+    tail, last = span[text_end:], 0
     for tok in specials:
         k = tail.rfind(tok)
         if k >= 0:
             last = max(last, k + len(tok))
-    return start, end + (last if last else len(tail))
+    return start, text_end, text_end + (last if last else len(tail))
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """Where an assistant turn's supervised text ended: `head` (the rendering of the turns before
+    it, with the generation prompt), its `content` and its end-of-turn text `eot`, and the whole
+    rendering up to that end as the turn was rendered last (`last`)."""
+
+    head: str
+    content: str
+    eot: str
+    last: str
+
+
+def _resume(text: str, prev: Optional[_Turn], k: int) -> int:
+    """Where, in `text` (the rendering of a longer conversation), the turn `prev` ended.
+
+    Templates that render a turn the same once later turns follow: at `len(prev.last)`. Templates
+    that render it differently in history (Qwen3 drops its `<think>` block, others rewrite past
+    answers): after `prev.head`, at the end of the turn's text (else of its rewritten form), then
+    its end-of-turn text. A template that changes even the text before the turn is a mask_mismatch."""
+    if prev is None:
+        return 0
+    if text.startswith(prev.last):
+        return len(prev.last)
+    if text.startswith(prev.head):
+        at = text.find(prev.content, len(prev.head))
+        at = len(prev.head) if at < 0 else at + len(prev.content)
+        end = text.find(prev.eot, at) if prev.eot else (at if at > len(prev.head) else -1)
+        if end >= 0:
+            return end + len(prev.eot)
+    raise ConversationError("mask_mismatch", f"the chat template renders the turns before turn {k + 1} differently "
+                                             "once later turns follow, and where its turns end cannot be found")
+
+
+def chat_pieces(
+    tokenizer: Any, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False
+) -> list[tuple[str, str]]:
+    """[(text, kind)] of a conversation rendered by the tokenizer's chat template; kind is
+    `prompt`, `lead` (what the template writes after the generation prompt before the answer's
+    text, e.g. Qwen3's `<think>\\n\\n</think>\\n\\n`) or `answer` (the text through its end-of-turn).
+
+    Every assistant turn is rendered as the template renders it when it is the LAST turn, which is
+    what the model generates after the generation prompt: turn k's text is what the rendering of
+    turns[:k+1] adds to the rendering of turns[:k] with the generation prompt (which must be a
+    prefix of it). The text between two assistant turns (the user turns and the next generation
+    prompt) comes from the rendering of the longer conversation, cut where the earlier turn ends
+    (`_resume`), so templates that render past turns differently (Qwen3, templates that drop past
+    reasoning or rewrite answers) lose neither a turn nor the conversation. Only a template that
+    changes the text BEFORE a past turn makes it a `ConversationError("mask_mismatch")`.
+    """
+    specials = _special_tokens(tokenizer)
+    pieces: list[tuple[str, str]] = []
+    prev: Optional[_Turn] = None
+    for k, (role, value) in enumerate(turns):
+        if role != GPT:
+            continue
+        head = render_chat(tokenizer, turns[:k], add_generation_prompt=True) if k else ""
+        after = render_chat(tokenizer, turns[: k + 1])
+        if not after.startswith(head):
+            raise ConversationError("mask_mismatch", f"the chat template's generation prompt is not how turn {k + 1} "
+                                                     "begins when it is the last turn")
+        span = after[len(head):]
+        start, text_end, end = _answer_span(span, value, specials)
+        pieces += [(head[_resume(head, prev, k):], "prompt"), (span[:start], "lead"), (span[start:end], "answer")]
+        prev = _Turn(head, value.strip(), span[text_end:end], after[: len(head) + end])
+    full = render_chat(tokenizer, turns, add_generation_prompt=add_generation_prompt)
+    pieces.append((full[_resume(full, prev, len(turns)):], "prompt"))
+    return [(t, kind) for t, kind in pieces if t]
 
 
 def chat_segments(
     tokenizer: Any, turns: Sequence[tuple[str, str]], *, add_generation_prompt: bool = False
 ) -> list[tuple[str, bool]]:
-    """[(text, supervised)] of a conversation rendered by the tokenizer's chat template.
-
-    The span of assistant turn k is found from the rendered text itself, never by counting: the
-    rendering of turns[:k] with the generation prompt must be a prefix of the rendering of
-    turns[:k+1], which must be a prefix of the whole conversation's rendering; the difference is
-    what turn k adds, and in it the answer's text through its end-of-turn token(s) is supervised
-    (`_answer_span`). A template that renders earlier turns differently once later ones follow
-    (e.g. one that drops past reasoning) breaks the prefix property: `ConversationError("mask_mismatch")`.
-    """
-    full = render_chat(tokenizer, turns, add_generation_prompt=add_generation_prompt)
-    specials = _special_tokens(tokenizer)
-    segs: list[tuple[str, bool]] = []
-    pos = 0
-    for k, (role, value) in enumerate(turns):
-        if role != GPT:
-            continue
-        before = render_chat(tokenizer, turns[:k], add_generation_prompt=True) if k else ""
-        after = render_chat(tokenizer, turns[: k + 1])
-        if not (after.startswith(before) and full.startswith(after) and len(before) >= pos):
-            raise ConversationError(
-                "mask_mismatch", f"the chat template renders turns 1..{k + 1} differently inside the whole conversation"
-            )
-        start, end = _answer_span(after[len(before):], value, specials)
-        segs += [(full[pos : len(before) + start], False), (full[len(before) + start : len(before) + end], True)]
-        pos = len(before) + end
-    segs.append((full[pos:], False))
-    return [(t, sup) for t, sup in segs if t]
+    """[(text, supervised)] of `chat_pieces`: the lead and the answer are supervised."""
+    return [(t, kind != "prompt") for t, kind in chat_pieces(tokenizer, turns, add_generation_prompt=add_generation_prompt)]
 
 
 def chat_answer_token(tokenizer: Any, word: str) -> int:
     """The first token of `word` as an answer in the chat template's context (after its
-    generation prompt, e.g. "Yes" right after "assistant\\n"), for yes/no-from-logits."""
-    ids, labels = tokenize_segments(chat_segments(tokenizer, [(HUMAN, "Question"), (GPT, word)]), tokenizer,
-                                    add_special_tokens=False)
+    generation prompt and any lead the template writes there, e.g. "Yes" right after
+    "assistant\\n"), for yes/no-from-logits."""
+    pieces = chat_pieces(tokenizer, [(HUMAN, "Question"), (GPT, word)])
+    ids, labels = tokenize_segments([(t, kind == "answer") for t, kind in pieces], tokenizer, add_special_tokens=False)
     return next(label for label in labels if label != IGNORE_INDEX)
 
 

@@ -77,7 +77,57 @@ def train_tiny_tokenizer(
 
 
 # ------------------------------------------------------------------------------ chat models
-# Three chat-template families, each with its model's real Jinja template (as shipped in the
+# Qwen3's chat template, as shipped in Qwen/Qwen3-8B's tokenizer_config.json (Jinja whitespace
+# control makes the line layout irrelevant; the text of every branch is the original's).
+QWEN3_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0].role == 'system' %}"
+    "{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided "
+    "with function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
+    "{%- for tool in tools %}{{- \"\\n\" }}{{- tool | tojson }}{%- endfor %}"
+    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    "{%- else %}{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}{%- endif %}"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if ns.multi_step_tool and message.role == \"user\" and message.content is string and "
+    "not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}"
+    "{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message.content is string %}{%- set content = message.content %}{%- else %}{%- set content = '' %}"
+    "{%- endif %}"
+    "{%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == \"assistant\" %}{%- set reasoning_content = '' %}"
+    "{%- if message.reasoning_content is string %}{%- set reasoning_content = message.reasoning_content %}"
+    "{%- else %}{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index %}"
+    "{%- if loop.last or (not loop.last and reasoning_content) %}"
+    "{{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' "
+    "+ content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
+    "{%- if (loop.first and content) or (not loop.first) %}{{- '\\n' }}{%- endif %}"
+    "{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}"
+    "{%- endif %}{{- '}\\n</tool_call>' }}{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == \"tool\" %}"
+    "{%- if loop.first or (messages[loop.index0 - 1].role != \"tool\") %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+# Chat-template families, each with its model's real Jinja template (as shipped in the
 # model's tokenizer_config.json) and its special tokens: (template, bos, eos, extra specials).
 CHAT_FAMILIES: dict[str, tuple[str, str | None, str, tuple[str, ...]]] = {
     # Meta-Llama-3-8B-Instruct: header blocks, end of turn <|eot_id|>
@@ -107,7 +157,14 @@ CHAT_FAMILIES: dict[str, tuple[str, str | None, str, tuple[str, ...]]] = {
         "roles are supported!') }}{% endif %}{% endfor %}",
         "<s>", "</s>", ("[INST]", "[/INST]"),
     ),
+    # Qwen3-8B: ChatML; the LAST assistant turn after the last user query is rendered with a
+    # (here empty) <think> block, earlier ones without: a render that depends on later turns
+    "qwen3": (QWEN3_TEMPLATE, None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>")),
 }
+# tokens a family adds as plain (not special) added tokens, as its tokenizer.json does
+ADDED_TOKENS = {"qwen3": ("<think>", "</think>")}
+# families whose real tokenizer adds BOS itself (Llama-3's tokenizer.json post-processor, Mistral's add_bos_token)
+ADDS_BOS = ("llama3", "mistral")
 
 
 # the pre-tokenization regex of Llama-3 (and, with single digits, Qwen2): newline runs are one piece
@@ -124,10 +181,12 @@ def train_tiny_chat_tokenizer(texts: Iterable[str], out_dir: str | Path, family:
     regex, "Ġword", "ĊĊ" for a blank line; mistral: SentencePiece-style "▁word") and
     every special token of the family is one id, so tests can state expected tokens by hand.
     Saved with `save_pretrained`; `AutoTokenizer.from_pretrained(dir)` loads it with
-    `chat_template` set. The template adds BOS itself where the family has one (text is
-    tokenized with `add_special_tokens=False`, as the template's rendering already holds them).
+    `chat_template` set. The template writes BOS itself where the family has one, and, as the
+    real tokenizers do, llama3 (tokenizer.json's post-processor) and mistral (add_bos_token)
+    ALSO add BOS when text is tokenized with special tokens (`ADDS_BOS`): a rendered prompt
+    tokenized with the defaults gets two, which is what consumers of an export must not do.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     template, bos, eos, extra = CHAT_FAMILIES[family]
@@ -152,11 +211,15 @@ def train_tiny_chat_tokenizer(texts: Iterable[str], out_dir: str | Path, family:
     vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, *(p for p in pieces if p)]))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer, tok.decoder = pre, decoder
+    if family in ADDS_BOS:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1",
+                                                           special_tokens=[(bos, vocab[bos])])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token=bos, eos_token=eos, pad_token=eos,
         additional_special_tokens=list(extra), model_max_length=2048, padding_side="right",
         clean_up_tokenization_spaces=False,
     )
+    fast.add_tokens(list(ADDED_TOKENS.get(family, ())))
     fast.chat_template = template
     out = Path(out_dir)
     fast.save_pretrained(out)
