@@ -111,6 +111,21 @@ def _connector_state(proj: dict, linear: bool) -> dict:
             if k.startswith(theirs)}
 
 
+def check_tied(llm, state: dict, path) -> None:
+    """A tied LLM (`tie_word_embeddings`: one tensor is both the input embedding and the LM head,
+    e.g. Qwen2-0.5B) is filled from both names; they must then hold the same values, or one of
+    the two would silently overwrite the other."""
+    import torch
+
+    if not llm.config.tie_word_embeddings:
+        return
+    emb, head = state.get("model.embed_tokens.weight"), state.get("lm_head.weight")
+    if emb is not None and head is not None and (emb.shape != head.shape or not torch.equal(emb, head)):
+        raise WeightsMismatchError(f"{KEY}={path}: text_config.tie_word_embeddings is true but lm_head.weight differs "
+                                   "from embed_tokens.weight; set tie_word_embeddings to false in its config.json "
+                                   "if the head is its own tensor", KEY, str(path))
+
+
 def _llava_hf_parts(cfg, dtype):
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
@@ -126,8 +141,7 @@ def _llava_hf_parts(cfg, dtype):
                                            attn_implementation=cfg.attn_implementation)
     state = {"model." + k: v for k, v in hf.model.language_model.state_dict().items()}
     state |= {"lm_head." + k: v for k, v in hf.lm_head.state_dict().items()}
-    if llm.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    check_tied(llm, state, path)
     load_strict(llm, state, path, KEY)
     connector = build_connector(cfg.connector.type, backbone.config.hidden_size, llm.config.hidden_size)
     load_strict(connector, _connector_state(hf.model.multi_modal_projector.state_dict(),

@@ -129,9 +129,10 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     llm_sd = mllm.llm.state_dict()
     emb, head = llm_sd["model.embed_tokens.weight"], llm_sd["lm_head.weight"]
     added = max(0, image_id + 1 - emb.shape[0])
+    tied = bool(mllm.llm.config.tie_word_embeddings)  # one tensor: the head's rows ARE the embedding's
     if added:
         emb = torch.cat([emb, emb.mean(0, keepdim=True).expand(added, -1)])
-        head = torch.cat([head, head.new_zeros(added, head.shape[1])])
+        head = emb if tied else torch.cat([head, head.new_zeros(added, head.shape[1])])
     state = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
              for k, v in llm_sd.items()}
     state["model.language_model.embed_tokens.weight"], state["lm_head.weight"] = emb, head
