@@ -28,6 +28,32 @@ def _trio_modules(llm) -> list[str]:
     return out
 
 
+def injected_peft_config(mllm):
+    """The PEFT config of the adapters a strategy injected itself (DoRA, IA3, VeRA), for a causal LM;
+    None when nothing was injected."""
+    import copy
+
+    configs = getattr(mllm.llm, "peft_config", None) or {}
+    if "default" not in configs:
+        return None
+    config = copy.deepcopy(configs["default"])
+    config.task_type = "CAUSAL_LM"
+    return config
+
+
+def peft_config_of(mllm, tune):
+    """The PEFT config a strategy's adapter is written with: its own (`Strategy.peft_config`), else
+    the config of what it injected; a ValueError when the strategy has no PEFT form."""
+    from mmln.tuning import get_strategy
+
+    strategy = get_strategy(tune.strategy)
+    config = strategy.peft_config(mllm, tune) if strategy.peft_config else injected_peft_config(mllm)
+    if config is None:
+        raise ValueError(f"tune.strategy={tune.strategy!r} has no PEFT form: export it merged "
+                         "(python -m mmln.export --format hf-llava) instead")
+    return config
+
+
 def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None) -> Path:
     """Write the LLM part of a tuned `mllm` as a PEFT adapter directory `out`; returns it."""
     import torch
@@ -35,16 +61,11 @@ def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None)
     from transformers import AutoModelForCausalLM
 
     from mmln.io import atomic_dir
-    from mmln.tuning import get_strategy
 
-    strategy = get_strategy(tune.strategy)
-    if strategy.peft_config is None:
-        raise ValueError(f"tune.strategy={tune.strategy!r} has no PEFT form: export it merged "
-                         "(python -m mmln.export --format hf-llava) instead")
     llm = mllm.llm
     # every name of a trained tensor, tied ones too (a tied head is the trained embedding under a second name)
     trained = {n: p for n, p in llm.named_parameters(remove_duplicate=False) if p.requires_grad}
-    config = strategy.peft_config(mllm, tune)
+    config = peft_config_of(mllm, tune)
     trio = _trio_modules(llm)
     if trio:
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(trio))
@@ -85,9 +106,10 @@ def export_peft_adapter(mllm, cfg, run_dir: str | Path) -> Path | None:
     from mmln.tuning import get_strategy
 
     strategy = get_strategy(cfg.tune.strategy)
-    if strategy.peft_config is None:
+    if strategy.peft_config is None and injected_peft_config(mllm) is None:
         return None
-    out = Path(run_dir) / (strategy.adapter_dir or adapter_dir_name(strategy.peft_config(mllm, cfg.tune)))
+    out = Path(run_dir) / (strategy.adapter_dir or (f"{strategy.name}_adapter" if strategy.peft_config is None
+                                                    else adapter_dir_name(strategy.peft_config(mllm, cfg.tune))))
     save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path)
     if any(p.requires_grad for p in mllm.connector.parameters()):
         save_mm_projector(mllm.connector, out / "mm_projector.bin")

@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
 from mmln.model.mllm import HostBatch
@@ -152,34 +151,16 @@ class InstructFinetune(MLLMModule):
     """Stage 2: any tuning strategy. One with a PEFT form (`Strategy.peft_config`: LoRA, norm tuning,
     LayerNorm + LoRA) exports a PEFT adapter directory through `mmln.formats.peft_adapter`
     (`lora_adapter/`, `ln_tuning_adapter/`, `layernorm_lora_adapter/`; trained norms beside adapters,
-    embeddings and head as modules_to_save); other runs with PEFT adapters injected (dora, ia3, vera)
-    export `<strategy>_adapter/` (the adapters only: connector, embeddings and head trained next to
-    them are in trainable.safetensors)."""
+    embeddings and head as modules_to_save); runs whose strategy injects PEFT adapters itself (dora,
+    ia3, vera) export `<strategy>_adapter/` with that PEFT config, the trained embeddings and head
+    as modules_to_save the same way (the connector beside it as mm_projector.bin)."""
 
     def export(self, run_dir: Path) -> list[Path]:
         from mmln.formats.peft_adapter import export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
-        if out is not None:
-            return paths + [out]
-        peft_config = getattr(self.mllm.llm, "peft_config", None)
-        if peft_config:
-            import dataclasses
-
-            from peft import get_peft_model_state_dict
-            from safetensors.torch import save_file
-
-            out = run_dir / f"{self.cfg.tune.strategy}_adapter"
-            out.mkdir(exist_ok=True)
-            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
-            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
-            state = get_peft_model_state_dict(self.mllm.llm)
-            with atomic_path(out / "adapter_model.safetensors") as tmp:
-                save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
-                          str(tmp))
-            paths.append(out)
-        return paths
+        return paths + ([out] if out is not None else [])
 
 
 def module_for(cfg, mllm, total_steps: int) -> MLLMModule:
