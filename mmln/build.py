@@ -12,6 +12,42 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+# the tune.* settings a strategy's checkpoint tensors depend on beyond their names and shapes
+ADAPTER_SETTINGS = {
+    "lora": ("lora.r", "lora.alpha", "lora.target_modules"),
+    "dora": ("lora.r", "lora.alpha", "lora.target_modules"),
+    "layernorm_lora": ("lora.r", "lora.alpha", "lora.target_modules"),
+    "vera": ("vera.r", "vera.seed", "vera.target_modules"),
+    "ia3": ("ia3.target_modules", "ia3.feedforward_modules"),
+}
+
+
+def check_adapter_settings(cfg: Any, ckpt: str) -> None:
+    """A checkpoint whose run (config.yaml beside it, or beside its checkpoints/ folder) used other
+    adapter settings than `cfg` (e.g. LoRA alpha, which no tensor shape shows) is a ConfigError
+    naming both values."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from mmln.config import ConfigError
+
+    p = Path(ckpt).resolve().parent
+    saved = (p.parent if p.name == "checkpoints" else p) / "config.yaml"
+    if not saved.is_file():
+        return
+    old = OmegaConf.load(saved)
+    if OmegaConf.select(old, "tune.strategy") != cfg.tune.strategy:
+        return  # another strategy: the tensor names differ and load_trainable says so
+    for key in ADAPTER_SETTINGS.get(cfg.tune.strategy, ()):
+        was, now = OmegaConf.select(old, f"tune.{key}"), OmegaConf.select(cfg, f"tune.{key}")
+        was = OmegaConf.to_container(was) if OmegaConf.is_config(was) else was
+        now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
+        if was is not None and was != now:
+            raise ConfigError(f"--ckpt {ckpt} was trained with tune.{key}={was} (its {saved}), the config says "
+                              f"tune.{key}={now}: use the run's settings (--config {saved})")
+
+
 def build_model(cfg: Any, ckpt: Optional[str] = None):
     """Seeded MLLM with the strategy applied and `ckpt`'s trainable tensors loaded (None = untuned).
 
@@ -29,6 +65,7 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     apply_strategy(mllm, cfg.tune)
     mllm.pack_samples = cfg.data.batching == "packed"  # training micro-batches share rows (MLLM.pack)
     if ckpt:
+        check_adapter_settings(cfg, ckpt)
         try:
             state = read_trainable(ckpt)
         except FileNotFoundError:

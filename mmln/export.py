@@ -76,6 +76,10 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
     save_mm_projector(mllm.connector, out / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(out / "vision")
+        if cfg.model.vision.preprocess == "clip":  # the tower's image processor beside it, as CLIP directories ship it
+            from mmln.formats.llava_hf import image_processor_for
+
+            image_processor_for(cfg.model.vision, cfg.data.image_aspect).save_pretrained(out / "vision")
         overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
     else:
         from safetensors.torch import save_file

@@ -65,6 +65,9 @@ def _llava_config(mllm, image_token_id: int, act: str):
 
     v = mllm.vision.cfg
     text = mllm.llm.config.to_dict()
+    # consumers pick the LLM class from it (vLLM: "No model architectures are specified" without it);
+    # an LLM built from a config (an original LLaVA checkpoint's, a preset) has none of its own
+    text["architectures"] = text.get("architectures") or [type(mllm.llm).__name__]
     return LlavaConfig(
         vision_config=mllm.vision.backbone.config.to_dict(), text_config=text,
         image_token_index=image_token_id, image_seq_length=mllm.vision.num_patches,
@@ -162,5 +165,8 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        # the image processor on its own too, as llava-hf checkpoints ship it: transformers 4.x (the
+        # lmms-eval / vLLM pins) reads preprocessor_config.json, 5.x the copy in processor_config.json
+        processor.image_processor.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     return out

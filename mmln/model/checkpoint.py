@@ -81,6 +81,25 @@ def load_trainable(mllm, state: dict[str, torch.Tensor], source: str = "checkpoi
             f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}). Use the tune.* settings "
             "the checkpoint was trained with (see config.yaml beside it)."
         )
+    shapes = [n for n in sorted(expected) if tuple(state[n].shape) != tuple(params[n].shape)]
+    if shapes:
+        n = shapes[0]
+        got, want = tuple(state[n].shape), tuple(params[n].shape)
+        rank = _adapter_rank(n, got, want)
+        raise ValueError(
+            f"{source} does not match the configured model: {n} has shape {got} in the checkpoint but {want} in the "
+            f"model the config builds ({len(shapes)} such tensors){rank}. Use the tune.* / model.* settings the "
+            "checkpoint was trained with (see config.yaml beside it)."
+        )
     with torch.no_grad():
         for n in expected:
             params[n].copy_(state[n].to(params[n].dtype))
+
+
+def _adapter_rank(name: str, got: tuple, want: tuple) -> str:
+    """", LoRA rank 8 in the checkpoint vs tune.lora.r=4" for a LoRA / VeRA rank mismatch, else ""."""
+    axis = 0 if ".lora_A." in name or "vera_lambda_d" in name else 1 if ".lora_B." in name else None
+    if axis is None or len(got) != len(want) or len(got) <= axis:
+        return ""
+    key = "tune.vera.r" if "vera_" in name else "tune.lora.r"
+    return f"; its rank is {got[axis]} in the checkpoint, {key}={want[axis]} in the config"
