@@ -63,13 +63,16 @@ def test_hf_llava_round_trip(exported):
     reloaded = AutoTokenizer.from_pretrained(out)
     template, V = cfg.data.template, m.llm.config.vocab_size
     ours_px = build_image_processor(cfg.model.vision, cfg.data.image_aspect)
-    prompts = [render_prompt(template, c) for c in CONVS]
+    # BOS is in the template's text (the exported tokenizer adds none), so a consumer that renders and then
+    # tokenizes with or without special tokens (lmms-eval, vLLM) gets one: tests/test_consumer_ids.py
+    prompts = [tok.bos_token + render_prompt(template, c) for c in CONVS]
     assert [proc.apply_chat_template(messages(c), add_generation_prompt=True) for c in CONVS] == prompts
     ids = [encode_prompt(template, c, tok) for c in CONVS]
     image_id = hf.config.image_token_index
     for p, want in zip(prompts, ids):  # train tokenizer == exported tokenizer == processor, <image> aside
         for chunk in p.split("<image>"):  # the text either side of the image (</s>USER: ... in the first)
-            assert reloaded(chunk).input_ids == proc.tokenizer(chunk).input_ids == tok(chunk).input_ids
+            assert (reloaded(chunk, add_special_tokens=False).input_ids == tok(chunk, add_special_tokens=False).input_ids
+                    == proc.tokenizer(chunk).input_ids)  # no BOS of its own
         got = proc(text=p, images=image(0), return_tensors="pt").input_ids[0].tolist()
         collapsed = [t for k, t in enumerate(got) if t != image_id or got[k - 1] != image_id]
         mapped = [IMAGE_TOKEN_INDEX if t == image_id else t for t in collapsed]

@@ -397,10 +397,30 @@ def chat_end_of_turn(tokenizer: Any) -> Optional[str]:
 
 
 # -------------------------------------------------------------------------------- tokenize
-def _encode_chunks(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+def _encode_chunks(tokenizer: Any, texts: list[str], add_special_tokens: bool = True,
+                   after_image: Sequence[bool] = ()) -> list[list[int]]:
     """Tokenize each text on its own, with the tokenizer's special tokens (LLaMA: BOS) unless
-    `add_special_tokens=False` (chat templates write BOS into the text themselves)."""
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    `add_special_tokens=False` (chat templates write BOS into the text themselves).
+
+    Texts flagged in `after_image` follow an image and are tokenized as text right after a special
+    token (behind the EOS token, whose ids are then cut off): that is how a processor whose `<image>`
+    is a special token (transformers' LlavaProcessor, vLLM) tokenizes them; a SentencePiece
+    tokenizer with the "first" prepend scheme (non-legacy LLaMA, Mistral) puts no "▁" there, where
+    a text tokenized alone gets one. Chat-template runs use it (they are consumed by those tools);
+    LLaVA's templates keep LLaVA's own chunk-by-chunk tokenization."""
+    anchor = tokenizer.eos_token or tokenizer.unk_token
+    head = tokenizer(anchor, add_special_tokens=False)["input_ids"] if anchor else []
+    flags = list(after_image) + [False] * (len(texts) - len(after_image))
+    batch = [anchor + t if f and head else t for t, f in zip(texts, flags)]
+    out = []
+    for ids, f in zip(tokenizer(batch, add_special_tokens=add_special_tokens)["input_ids"], flags):
+        ids = list(ids)
+        if f and head:
+            if ids[: len(head)] != head:
+                raise ValueError(f"tokenizing after an image: '{anchor}' does not tokenize to itself at the start")
+            ids = ids[len(head):]
+        out.append(ids)
+    return out
 
 
 def _join_chunks(chunks: list[list[int]], bos: int | None) -> list[int]:
@@ -417,7 +437,9 @@ def _join_chunks(chunks: list[list[int]], bos: int | None) -> list[int]:
 def tokenizer_image_token(prompt: str, tokenizer: Any, add_special_tokens: bool = True) -> list[int]:
     """LLaVA's `tokenizer_image_token`: chunks split at `<image>`, tokenized separately, the
     image slot (-200) between them, BOS only from the first chunk."""
-    chunks = _encode_chunks(tokenizer, prompt.split(DEFAULT_IMAGE_TOKEN), add_special_tokens)
+    texts = prompt.split(DEFAULT_IMAGE_TOKEN)
+    chat = not add_special_tokens  # chat templates: text after an image as after a special token
+    chunks = _encode_chunks(tokenizer, texts, add_special_tokens, [chat and k > 0 for k in range(len(texts))])
     return _join_chunks(chunks, tokenizer.bos_token_id)
 
 
@@ -448,7 +470,9 @@ def tokenize_segments(
     for b in bounds[:-1]:
         head = text[:b].split(DEFAULT_IMAGE_TOKEN)
         partial.append((len(head) - 1, head[-1]))
-    encoded = _encode_chunks(tokenizer, chunks + [p for _, p in partial], add_special_tokens)
+    chat = not add_special_tokens  # chat templates: text after an image as after a special token
+    after = [chat and k > 0 for k in range(len(chunks))] + [chat and c > 0 for c, _ in partial]
+    encoded = _encode_chunks(tokenizer, chunks + [p for _, p in partial], add_special_tokens, after)
     full_chunks, part_ids = encoded[: len(chunks)], encoded[len(chunks) :]
     bos = tokenizer.bos_token_id
     ids = _join_chunks(full_chunks, bos)

@@ -27,12 +27,16 @@ PROJECTOR = {"linear_1.": "0.", "linear_2.": "2."}  # llava-hf projector -> mmln
 
 
 # ---------------------------------------------------------------------------------------- chat template
-def chat_template(template: str) -> str:
+def chat_template(template: str, bos: bool = False) -> str:
     """A Jinja chat template rendering transformers' messages exactly as `mmln.data.templates` does
-    (the image first in its turn, the text stripped), without BOS (the tokenizer adds it)."""
+    (the image first in its turn, the text stripped), starting with `bos_token` when `bos` (see
+    `bos_for_consumers`)."""
     from mmln.data.templates import get_template
 
-    t = get_template(template)
+    return ("{{- bos_token -}}" if bos else "") + _chat_template_body(get_template(template), template)
+
+
+def _chat_template_body(t, template: str) -> str:
     text = ("{%- set ns = namespace(text='', image=false) -%}"
             "{%- if m.content is string -%}{%- set ns.text = m.content -%}{%- else -%}"
             "{%- for c in m.content -%}{%- if c.type == 'image' -%}{%- set ns.image = true -%}"
@@ -41,7 +45,7 @@ def chat_template(template: str) -> str:
     user_text = "{{- ('<image>\\n' if ns.image else '') + (ns.text | trim if ns.image else ns.text) -}}"
     if t.style == "plain":
         return ("{%- for m in messages -%}" + text +
-                "{%- if m.role == 'user' -%}{{- '<image>' if ns.image else '' -}}"
+                "{%- if m.role == 'user' -%}{{- '<image>' if ns.image or '<image>' in ns.text else '' -}}"
                 "{%- else -%}{{- ns.text + '\\n' -}}{%- endif -%}{%- endfor -%}")
     if t.style == "two":
         r0, r1 = t.roles
@@ -116,6 +120,29 @@ def image_processor_for(vision, image_aspect: str):
                                   do_pad=image_aspect == "pad")
 
 
+def bos_for_consumers(tokenizer, template: str) -> bool:
+    """Whether the exported chat template writes BOS itself, the exported tokenizer then adding none.
+
+    Consumers apply the chat template and tokenize the text: lmms-eval's `llava_hf` with the
+    processor's defaults (special tokens added), vLLM's chat path without them. Both give the
+    training ids only when BOS is in the text and the tokenizer adds none: chat-template runs are
+    trained that way (the template's own BOS; `tokenizer.add_bos_token` is switched off, which
+    Llama-3's post-processor would otherwise add a second time). LLaVA's templates train with the
+    tokenizer's BOS: it moves into the template when the text after it tokenizes the same
+    (checked here; not so for a non-legacy SentencePiece tokenizer, which drops its "▁" after a
+    special token): then the template writes it, else the tokenizer keeps adding it (vLLM's chat
+    path then needs `add_special_tokens=True`)."""
+    from mmln.data.templates import get_template, render_segments
+
+    bos = tokenizer.bos_token_id
+    if get_template(template).style == "chat" or bos is None or tokenizer("x").input_ids[:1] != [bos]:
+        return False
+    text = "".join(s for s, _ in render_segments(template, [("human", "<image>\nWhat is it?"), ("gpt", "A cat.")]))
+    head = text.split(IMAGE_TOKEN)[0] or text
+    trained = tokenizer(head).input_ids
+    return tokenizer(tokenizer.bos_token + head, add_special_tokens=False).input_ids == trained
+
+
 def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     """Write a merged, frozen `mllm` (see `mmln.export.merged_model`) as a llava-hf directory."""
     import torch
@@ -127,6 +154,10 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     if cfg.model.vision.backend != "hf_clip":
         raise ValueError("hf-llava export needs model.vision.backend=hf_clip (transformers' LLaVA holds a CLIP tower)")
     tokenizer = load_tokenizer(cfg.model.llm)
+    bos_in_text = bos_for_consumers(tokenizer, cfg.data.template)
+    chat = cfg.data.template == "chat_template"
+    if chat or bos_in_text:  # the chat template's text holds BOS (or none is trained): the tokenizer adds none
+        tokenizer.add_bos_token = False
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     llm_sd = mllm.llm.state_dict()
@@ -157,8 +188,7 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
         image_processor=image_processor_for(cfg.model.vision, cfg.data.image_aspect), tokenizer=tokenizer,
         patch_size=int(cfg.model.vision.patch_size),
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=(tokenizer.chat_template if cfg.data.template == "chat_template"  # the tokenizer's own
-                       else chat_template(cfg.data.template)),
+        chat_template=tokenizer.chat_template if chat else chat_template(cfg.data.template, bos_in_text),
         image_token=IMAGE_TOKEN, num_additional_image_tokens=1,
     )
     out = Path(out)
