@@ -175,8 +175,9 @@ def normalize_turns(conversations: Any, template: str | Template, *, training: b
             raise ConversationError("malformed", f"template 'plain' needs 1 human + 1 gpt turn, got {len(turns)} turns")
     out = []
     for r, v in turns:
-        if r == HUMAN and DEFAULT_IMAGE_TOKEN in v:
-            v = DEFAULT_IMAGE_TOKEN if t.style == "plain" else DEFAULT_IMAGE_TOKEN + "\n" + v.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        if r == HUMAN and DEFAULT_IMAGE_TOKEN in v:  # LLaVA strips the result too: an image-only turn is "<image>"
+            v = DEFAULT_IMAGE_TOKEN if t.style == "plain" else (
+                DEFAULT_IMAGE_TOKEN + "\n" + v.replace(DEFAULT_IMAGE_TOKEN, "").strip()).strip()
         out.append((r, v))
     return out
 
@@ -408,6 +409,8 @@ def _encode_chunks(tokenizer: Any, texts: list[str], add_special_tokens: bool = 
     tokenizer with the "first" prepend scheme (non-legacy LLaMA, Mistral) puts no "▁" there, where
     a text tokenized alone gets one. Chat-template runs use it (they are consumed by those tools);
     LLaVA's templates keep LLaVA's own chunk-by-chunk tokenization."""
+    if add_special_tokens:
+        texts = sentencepiece_spaces(tokenizer, texts)
     anchor = tokenizer.eos_token or tokenizer.unk_token
     head = tokenizer(anchor, add_special_tokens=False)["input_ids"] if anchor else []
     flags = list(after_image) + [False] * (len(texts) - len(after_image))
@@ -420,6 +423,31 @@ def _encode_chunks(tokenizer: Any, texts: list[str], add_special_tokens: bool = 
                 raise ValueError(f"tokenizing after an image: '{anchor}' does not tokenize to itself at the start")
             ids = ids[len(head):]
         out.append(ids)
+    return out
+
+
+def sentencepiece_spaces(tokenizer: Any, texts: list[str]) -> list[str]:
+    """LLaVA's slow SentencePiece tokenizer encodes each piece of text (a chunk between `<image>`s;
+    with `legacy`, also the text after a special token) with its dummy prefix, so text starting
+    with a space starts with two "▁". transformers 5's Metaspace adds no prefix to text that already
+    starts with a space: where the tokenizer does that (" a" tokenizes as "a" does), one more space
+    gives SentencePiece's ids back. Other tokenizers (byte-level BPE) are left alone."""
+    specials = [t for t in _special_tokens(tokenizer) if t]
+    after = [f"{t} " for t in specials]
+    if not any(t.startswith(" ") or any(a in t for a in after) for t in texts):
+        return texts
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    if enc(" a") != enc("a"):
+        return texts
+    special = specials[0] if specials else None
+    legacy = special is not None and enc(f"{special} a")[-1:] == enc(f"{special}a")[-1:]
+    out = []
+    for t in texts:
+        t = " " + t if t.startswith(" ") else t
+        if legacy:
+            for a in after:
+                t = t.replace(a, a + " ")
+        out.append(t)
     return out
 
 
