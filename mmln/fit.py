@@ -77,7 +77,7 @@ def pause_at(steps, run_dir: Path):
 
 def preflight(cfg) -> None:
     """Every local path the run needs, checked before anything heavy; all problems in one message."""
-    from mmln.model.llm import check_llm_dir
+    from mmln.model.llm import check_llm_dir, gguf_location
 
     problems = []
     v = cfg.model.vision
@@ -89,7 +89,7 @@ def preflight(cfg) -> None:
         except MissingWeightsError as e:
             problems.append(str(e))
     tok = cfg.model.llm.tokenizer or cfg.model.llm.path
-    if not tok or not Path(tok).is_dir():
+    if not tok or not (Path(tok).is_dir() or gguf_location(tok)):
         problems.append(f"model.llm.tokenizer: '{tok}' is not a directory with the tokenizer files "
                         "(set model.llm.tokenizer, or model.llm.path to the LLM directory that holds them)")
     c = cfg.model.connector.path

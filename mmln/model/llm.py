@@ -12,8 +12,28 @@ from mmln.model.errors import MissingWeightsError
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
+def gguf_location(path: str | None) -> tuple[Path, str] | None:
+    """(directory, file name) when `path` is a GGUF file, or a directory holding one GGUF file and no
+    config.json (llama.cpp's single-file format: weights, tokenizer and chat template in one file);
+    else None. A directory with several GGUF files is an error naming them."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return p.parent, p.name
+    if not p.is_dir() or (p / "config.json").is_file():
+        return None
+    found = sorted(f.name for f in p.glob("*.gguf"))
+    if len(found) > 1:
+        raise MissingWeightsError("model.llm.path", str(p), f"ONE GGUF file; it holds {len(found)} ({', '.join(found[:4])}): "
+                                  "point model.llm.path at the file to use")
+    return (p, found[0]) if found else None
+
+
 def llm_config(cfg: LLMConfig) -> PretrainedConfig:
     """config.json of `cfg.path` when it exists (architecture only, no weights), else the preset fields."""
+    if gguf := gguf_location(cfg.path):
+        return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1], local_files_only=True)
     if cfg.path and (Path(cfg.path) / "config.json").is_file():
         return AutoConfig.from_pretrained(cfg.path, local_files_only=True)
     return AutoConfig.for_model(
@@ -33,9 +53,12 @@ def llm_config(cfg: LLMConfig) -> PretrainedConfig:
 
 
 def check_llm_dir(path: str | None) -> Path:
-    needs = "config.json and the weights (model*.safetensors or pytorch_model*.bin), as saved by save_pretrained"
+    needs = ("config.json and the weights (model*.safetensors or pytorch_model*.bin), as saved by save_pretrained, "
+             "or one GGUF file")
     if not path:
         raise MissingWeightsError("model.llm.path", None, needs)
+    if gguf := gguf_location(path):
+        return gguf[0] / gguf[1]
     p = Path(path)
     if not (p / "config.json").is_file() or not any(next(p.glob(g), None) for g in WEIGHT_GLOBS):
         raise MissingWeightsError("model.llm.path", path, needs)
@@ -48,6 +71,8 @@ def build_llm(cfg: LLMConfig, *, dtype: torch.dtype = torch.float32, load_weight
         from mmln.formats.strict import KINDS, WeightsMismatchError, check_loading_info, describe_dir, model_type
 
         path = check_llm_dir(cfg.path)
+        if path.suffix == ".gguf":
+            return load_gguf(path, dtype, attn_implementation)
         if model_type(path) in KINDS:  # a llava / CLIP directory: say which key loads it
             raise WeightsMismatchError(f"model.llm.path={path}: expected a causal-LM directory, but "
                                        f"{describe_dir(path)}", "model.llm.path", str(path))
@@ -59,10 +84,34 @@ def build_llm(cfg: LLMConfig, *, dtype: torch.dtype = torch.float32, load_weight
     return AutoModelForCausalLM.from_config(llm_config(cfg), dtype=dtype, attn_implementation=attn_implementation)
 
 
+def load_gguf(path: Path, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+    """A GGUF file through transformers' GGUF support: dequantized (a quantized GGUF is a lossy copy of
+    the original weights) to `dtype`. The model is then an ordinary transformers model: its config
+    forgets the file, so exports write plain safetensors directories."""
+    from transformers import GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation,
+        quantization_config=GgufConfig(gguf_file=str(path), dequantize=True),  # never packed GGUF blocks: trainable
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # every weight is a plain dense tensor now: nothing of the file's format stays
+        quantizer.remove_quantization_config(model)
+    for key in ("_name_or_path", "name_or_path"):
+        if getattr(model.config, key, None):
+            setattr(model.config, key, str(path))
+    return model
+
+
 def load_tokenizer(cfg: LLMConfig):
     """The LLM's tokenizer from `tokenizer` (else `path`), local files only; pad = unk as LLaVA does for LLaMA;
     `tokenizer_legacy` (when set) pins the LLaMA tokenizer's legacy behaviour."""
     path = cfg.tokenizer or cfg.path
+    if gguf := gguf_location(path):  # the GGUF file's own tokenizer and chat template
+        tok = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1], local_files_only=True)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.unk_token or tok.eos_token
+        return tok
     if not path or not Path(path).is_dir():
         raise MissingWeightsError("model.llm.tokenizer", path,
                                   "the tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
