@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
-from mmln.data.templates import IMAGE_TOKEN_INDEX, encode_prompt
+from mmln.data.templates import IMAGE_TOKEN_INDEX, encode_prompt, tokenize_conversation
 from mmln.data.tokenizer import CHAT_FAMILIES, train_tiny_chat_tokenizer
 from mmln.export import export
 from mmln.model.llm import load_tokenizer
@@ -120,3 +120,13 @@ def test_non_legacy_sentencepiece_under_a_llava_template_is_one_known_token_off(
     want = trained("vicuna_v1", tok, [{"from": "human", "value": "<image>\nWhat is it ?"}], image_id, 16)
     k = len(want) - want[::-1].index(image_id)  # just after the image
     assert tok.convert_ids_to_tokens(want[k]) == "▁" and want[:k] + want[k + 1:] == got
+
+
+def test_an_export_imported_back_trains_with_the_same_ids(exported):
+    # BOS moved into the exported template: mmln, reading the export's tokenizer back (model.init_from
+    # sets model.llm.tokenizer to the export), must still put it where training did
+    template, kind, tok, out = exported
+    again = load_tokenizer(tiny_config(f"model.llm.tokenizer={out}").model.llm)
+    conv = CONV + [{"from": "gpt", "value": "No ."}] if template != "plain" else [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A red cat ."}]
+    assert tokenize_conversation(template, conv, again) == tokenize_conversation(template, conv, tok)

@@ -94,17 +94,23 @@ def _projector_state(connector) -> tuple[dict, str]:
     return ({new + k[len(old):]: sd[k] for k in sd for new, old in PROJECTOR.items() if k.startswith(old)}, "gelu")
 
 
-def save_tokenizer(tokenizer, out: str | Path) -> None:
+BOS_MOVED = "mmln_bos_in_chat_template"  # tokenizer_config.json: BOS moved from the tokenizer into the template
+
+
+def save_tokenizer(tokenizer, out: str | Path, bos_moved: bool = False) -> None:
     """`save_pretrained`, then the LLaMA `legacy` flag the tokenizer runs with written back
-    (transformers 5 drops it, and a reload would tokenize text after `</s>` differently)."""
+    (transformers 5 drops it, and a reload would tokenize text after `</s>` differently), and,
+    when the export moved BOS into the chat template (`bos_for_consumers`), a note of it, so that
+    `mmln.model.llm.load_tokenizer` gives training with LLaVA's templates its BOS back."""
     from mmln.io import read_json, write_json
 
     out = Path(out)
     tokenizer.save_pretrained(out)
     legacy = getattr(tokenizer, "legacy", None)
-    if legacy is not None:
+    extra = ({} if legacy is None else {"legacy": bool(legacy)}) | ({BOS_MOVED: True} if bos_moved else {})
+    if extra:
         cfg_file = out / "tokenizer_config.json"
-        write_json(cfg_file, {**read_json(cfg_file), "legacy": bool(legacy)}, indent=2)
+        write_json(cfg_file, {**read_json(cfg_file), **extra}, indent=2)
 
 
 def image_processor_for(vision, image_aspect: str):
@@ -198,5 +204,5 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
         # the image processor on its own too, as llava-hf checkpoints ship it: transformers 4.x (the
         # lmms-eval / vLLM pins) reads preprocessor_config.json, 5.x the copy in processor_config.json
         processor.image_processor.save_pretrained(tmp)
-        save_tokenizer(tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp, bos_moved=bos_in_text)
     return out

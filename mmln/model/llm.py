@@ -1,6 +1,7 @@
 """The LLM decoder: any Hugging Face causal LM from a local directory, or built from a config."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -117,6 +118,9 @@ def load_tokenizer(cfg: LLMConfig):
                                   "the tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
     kwargs = {} if cfg.tokenizer_legacy is None else {"legacy": bool(cfg.tokenizer_legacy)}
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("mmln_bos_in_chat_template"):
+        tok.add_bos_token = True  # an mmln hf-llava export: its template writes BOS, training adds it as before
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     return tok
