@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     said = answers(cfg, ckpt)
     result = {
         "llm": str(gguf), "stage1_step_s": s1.metrics.get("perf/micro_step_s"),
-        "stage2_step_s": s2.metrics.get("perf/micro_step_s"), "stage2_trained": s2.metrics.get("params/trainable"),
+        "stage2_step_s": s2.metrics.get("perf/micro_step_s"), "stage1_train_s": s1.metrics.get("train/wall_s"),
+        "stage2_train_s": s2.metrics.get("train/wall_s"), "stage2_trained": s2.metrics.get("params/trainable"),
         "stage2_total": s2.metrics.get("params/total"), "final_loss": s2.metrics.get("train/loss"),
         "scores": {k: v for k, v in scores.items() if k.startswith("eval/")}, "answers": said,
         "peak_rss_gb": round(peak_rss_gb(), 2), "seconds": round(time.time() - t0), "micro_batch": args.micro,
