@@ -40,12 +40,14 @@ def main(argv: list[str]) -> int:
     costs = paper_costs(noise=a.noise)
     t0 = time.time()
     for w in workers:
-        grid = sum(grid_wall(groups, w, costs, seed=r) for r in range(repeats)) / repeats
+        grids = [grid_wall(groups, w, costs, seed=r) for r in range(repeats)]
+        grid, grid_busy = (sum(g[i] for g in grids) / repeats for i in (0, 1))
         for rule in ("sync", "async"):
             rows = [simulate(groups, w, costs, random_proxy(r), rule=rule, seed=r).row() for r in range(repeats)]
             mean = {k: round(sum(x[k] for x in rows) / repeats, 4) for k in rows[0] if k not in ("rule", "workers")}
             print(json.dumps({"bench": "sweep_sim", "rule": rule, "workers": w, **mean,
-                              "grid_wall_h": round(grid / 3600, 3), "repeats": repeats}), flush=True)
+                              "grid_wall_h": round(grid / 3600, 3), "grid_worker_h": round(grid_busy / 3600, 2),
+                              "repeats": repeats}), flush=True)
     print(json.dumps({"bench": "sweep_sim_run", "points": sum(len(g[2]) for g in groups), "studies": len(groups),
                       "steps_per_run": costs.total_steps, "step_s": {k: round(v, 3) for k, v in costs.step_s.items()},
                       "restart_s": costs.restart_s, "proxy_s": costs.proxy_s, "final_eval_s": costs.final_eval_s,

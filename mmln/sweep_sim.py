@@ -204,16 +204,19 @@ class _Events:
         return rung, p
 
 
-def grid_wall(groups: list[tuple[str, str, list[float]]], workers: int, costs: Costs, seed: int = 0) -> float:
-    """Wall time of the full grid (every point to the end, one item each) on `workers` workers."""
+def grid_wall(groups: list[tuple[str, str, list[float]]], workers: int, costs: Costs, seed: int = 0
+              ) -> tuple[float, float]:
+    """(wall, busy worker-seconds) of the full grid (every point to the end in one go) on `workers`
+    workers, in the sweep's point order."""
     rnd = random.Random(seed)
-    free = [0.0] * workers
+    free, busy = [0.0] * workers, 0.0
     for _, strategy, lrs in groups:
         for _ in lrs:
             speed = math.exp(rnd.gauss(0.0, costs.noise)) if costs.noise else 1.0
-            t = heapq.heappop(free)
-            heapq.heappush(free, t + costs.total_steps * costs.step_s[strategy] * speed + costs.final_eval_s)
-    return max(free)
+            seconds = costs.total_steps * costs.step_s[strategy] * speed + costs.final_eval_s
+            busy += seconds
+            heapq.heappush(free, heapq.heappop(free) + seconds)
+    return max(free), busy
 
 
 def paper_groups(strategies: list[str], lrs: list[float], seeds: list[int]) -> list[tuple[str, str, list[float]]]:
