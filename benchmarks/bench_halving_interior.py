@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -109,7 +110,6 @@ def margin(final: dict[float, float], best: float) -> float:
 
 
 def cases(grid: dict, total: int, schedules: list[str], eta: int) -> list[dict]:
-    from mmln.halving import fraction, rung_steps
     from mmln.sweep_sim import replay
 
     lines = []
@@ -122,7 +122,7 @@ def cases(grid: dict, total: int, schedules: list[str], eta: int) -> list[dict]:
         finite = {lr: v for lr, v in final.items() if not math.isnan(v)}
         best = min(finite, key=lambda lr: (finite[lr], -lr))  # the sweep's tie rule: the higher lr
         for first in schedules:
-            steps = rung_steps(total, fraction(first), eta)
+            steps = schedule(first, total, eta)
             proxies = {lr: {s: by_lr[lr].get(s, math.nan) for s in steps[:-1]} for lr in lrs}
             survivors = replay(proxies, steps, eta, maximize=False)
             picked = min(survivors[-1], key=lambda lr: (final[lr], -lr))
@@ -134,6 +134,14 @@ def cases(grid: dict, total: int, schedules: list[str], eta: int) -> list[dict]:
                           "rung_survivors": [sorted(s) for s in survivors],
                           "curve": {f"{lr:g}": round(v, 4) for lr, v in final.items()}})
     return lines
+
+
+def schedule(spec: str, total: int, eta: int) -> list[int]:
+    """'1/12': mmln's rungs for that first rung; '6+18': decisions at steps 6 and 18 only (the 2 left
+    after them train to the end: halving that never decides the last pair before the end)."""
+    from mmln.halving import fraction, rung_steps
+
+    return [int(x) for x in spec.split("+")] + [total] if "+" in spec else rung_steps(total, fraction(spec), eta)
 
 
 def summaries(lines: list[dict], min_margin: float) -> list[dict]:
@@ -173,7 +181,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--n-train", type=int, default=144)
     ap.add_argument("--n-val", type=int, default=24)
-    ap.add_argument("--first-rungs", default="1/12,1/4,1/3")
+    ap.add_argument("--first-rungs", default="1/12,1/4,1/3,6+18",
+                    help="schedules: a first rung (mmln's rungs) or decision steps joined by + (default %(default)s)")
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--min-margin", type=float, default=0.01)
     ap.add_argument("--keep", default=None, metavar="DIR",
@@ -190,12 +199,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     from mlflow import MlflowClient
 
-    from mmln.halving import fraction, rung_steps
-
     a = parse(argv)
     total = a.n_train // BATCH * a.epochs
     schedules = a.first_rungs.split(",")
-    ends = {s for f in schedules for s in rung_steps(total, fraction(f), a.eta)}
+    ends = {s for f in schedules for s in schedule(f, total, a.eta)}
     val_every = reduce(math.gcd, ends | {a.n_train // BATCH})  # every rung end, and each epoch's end
     with contextlib.ExitStack() as stack:
         root = Path(a.keep) if a.keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -215,7 +222,7 @@ def main(argv: list[str]) -> int:
         if a.real_halving:
             common = [x for x in common if x not in a.strategies] if a.real_strategies else common
             common[common.index("--strategies") + 1:common.index("--strategies") + 1] = a.real_strategies or []
-            run |= real_halving(client, common, overrides, schedules[0], a.eta, lines, grid, total)
+            run |= real_halving(client, common, overrides, schedules[0], a.eta, lines, grid, total)  # a fraction
         print(json.dumps(run), flush=True)
     return 0
 
@@ -225,9 +232,12 @@ def real_halving(client, common: list[str], overrides: list[str], first: str, et
     """The real `--search halving --proxy-metric val/loss`: its finishers against the replay's survivors,
     and their final held-out loss against the grid's at the same point (a survivor should be
     bit-identical to it)."""
+    # its own experiment (and run folders) per grid and schedule: a halving sweep over another grid in the
+    # same experiment would meet the points of the first one
+    name = "halving_" + hashlib.sha256(" ".join(common + [first]).encode()).hexdigest()[:8]
     wall = sweep(common + ["--search", "halving", "--first-rung", first, "--eta", str(eta), "--proxy-metric", METRIC,
-                           "--proxy-overrides", "eval.limit=null", *overrides, "tracking.experiment=halving"])
-    exp = client.get_experiment_by_name("halving")
+                           "--proxy-overrides", "eval.limit=null", *overrides, f"tracking.experiment={name}"])
+    exp = client.get_experiment_by_name(name)
     finished: dict = {}
     for r in client.search_runs([exp.experiment_id], "tags.`halving/state` = 'finished'", max_results=5000):
         key = (r.data.tags["strategy"], int(r.data.params["train.seed"]))

@@ -14,10 +14,11 @@ reported at the rung's step and the study's pruner is asked, and a promoted poin
 next rung. Under `sync` a rung is decided only once all its points reported (the barrier); under
 `async` (Optuna's SuccessiveHalvingPruner, ASHA-like) each point is decided when it reports.
 
-Reported per run: wall time, busy worker-seconds, utilization, the idle worker-seconds spent while
-points waited at a rung barrier, up to one worker per waiting point (`barrier_idle_s`: work held
-back by the synchronous rule), and the rest of the idle time (`drain_idle_s`: nothing runnable), the training steps spent
-and each study's final survivors; and the full grid on the same workers for comparison.
+Reported per run (`Result`): wall time, busy worker-seconds, utilization, the idle worker-seconds
+spent while points waited at a rung barrier, up to one worker per waiting point (`barrier_idle_s`:
+work held back by the synchronous rule), the rest of the idle time (`drain_idle_s`: nothing
+runnable), the training steps spent and each study's final survivors. `grid_wall`: the full grid
+on the same workers. `replay`: one study's decisions on known proxies (no clock).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from mmln.halving import Options, decide_rung, grid_trials, load_study, rung_steps
 
