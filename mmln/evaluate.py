@@ -302,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.limit=100 eval.mme_dir=...")
     args = ap.parse_args(argv)
     from mmln.eval.caption import JavaNotFoundError
-    from mmln.model.errors import MissingWeightsError
+    from mmln.io import as_disk_full
+    from mmln.model.errors import CheckpointError, MissingWeightsError
+    from mmln.outputs import OutputError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -322,8 +324,13 @@ def main(argv: list[str] | None = None) -> int:
 
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-    except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError, CheckpointError, OutputError) as e:
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if (full := as_disk_full(e)) is None:
+            raise
+        print(f"mmln.evaluate: error: {full}", file=sys.stderr)
         return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
         print(format_table(scores["metrics"]))

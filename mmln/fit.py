@@ -32,6 +32,7 @@ from typing import Callable, Optional
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
+from mmln.outputs import OutputError
 from mmln.tracking import SweepContext
 
 
@@ -340,6 +341,8 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         if isinstance(e, RunInterrupted):
             raise e from None
         raise
+    if prior is not None:  # a resumed attempt that finished: the failed one's error tags go
+        tracker.clear_failure(logger.run_id)
     logger.end("FINISHED")
     return RunResult(run_dir, logger.run_id, experiment, name, metrics, total)
 
@@ -421,10 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     except Exception as e:  # these errors live with torch-importing modules: imported only now
+        from mmln.io import as_disk_full
+
+        if (full := as_disk_full(e)) is not None:  # the run is FAILED with it; resuming continues from last.ckpt
+            print(f"error: {full}", file=sys.stderr)
+            return 2
         from mmln.data.dataset import BadSampleError
         from mmln.data.records import DataError
         from mmln.lit.safety import NonFiniteError

@@ -358,6 +358,15 @@ class Tracker(RetryingClient):
         for i in range(0, len(items), self.PARAM_BATCH):
             self.log_batch(run_id, tags=items[i:i + self.PARAM_BATCH])
 
+    def clear_failure(self, run_id: str) -> list[str]:
+        """Delete the tags a failed attempt left (ERROR, FAILED_STEP, FAILURE_REASON): a resumed run that
+        finished is not failed. Returns the keys deleted."""
+        have = self.get_run(run_id).data.tags
+        keys = [k for k in (Tags.ERROR, Tags.FAILED_STEP, Tags.FAILURE_REASON) if k in have]
+        for k in keys:
+            self.delete_tag(run_id, k)
+        return keys
+
     # -------------------------------------------------------------------------------- artifacts
     def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:
         return log_file_or_reference(self, run_id, path, max_bytes)

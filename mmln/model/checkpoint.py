@@ -16,9 +16,7 @@ from safetensors.torch import load_file, save_file
 from mmln.io import atomic_path
 from mmln.model.errors import CheckpointError
 
-CONVERT_HINT = ("if you trust its source, convert it once to safetensors: python -c \"import torch; "
-                "from safetensors.torch import save_file; save_file(torch.load('{path}', weights_only=False), "
-                "'{stem}.safetensors')\" and point mmln at the .safetensors file")
+CONVERT_HINT = "ask its source for the weights as a .safetensors file (plain tensors, no code)"
 
 
 def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
@@ -33,7 +31,7 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
             raise CheckpointError(
                 f"{what} '{path}' was refused: loading it would run code ({found.group(1)}), which mmln never "
                 "does. " + ("mmln's own checkpoints never need that: resume from another one" if what.startswith("resume")
-                            else CONVERT_HINT.format(path=path, stem=path.with_suffix("")))) from None
+                            else CONVERT_HINT)) from None
         raise _damaged(path, what, "not a torch checkpoint") from None
     except FileNotFoundError:
         raise
@@ -61,13 +59,20 @@ def read_trainable(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' not found (expected trainable.safetensors or a .ckpt)")
+    from mmln.formats.trust import check_dtypes, check_finite, safetensors_header, torch_dtype_name
+
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    ckpt = torch_load(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise _damaged(path, "checkpoint", "no 'state_dict' in it")
-    state = ckpt["state_dict"]
-    return {k.removeprefix("mllm."): v for k, v in state.items()}
+        header = safetensors_header(path, "--ckpt")  # bounded, before safetensors maps the file
+        check_dtypes({k: v["dtype"] for k, v in header.items()}, path, "--ckpt")
+        state = load_file(str(path))
+    else:
+        ckpt = torch_load(path)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise _damaged(path, "checkpoint", "no 'state_dict' in it")
+        state = {k.removeprefix("mllm."): v for k, v in ckpt["state_dict"].items()}
+        check_dtypes({k: torch_dtype_name(v) for k, v in state.items() if isinstance(v, torch.Tensor)}, path, "--ckpt")
+    check_finite(state, "--ckpt", path)
+    return state
 
 
 def load_trainable(mllm, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
