@@ -216,6 +216,9 @@ def replacing(out: str | os.PathLike[str], kind: str, flag: str = "--out") -> It
     user_mode(tmp)
     try:
         yield tmp
+        for p in [tmp, *tmp.rglob("*")]:  # libraries' own temp files come out 0600 (transformers' safetensors)
+            if not p.is_symlink():
+                user_mode(p)
         write_manifest(tmp, kind)
         swap_in(tmp, out)
     finally:
