@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mmln.io import user_mode, write_json
+from mmln.io import DiskFullError, no_space, user_mode, write_json
 
 MANIFEST = "mmln-manifest.json"
 VERSION = 1
@@ -221,5 +221,9 @@ def replacing(out: str | os.PathLike[str], kind: str, flag: str = "--out") -> It
                 user_mode(p)
         write_manifest(tmp, kind)
         swap_in(tmp, out)
+    except Exception as e:  # a full disk while any library wrote into the folder: name the output
+        if no_space(e, tmp):
+            raise DiskFullError(out) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the half-built one, or after the swap the old one
