@@ -89,8 +89,11 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     `log=False` logs nothing (a sweep's cheap proxy score, which it records itself)."""
     from mmln.eval.caption import require_java
 
+    from mmln.outputs import claim_eval
+
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     benches = list(dict.fromkeys(benches))
+    claim_eval(out_dir)  # before anything loads: a folder that is not mmln's is never written into
     check_inputs(cfg, benches)
     if {"coco", "flickr30k"} & set(benches):
         require_java()  # fail before the model runs, not after

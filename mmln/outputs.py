@@ -139,6 +139,24 @@ def claim(out: str | os.PathLike[str], kind: str, flag: str = "--out") -> Path:
     return out
 
 
+def claim_eval(out: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Where an evaluation may write its answer files and scores.json: a new or empty folder, an mmln
+    run folder (`mlflow_run_id`) or an earlier evaluation's (`scores.json`), never an mmln output
+    with a manifest (its files would stop matching it) nor a folder of someone else's files."""
+    out = Path(out).absolute()
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise OutputError(f"{flag} {out}: is not a folder; give a new or empty folder")
+    if (out / MANIFEST).is_file():
+        raise OutputError(f"{flag} {out}: is a finished mmln output ({MANIFEST}); evaluations write elsewhere: "
+                          "give another folder")
+    if any(out.iterdir()) and not ((out / "mlflow_run_id").is_file() or (out / "scores.json").is_file()):
+        raise OutputError(f"{flag} {out}: this folder holds files mmln did not write (no scores.json, not a run "
+                          "folder); give a new or empty folder")
+    return out
+
+
 def _tmp_name(out: Path, pid: int) -> Path:
     return out.parent / f".{out.name}.mmln-{pid}.tmp"
 

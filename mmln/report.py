@@ -56,6 +56,7 @@ from typing import Any, Callable, Optional
 
 from mmln.eval.columns import TABLE1_COLUMNS
 from mmln.io import atomic_path, save_figure, write_text
+from mmln.outputs import claim, replacing
 
 DEFAULT_METRIC = "eval/flickr30k_cider"
 BENCH_COLS = TABLE1_COLUMNS
@@ -621,7 +622,7 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
            ) -> tuple[dict[str, Table], list[Path]]:
     """Build the tables (and figures) and write them into `out`; (tables by key, files written).
     `references`: model name -> flattened reference config (`reference_params`), for `Run.rank`."""
-    out = Path(out).resolve()  # MLflow hands back absolute paths; a relative `out` could not name them
+    out = claim(Path(out).resolve(), "report")  # absolute: MLflow hands back absolute paths; mmln's folder or new
     ids = []
     for name in experiments:
         exp = client.find_experiment(name)
@@ -630,7 +631,13 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
         ids.append(exp.experiment_id)
     runs = load_runs(client, ids, references)
-    out.mkdir(parents=True, exist_ok=True)
+    with replacing(out, "report") as tmp:  # built beside `out`, manifest last, swapped in whole
+        built, files = _write_report(client, runs, experiments, ids, tmp, metric, tables, references)
+    return built, [out / f.relative_to(tmp) for f in files]
+
+
+def _write_report(client, runs: list[Run], experiments: list[str], ids: list[str], out: Path, metric: str,
+                  tables: list[str], references) -> tuple[dict[str, Table], list[Path]]:
     built = {k: BUILDERS[k](runs, metric) for k in tables if k in BUILDERS}
     files = []
     md = [f"# Report: {', '.join(experiments)}", "",
@@ -691,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmln.tracking import Tracker, tracking_uri
 
     from mmln.config import ConfigError, load_config
+    from mmln.io import DiskFullError
+    from mmln.outputs import OutputError
     from mmln.fit import experiment_name
 
     experiments = [e for x in args.experiment for e in x.split(",") if e]
@@ -713,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
         built, files = report(client, experiments, out, args.select_metric, tables, references)
     except LookupError as e:
         print(f"mmln.report: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    except (OutputError, DiskFullError) as e:  # --out not mmln's to write; a full disk
+        print(f"mmln.report: error: {e}", file=sys.stderr)
         return 2
     for t in built.values():
         print(markdown(t, bold_max=t.key == "tableA1"))

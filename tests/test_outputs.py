@@ -42,7 +42,8 @@ def world(tmp_path_factory):
 
 
 def one_line(err: str) -> str:
-    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln]
+    lines = [ln for ln in err.replace("\r", "\n").splitlines()  # progress bars and MLflow's store INFO: no errors
+             if ln.strip() and "it/s]" not in ln and " INFO mlflow" not in ln]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -246,3 +247,30 @@ def test_peft_adapter_folders_carry_a_manifest_and_refuse_a_foreign_folder(tmp_p
     with pytest.raises(OutputError, match="mmln did not write"):
         export_peft_adapter(m, cfg, tmp_path)
     assert (foreign / "mine.txt").read_text() == "x"
+
+
+def test_evaluate_and_report_refuse_a_folder_mmln_did_not_write(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from mmln.evaluate import main as evaluate_main
+    from mmln.report import main as report_main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(mine)
+    assert evaluate_main(["--config", str(TINY), "--ckpt", "none", "--bench", "pope", "--out", str(mine)]) == 2
+    assert "mmln did not write" in one_line(capsys.readouterr().err)
+    assert report_main(["--experiment", "x", "--out", str(mine), "--no-log"]) == 2
+    assert "mmln did not write" in one_line(capsys.readouterr().err)
+    assert snapshot(mine) == before
+    # a report into a new folder carries a manifest, and the next report replaces it whole
+    MlflowClient().create_experiment("empty")
+    for _ in range(2):
+        assert report_main(["--experiment", "empty", "--out", str(tmp_path / "rep"), "--no-log"]) == 0
+        assert "report.md" in verify(tmp_path / "rep", "report")["files"]
+    capsys.readouterr()
+    # an evaluation never writes into a finished mmln output (its manifest would stop matching)
+    assert evaluate_main(["--config", str(TINY), "--ckpt", "none", "--bench", "pope", "--out",
+                          str(tmp_path / "rep")]) == 2
+    assert "is a finished mmln output" in one_line(capsys.readouterr().err)
