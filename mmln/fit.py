@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
-from mmln.io import write_text
+from mmln.io import OutputError, as_disk_full, write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
-from mmln.outputs import OutputError
 from mmln.tracking import SweepContext
 
 
@@ -409,8 +408,7 @@ def execute(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, effic
         if isinstance(e, RunInterrupted):
             raise e from None
         raise
-    if prior is not None:  # a resumed attempt that finished: the failed one's error tags go
-        tracker.clear_failure(logger.run_id)
+    tracker.clear_failure(logger.run_id)  # a resumed attempt that finished: the failed one's error tags go
     logger.end("FINISHED")
     return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, metrics, parts.total)
 
@@ -517,22 +515,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     except Exception as e:  # these errors live with torch-importing modules: imported only now
-        from mmln.io import as_disk_full
-
-        if (full := as_disk_full(e)) is not None:  # the run is FAILED with it; resuming continues from last.ckpt
-            print(f"error: {full}", file=sys.stderr)
-            return 2
         from mmln.data.dataset import BadSampleError
         from mmln.data.records import DataError
         from mmln.lit.safety import NonFiniteError
         from mmln.tracking import TrackingUnreachable
-
         if isinstance(e, (NonFiniteError, TrackingUnreachable)):
             print(f"error: {e}", file=sys.stderr)
             return 1
-        if not isinstance(e, (DataError, BadSampleError)):
+        if (full := as_disk_full(e)) is None and not isinstance(e, (DataError, BadSampleError)):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {full or e}", file=sys.stderr)  # a full disk: the run is FAILED with it, and resumable
         return 2
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class OutputError(ValueError):
+    """A folder mmln must not write into, or an mmln output that is incomplete or altered (`mmln.outputs`)."""
+
+
 class DiskFullError(OSError):
     """ENOSPC while mmln wrote a file: one line naming it."""
 

@@ -27,14 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mmln.io import DiskFullError, no_space, user_mode, write_json
+from mmln.io import DiskFullError, OutputError, no_space, user_mode, write_json  # noqa: F401 (OutputError: API)
 
 MANIFEST = "mmln-manifest.json"
 VERSION = 1
-
-
-class OutputError(ValueError):
-    """A folder mmln must not write into, or an mmln output that is incomplete or altered."""
 
 
 def sha256(path: Path) -> str:

@@ -56,7 +56,6 @@ from typing import Any, Callable, Optional
 
 from mmln.eval.columns import TABLE1_COLUMNS
 from mmln.io import atomic_path, save_figure, write_text
-from mmln.outputs import claim, replacing
 
 DEFAULT_METRIC = "eval/flickr30k_cider"
 BENCH_COLS = TABLE1_COLUMNS
@@ -622,7 +621,7 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
            ) -> tuple[dict[str, Table], list[Path]]:
     """Build the tables (and figures) and write them into `out`; (tables by key, files written).
     `references`: model name -> flattened reference config (`reference_params`), for `Run.rank`."""
-    out = claim(Path(out).resolve(), "report")  # absolute: MLflow hands back absolute paths; mmln's folder or new
+    out = Path(out).resolve()  # MLflow hands back absolute paths; a relative `out` could not name them
     ids = []
     for name in experiments:
         exp = client.find_experiment(name)
@@ -631,13 +630,7 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
         ids.append(exp.experiment_id)
     runs = load_runs(client, ids, references)
-    with replacing(out, "report") as tmp:  # built beside `out`, manifest last, swapped in whole
-        built, files = _write_report(client, runs, experiments, ids, tmp, metric, tables, references)
-    return built, [out / f.relative_to(tmp) for f in files]
-
-
-def _write_report(client, runs: list[Run], experiments: list[str], ids: list[str], out: Path, metric: str,
-                  tables: list[str], references) -> tuple[dict[str, Table], list[Path]]:
+    out.mkdir(parents=True, exist_ok=True)
     built = {k: BUILDERS[k](runs, metric) for k in tables if k in BUILDERS}
     files = []
     md = [f"# Report: {', '.join(experiments)}", "",
@@ -695,13 +688,10 @@ def main(argv: list[str] | None = None) -> int:
                          "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
-    from mmln.tracking import Tracker, tracking_uri
-
     from mmln.config import ConfigError, load_config
-    from mmln.io import DiskFullError
-    from mmln.outputs import OutputError
     from mmln.fit import experiment_name
-
+    from mmln.outputs import DiskFullError, OutputError, replacing
+    from mmln.tracking import Tracker, tracking_uri
     experiments = [e for x in args.experiment for e in x.split(",") if e]
     tables = [t for t in args.tables.split(",") if t]
     if set(tables) - set(TABLES):
@@ -719,12 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri(args.tracking_uri)
     client = Tracker(uri)
     try:
-        built, files = report(client, experiments, out, args.select_metric, tables, references)
-    except LookupError as e:
-        print(f"mmln.report: error: {e.args[0]}", file=sys.stderr)
-        return 2
-    except (OutputError, DiskFullError) as e:  # --out not mmln's to write; a full disk
-        print(f"mmln.report: error: {e}", file=sys.stderr)
+        with replacing(out, "report") as tmp:  # built beside --out (refused if not mmln's), manifest last, swapped in
+            built, files = report(client, experiments, tmp, args.select_metric, tables, references)
+    except (LookupError, OutputError, DiskFullError) as e:  # no such experiment; --out not mmln's; a full disk
+        print(f"mmln.report: error: {e.args[0] if isinstance(e, LookupError) else e}", file=sys.stderr)
         return 2
     for t in built.values():
         print(markdown(t, bold_max=t.key == "tableA1"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -336,8 +337,6 @@ class Tracker(RetryingClient):
     def log_metric_rows(self, run_id: str, rows: list[tuple[int, int, Mapping[str, float]]]) -> None:
         """(step, timestamp ms, metrics) rows, e.g. a callback's buffered history: one log_batch per
         1000 values (non-finite values are skipped: MLflow stores them, plots cannot)."""
-        import math
-
         from mlflow.entities import Metric
 
         values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if math.isfinite(v)]
@@ -358,14 +357,9 @@ class Tracker(RetryingClient):
         for i in range(0, len(items), self.PARAM_BATCH):
             self.log_batch(run_id, tags=items[i:i + self.PARAM_BATCH])
 
-    def clear_failure(self, run_id: str) -> list[str]:
-        """Delete the tags a failed attempt left (ERROR, FAILED_STEP, FAILURE_REASON): a resumed run that
-        finished is not failed. Returns the keys deleted."""
-        have = self.get_run(run_id).data.tags
-        keys = [k for k in (Tags.ERROR, Tags.FAILED_STEP, Tags.FAILURE_REASON) if k in have]
-        for k in keys:
+    def clear_failure(self, run_id: str) -> None:  # a resumed run that finished: the failed attempt's tags go
+        for k in {Tags.ERROR, Tags.FAILED_STEP, Tags.FAILURE_REASON} & set(self.get_run(run_id).data.tags):
             self.delete_tag(run_id, k)
-        return keys
 
     # -------------------------------------------------------------------------------- artifacts
     def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:
@@ -455,7 +449,6 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
     """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
     27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
     instead, so the weights are not stored twice. Returns the artifact name logged."""
-    import json
     import tempfile
 
     size = path.stat().st_size
@@ -484,8 +477,6 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
     """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
     import subprocess
-    import sys
-
     mlflow = Path(sys.executable).parent / "mlflow"
     return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                              "--workers", "1"], start_new_session=True)
