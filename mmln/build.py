@@ -22,7 +22,7 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     from mmln.config import ConfigError
     from mmln.model import build_mllm
     from mmln.model.checkpoint import load_trainable, read_trainable
-    from mmln.model.errors import CheckpointError
+    from mmln.formats.trust import UntrustedWeightsError
     from mmln.tuning import apply_strategy
 
     torch.manual_seed(cfg.train.seed)
@@ -32,7 +32,7 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     if ckpt:
         try:
             state = read_trainable(ckpt)
-        except (FileNotFoundError, CheckpointError):  # already one line naming the file
+        except (FileNotFoundError, UntrustedWeightsError):  # already one line naming the file and tensor
             raise
         except Exception as e:  # not a safetensors file / not a Lightning checkpoint of this project
             first = str(e).splitlines()[0][:200] if str(e) else "-"

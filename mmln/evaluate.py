@@ -89,11 +89,8 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     `log=False` logs nothing (a sweep's cheap proxy score, which it records itself)."""
     from mmln.eval.caption import require_java
 
-    from mmln.outputs import claim_eval
-
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     benches = list(dict.fromkeys(benches))
-    claim_eval(out_dir)  # before anything loads: a folder that is not mmln's is never written into
     check_inputs(cfg, benches)
     if {"coco", "flickr30k"} & set(benches):
         require_java()  # fail before the model runs, not after
@@ -307,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmln.eval.caption import JavaNotFoundError
     from mmln.io import as_disk_full
     from mmln.model.errors import CheckpointError, MissingWeightsError
-    from mmln.outputs import OutputError
+    from mmln.outputs import OutputError, claim_eval
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -319,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or "
                                     "checkpoints/last.ckpt; 'none' for the untuned model)")
-        out = Path(args.out) if args.out else default_out_dir(cfg, ckpt)
+        out = claim_eval(args.out) if args.out else default_out_dir(cfg, ckpt)  # --out: refused if not mmln's
         try:
             scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id)
         finally:
