@@ -274,3 +274,18 @@ def test_evaluate_and_report_refuse_a_folder_mmln_did_not_write(tmp_path, capsys
     assert evaluate_main(["--config", str(TINY), "--ckpt", "none", "--bench", "pope", "--out",
                           str(tmp_path / "rep")]) == 2
     assert "is a finished mmln output" in one_line(capsys.readouterr().err)
+
+
+def test_a_kill_between_the_two_renames_of_the_fallback_swap_is_repaired_by_the_next_write(tmp_path):
+    """Where renameat2 cannot exchange, the old folder is moved to `.<name>.mmln-old` first; a kill
+    right then leaves no `out`: the next `replacing` puts the old one back, checks it, and replaces it."""
+    from mmln.outputs import replacing
+
+    out = tmp_path / "rep"
+    with replacing(out, "report") as tmp:
+        (tmp / "report.md").write_text("old")
+    os.replace(out, tmp_path / ".rep.mmln-old")  # the state a kill after the first rename leaves
+    with replacing(out, "report") as tmp:
+        assert (out / "report.md").read_text() == "old" and verify(out, "report")  # restored before the swap
+        (tmp / "report.md").write_text("new")
+    assert (out / "report.md").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
