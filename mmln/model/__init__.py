@@ -57,10 +57,9 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     dtype = frozen_dtype(cfg.dtype)
     sources = {"llm": ("model.llm.path", cfg.llm.path), "vision": ("model.vision.path", cfg.vision.path),
                "connector": ("model.connector.path", cfg.connector.path)}
-    if cfg.init_from:
-        sources = {part: ("model.init_from", cfg.init_from) for part in sources} | (
-            {"vision": sources["vision"]} if cfg.vision.path else {}) | (
-            {"connector": sources["connector"]} if cfg.connector.path else {})
+    if cfg.init_from:  # the parts without a path of their own come from the one checkpoint
+        sources = {part: (key, path) if path and part != "llm" else ("model.init_from", cfg.init_from)
+                   for part, (key, path) in sources.items()}
     if load_weights:  # a stranger's weights: no code, no damaged header, no integer weights (one line each)
         from mmln.formats.trust import check_source
 
