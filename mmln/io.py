@@ -47,7 +47,8 @@ def user_mode(path: str | os.PathLike[str]) -> None:
 
 def no_space(e: BaseException, where: str | os.PathLike[str] | None = None) -> bool:
     """Whether `e` (or what caused it) is a full disk: ENOSPC / EDQUOT, or a library's wrapped write
-    failure (torch's "file write failed", SQLite's "disk is full") while `where` has no room left."""
+    failure (torch's "file write failed" / "unexpected pos", SQLite's "disk is full") while `where` has
+    less than 1 MiB left."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -56,7 +57,8 @@ def no_space(e: BaseException, where: str | os.PathLike[str] | None = None) -> b
         text = str(e).lower()
         if "no space left on device" in text or "disk is full" in text:
             return True
-        if where is not None and ("write failed" in text or "failed writing" in text) and free_bytes(where) < 1 << 20:
+        short_write = any(m in text for m in ("write failed", "failed writing", "unexpected pos"))  # torch's
+        if where is not None and short_write and free_bytes(where) < 1 << 20:
             return True
         e = e.__cause__ or e.__context__
     return False
