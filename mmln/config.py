@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
 from mmln.eval.profiles import PROFILES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -151,6 +152,12 @@ class DataConfig:
     num_workers: int = 2
     batching: str = "length_grouped"  # training micro-batches: length_grouped (similar lengths, little padding) | random
     megabatch: int = 8  # length_grouped: global batches sorted by length together (more = less padding)
+    # what one image may cost, checked from its header before it is decoded (a larger one is a bad sample
+    # `image_too_large`, or one error line in predict / ask): width x height, long side / short side, and the
+    # pad-to-square canvas (image_aspect=pad)
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_image_aspect: float = MAX_IMAGE_ASPECT
+    max_padded_pixels: int = MAX_PADDED_PIXELS
 
 
 # --------------------------------------------------------------------------------------- train

@@ -54,14 +54,15 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     import torch
 
     from mmln.build import build_model
-    from mmln.data.images import build_image_processor
+    from mmln.data.images import ImageLimits, build_image_processor
     from mmln.model.llm import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.llm)
     mllm = build_model(cfg, ckpt)
     mllm.requires_grad_(False).eval()
     mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
-    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
+    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect,
+                                                                   ImageLimits.of(cfg.data))
 
 
 def init_distributed() -> int:
