@@ -74,7 +74,7 @@ def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None,
     from mmln.config import load_config
     from mmln.evaluate import load_model
 
-    cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides))
+    cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides), require=("model",))
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or checkpoints/last.ckpt)")

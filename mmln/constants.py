@@ -46,3 +46,8 @@ SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 MAX_IMAGE_PIXELS = 64_000_000
 MAX_IMAGE_ASPECT = 100.0
 MAX_PADDED_PIXELS = 64_000_000
+
+# Evaluation profiles (mmln.eval.profiles says what each means; eval.profile allows these)
+PROFILES: tuple[str, ...] = ("official", "paper")
+# LLaVA-Instruct's conversation types (mmln.data.records labels them; data.*.types allows these)
+CONVERSATION_TYPES: tuple[str, ...] = ("conversation", "detail", "complex_reasoning")

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmln.model.errors import MissingWeightsError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model",))
         benches = [b.strip() for b in args.bench.split(",") if b.strip()]
         unknown = [b for b in benches if b not in BENCHES]
         if unknown or not benches:
