@@ -373,7 +373,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def _apply_init_from(cfg: DictConfig) -> None:
     """The architecture fields a `model.init_from` checkpoint implies override the config's."""
-    from mmln.formats.init_from import model_fields
+    from mmln.checkpoint_config import model_fields
     from mmln.model.errors import MissingWeightsError
 
     try:
