@@ -33,10 +33,9 @@ from mmln.analysis.similarity import (
 
 
 def default_out(ckpt: Optional[str]) -> Path:
-    if not ckpt:
-        return Path("analysis")
-    parent = Path(ckpt).resolve().parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "analysis"
+    from mmln.evaluate import run_dir_of
+
+    return run_dir_of(ckpt) / "analysis" if ckpt else Path("analysis")
 
 
 def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:

@@ -449,14 +449,17 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
     import json
     import tempfile
 
+    from mmln.io import write_text
+
     size = path.stat().st_size
     if size <= max_bytes:
         client.log_artifact(run_id, str(path))
         return path.name
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / f"{path.name}.ref.json"
-        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
-                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        write_text(ref, json.dumps({"path": str(path.resolve()), "bytes": size,
+                                    "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"},
+                                   indent=1))
         client.log_artifact(run_id, str(ref))
     return ref.name
 
