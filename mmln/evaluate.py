@@ -326,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError) as e:
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:  # an image over the data.max_image_* limits (its class lives with torch: imported now)
+        from mmln.data.images import ImageTooLargeError
+
+        if not isinstance(e, ImageTooLargeError):
+            raise
+        print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
         print(format_table(scores["metrics"]))
         print(f"answers and scores.json in {out}; MLflow run {scores['mlflow_run_id']}")
