@@ -300,9 +300,9 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     raw = OmegaConf.to_container(other) if isinstance(other, DictConfig) else other
     allowed = set(valid_keys())
     for key, value in _walk_items(raw):
-        if key not in allowed and not _inside_free_value(key):
+        if key not in allowed:
             raise _unknown_key_error(key, where)
-        if key not in RULES and not _inside_free_value(key) and not isinstance(value, dict):
+        if key not in RULES and not isinstance(value, dict):
             raise ConfigError(f"{key}={value!r} in {where} is not allowed: {key} is a group of keys "
                               f"(set {key}.<name>=..., e.g. {next(k for k in RULES if k.startswith(key + '.'))})")
         problem = written_problem(key, value)
@@ -316,11 +316,6 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
         rule = RULES.get(key)
         raise ConfigError(f"{key} in {where} is not allowed: {why}" +
                           (f"; allowed: {rule.allowed}" if rule else "")) from None
-
-
-def _inside_free_value(key: str) -> bool:
-    """Keys below a free-form value (e.g. train.devices: {..}) are not schema keys."""
-    return key.startswith("train.devices.")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Any, str]]:
