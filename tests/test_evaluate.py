@@ -408,7 +408,7 @@ def test_a_benchmark_image_over_the_size_limits_is_one_line_exit_2(synth, tmp_pa
     from mmln.evaluate import main
 
     rc = main(["--config", str(TINY), "--ckpt", "none", "--bench", "vqav2", "--out", str(tmp_path / "e"),
-               *eval_overrides(synth, "eval.limit=2", "data.max_image_pixels=1000")])  # the images are 64x64
+               *eval_overrides(synth, "eval.limit=2", "data.max_image_pixels=1000", "data.num_workers=1")])  # 64x64 images; in a worker
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if "error" in x.lower()]  # MLflow's own INFO lines aside
     assert rc == 2 and "Traceback" not in err, err

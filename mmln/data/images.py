@@ -42,7 +42,14 @@ ImageProcessor = Callable[[Image.Image], torch.Tensor]
 
 
 class ImageTooLargeError(ValueError):
-    """An image whose size (from its header) exceeds `ImageLimits`; the message names the limit's key."""
+    """An image whose size (from its header) exceeds `ImageLimits`; the message names the limit's key.
+    Raised in a DataLoader worker, torch re-raises it with its traceback as the message: kept to the
+    one line it had."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # torch's ExceptionWrapper.reraise
+            message = message.rstrip().rsplit("\n", 1)[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
