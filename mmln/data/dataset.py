@@ -57,7 +57,13 @@ REASONS = (
 
 class BadSampleError(RuntimeError):
     """A bad sample under `data.on_bad_sample=error`. Built from one message string so that a
-    DataLoader worker can re-raise it in the main process; the message names file, id, reason."""
+    DataLoader worker can re-raise it in the main process; the message names file, id, reason (torch
+    re-raises it with the worker's traceback as the message: kept to the one line it had)."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # torch's ExceptionWrapper.reraise
+            message = message.rstrip().rsplit("\n", 1)[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
     @classmethod
     def of(cls, file: str, record_id: str, reason: str, detail: str = "", index: Optional[int] = None) -> "BadSampleError":
