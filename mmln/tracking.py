@@ -341,7 +341,6 @@ class Tracker(RetryingClient):
         """(step, timestamp ms, metrics) rows, e.g. a callback's buffered history: one log_batch per
         1000 values (non-finite values are skipped: MLflow stores them, plots cannot)."""
         from mlflow.entities import Metric
-
         values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if math.isfinite(v)]
         for i in range(0, len(values), self.BATCH):
             self.log_batch(run_id, metrics=values[i:i + self.BATCH])

@@ -80,7 +80,7 @@ def test_lower_layers_do_not_import_upward_or_sideways(layer, forbidden):
 # them; the config reads what it needs about a checkpoint as data (mmln.checkpoint_config), never
 # through a loader; the tuning registry sits below the config, which checks strategy names against it.
 LAYERS = [
-    ("base", ["mmln.constants", "mmln.io", "mmln.progress", "mmln.memtrack", "mmln.tracking", "mmln.model.errors",
+    ("base", ["mmln.constants", "mmln.io", "mmln.outputs", "mmln.progress", "mmln.memtrack", "mmln.tracking", "mmln.model.errors",
               "mmln.eval.profiles"]),
     ("roles", ["mmln.model.layout", "mmln.tuning"]),
     ("config", ["mmln.config_rules", "mmln.config", "mmln.checkpoint_config"]),

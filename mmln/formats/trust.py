@@ -146,9 +146,20 @@ def check_weight_file(file: str | Path, key: str) -> None:
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if isinstance(state, dict):
-            check_dtypes({k: torch_dtype_name(v) for k, v in state.items() if hasattr(v, "is_floating_point")},
-                         file, key)
-            check_finite(state, key, file)
+            check_loaded(state, key, file)
+
+
+def check_checkpoint_file(path: str | Path, key: str) -> None:
+    """A safetensors checkpoint's header and dtypes, before it is read (torch files: after, `check_loaded`)."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        header = safetensors_header(path, key)
+        check_dtypes({k: v["dtype"] for k, v in header.items()}, path, key)
+
+
+def check_loaded(state: Mapping, key: str, source: str | Path) -> None:
+    """A loaded state dict: floating-point tensors (index buffers excepted), all finite."""
+    check_dtypes({k: torch_dtype_name(v) for k, v in state.items() if hasattr(v, "is_floating_point")}, source, key)
+    check_finite(state, key, source)
 
 
 def check_source(path: str | Path | None, key: str) -> None:
