@@ -226,10 +226,10 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(world, tmp_pat
     dead = tmp_path / ".exp.mmln-999999999.tmp"  # no such pid: its export was killed
     (dead / "llm").mkdir(parents=True)
     (dead / "llm" / "model.safetensors").write_bytes(b"\0" * 1000)
-    alive = tmp_path / f".exp.mmln-{os.getpid()}0.tmp"  # a pid that is not ours either, but may not exist
+    alive = tmp_path / f".exp.mmln-{os.getppid()}.tmp"  # a live process's export in progress: left alone
+    alive.mkdir()
     export(tiny_config(*overrides), a, tmp_path / "exp")
-    assert not dead.exists()
-    assert not alive.exists()
+    assert not dead.exists() and alive.is_dir()
 
 
 def test_peft_adapter_folders_carry_a_manifest_and_refuse_a_foreign_folder(tmp_path):
