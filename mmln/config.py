@@ -361,8 +361,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if cfg.model.init_from:
         _apply_init_from(cfg)
     validate(cfg)
-    for problem in missing_paths(flatten(cfg), require):
-        raise ConfigError(problem)
+    if missing := list(missing_paths(flatten(cfg), require)):  # every missing path in the one line
+        raise ConfigError("; ".join(missing))
     return cfg
 
 

@@ -195,6 +195,12 @@ PATHS: dict[str, dict[str, str]] = {
     "resume": {"resume": "file"},  # unless auto, never or a URL
 }
 _NOT_PATHS = ("auto", "never")
+HINTS = {"model.init_from": "a llava-hf or original LLaVA checkpoint directory",
+         "model.llm.path": "the LLM's directory: config.json, weights, tokenizer",
+         "model.llm.tokenizer": "a directory with the tokenizer files",
+         "model.vision.path": "a local CLIP / timm checkpoint",
+         "model.connector.path": "stage 1's mm_projector.bin or trainable.safetensors: run the stage-1 config first",
+         "resume": "or auto, never, an http(s) URL"}
 _IS = {"dir": os.path.isdir, "file": os.path.isfile, "any": os.path.exists}
 
 
@@ -227,5 +233,5 @@ def missing_paths(values: dict[str, Any], groups: Iterable[str]) -> Iterable[str
                     continue
                 if not _IS[kind](str(p)):
                     what = {"dir": "directory", "file": "file", "any": "file or directory"}[kind]
-                    also = ("; or auto, never, an http(s) URL") if key == "resume" else ""
+                    also = f"; {HINTS[key]}" if key in HINTS else ""
                     yield f"{key}={_show(p)} is not allowed: no such {what} (the path must exist{also})"
