@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
-from mmln.io import write_text
+from mmln.io import OutputError, as_disk_full, write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
 from mmln.tracking import SweepContext
 
@@ -408,6 +408,7 @@ def execute(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, effic
         if isinstance(e, RunInterrupted):
             raise e from None
         raise
+    tracker.clear_failure(logger.run_id)  # a resumed attempt that finished: the failed one's error tags go
     logger.end("FINISHED")
     return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, metrics, parts.total)
 
@@ -508,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model", "data", "resume"))
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     except Exception as e:  # these errors live with torch-importing modules: imported only now
@@ -518,13 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         from mmln.data.records import DataError
         from mmln.lit.safety import NonFiniteError
         from mmln.tracking import TrackingUnreachable
-
         if isinstance(e, (NonFiniteError, TrackingUnreachable)):
             print(f"error: {e}", file=sys.stderr)
             return 1
-        if not isinstance(e, (DataError, BadSampleError)):
+        if (full := as_disk_full(e)) is None and not isinstance(e, (DataError, BadSampleError)):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {full or e}", file=sys.stderr)  # a full disk: the run is FAILED with it, and resumable
         return 2
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted

@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
 from mmln.model.mllm import HostBatch
@@ -170,14 +169,15 @@ class InstructFinetune(MLLMModule):
             from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
 
+            from mmln.outputs import replacing
+
             out = run_dir / f"{self.cfg.tune.strategy}_adapter"
-            out.mkdir(exist_ok=True)
-            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
-            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
-            state = get_peft_model_state_dict(self.mllm.llm)
-            with atomic_path(out / "adapter_model.safetensors") as tmp:
+            with replacing(out, "peft-adapter", "the adapter folder") as tmp:  # swapped in whole, manifest last
+                dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(tmp)
+                # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
+                state = get_peft_model_state_dict(self.mllm.llm)
                 save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
-                          str(tmp))
+                          str(tmp / "adapter_model.safetensors"))
             paths.append(out)
         return paths
 
