@@ -77,6 +77,8 @@ class ModelConfig:
     # one directory holding a whole MLLM (llava-hf, or original LLaVA + model.vision.path): weights and
     # the architecture fields below come from it (mmln.formats.init_from)
     init_from: Optional[str] = None
+    # the model family (mmln.model.families), read from model.init_from's config.json; None = llava
+    family: Optional[str] = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -123,6 +125,7 @@ class TuneConfig:
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
+    vision_norms: bool = False  # also tune the vision tower's norms (any strategy; group "vision_norms")
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
     lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
     ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
@@ -164,6 +167,7 @@ class GroupLRConfig:
     head: Optional[float] = None
     adapters: Optional[float] = None
     other: Optional[float] = None  # LLM weights and biases outside the groups above
+    vision_norms: Optional[float] = None  # the vision tower's norms (tune.vision_norms=true)
 
 
 @dataclass
@@ -416,6 +420,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.batching == "packed" and (cfg.model.loss_chunk <= 0 or cfg.model.attn_implementation != "sdpa"):
         raise ConfigError("data.batching=packed needs model.loss_chunk > 0 and model.attn_implementation=sdpa "
                           f"(got {cfg.model.loss_chunk}, {cfg.model.attn_implementation})")
+    if cfg.model.family not in (None, "llava"):
+        from mmln.model.families import get_family, refusal
+
+        why = cfg.data.batching == "packed" and refusal(get_family(cfg.model.family), "packing")
+        if why:
+            raise ConfigError(f"data.batching=packed: {why}")
     if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:
         raise ConfigError(
             f"model.vision.select_layer={cfg.model.vision.select_layer} must be negative and within "

@@ -240,7 +240,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     ws = world_size(cfg)
-    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
+    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=getattr(mllm.vision, "num_patches", None))
     dm.setup("fit", world_size=ws)
     steps_per_epoch = dm.steps_per_epoch
     if steps_per_epoch == 0:

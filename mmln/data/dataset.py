@@ -49,6 +49,7 @@ REASONS = (
     "mask_mismatch",
     "no_supervised_tokens",
     "template_error",
+    "image_truncated",
 )
 
 
@@ -68,6 +69,9 @@ class _Bad(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
+
+
+BadSample = _Bad  # raised by dataset variants (mmln.data.processor) for a bad record
 
 
 def truncate(

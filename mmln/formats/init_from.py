@@ -65,10 +65,15 @@ def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, 
         llm = {"arch": "llama", **_llm_fields(c)}
         connector = {"type": ptype, "path": None}
     else:
-        raise WeightsMismatchError(f"{KEY}={path}: expected a llava-hf or an original LLaVA checkpoint, but "
-                                   f"{describe_dir(path)}", KEY, str(path))
+        from mmln.model.families import family_for_model_type, supported_model_types
+
+        family = family_for_model_type(kind)
+        if family is None:
+            raise WeightsMismatchError(f"{KEY}={path}: model_type {kind!r} is not a supported model family; "
+                                       f"supported model types: {', '.join(supported_model_types())}", KEY, str(path))
+        return {"family": family.name, "llm": {"path": None}}  # a native VLM: its config.json is the architecture
     llm |= {"path": None}
-    return {"vision": vision, "connector": connector, "llm": llm}
+    return {"family": "llava", "vision": vision, "connector": connector, "llm": llm}
 
 
 def _vision_fields(v: dict) -> dict:

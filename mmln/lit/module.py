@@ -91,6 +91,8 @@ class MLLMModule(L.LightningModule):
         return out.loss
 
     def _image_tokens(self, batch) -> int:
+        if isinstance(batch.get("pixel_values"), dict):
+            return 0  # a native family's processor already expanded the image tokens in input_ids
         n_images = batch["pixel_values"].shape[0] if batch.get("pixel_values") is not None else 0
         return n_images * (self.mllm.vision.num_patches - 1)  # each placeholder id becomes num_patches rows
 

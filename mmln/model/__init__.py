@@ -42,7 +42,7 @@ def frozen_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
+def build_mllm(cfg: ModelConfig, *, load_weights: bool = True):
     """Vision + connector + LLM. Frozen weights in `cfg.dtype`; the connector is built in fp32.
 
     `load_weights=False` builds the architecture only (random init; under `torch.device("meta")`
@@ -55,6 +55,11 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     from mmln.model.vision import build_vision
 
     dtype = frozen_dtype(cfg.dtype)
+    if cfg.family not in (None, "llava"):  # a native transformers VLM (mmln.model.families)
+        from mmln.model.families import get_family
+        from mmln.model.families.native import build_native
+
+        return build_native(cfg, get_family(cfg.family), dtype, load_weights=load_weights)
     if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
         from mmln.formats.init_from import build_parts
         from mmln.model.vision import VisionEncoder
