@@ -9,6 +9,9 @@ needs no merge). Formats:
   head written in place) with its tokenizer, the vision encoder in `vision/`, the connector in
   LLaVA's `mm_projector.bin`, and `config.yaml`, a run config pointing at those files, so
   `python -m mmln.evaluate --config DIR/config.yaml --ckpt none ...` evaluates it as it is.
+- `hf`: the model family's own transformers class directory (a native VLM: Qwen2.5-VL, SmolVLM,
+  LLaVA-OneVision, Gemma-3, see `mmln.model.families`; the llava family: `hf-llava`), with its
+  processor, tokenizer and chat template, loadable by `AutoModelForImageTextToText` / `AutoProcessor`.
 - `hf-llava`: one transformers `LlavaForConditionalGeneration` directory (config, safetensors,
   tokenizer with the run's chat template, image processor) that `from_pretrained`,
   `AutoProcessor.from_pretrained`, lmms-eval's `llava_hf` model and vLLM load as they are.
@@ -26,7 +29,7 @@ from mmln.io import write_text
 from mmln.model.errors import MissingWeightsError
 
 
-FORMATS = ("llava", "hf-llava")
+FORMATS = ("llava", "hf-llava", "hf")
 
 
 def merge_lora(llm) -> int:
@@ -52,8 +55,16 @@ def merged_model(cfg, ckpt: str | None):
 def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    native = cfg.model.family not in (None, "llava")
+    if native and fmt != "hf":
+        raise ConfigError(f"--format {fmt}: model family {cfg.model.family!r} exports only as --format hf "
+                          "(its own transformers class directory)")
     mllm = merged_model(cfg, ckpt)
-    if fmt == "hf-llava":
+    if native:
+        from mmln.formats.native_hf import save_native_hf
+
+        return save_native_hf(mllm, cfg, out)
+    if fmt in ("hf-llava", "hf"):  # the llava family's own class is LlavaForConditionalGeneration
         from mmln.formats.llava_hf import save_llava_hf
 
         return save_llava_hf(mllm, cfg, out)
@@ -96,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
-                         "hf-llava: one LlavaForConditionalGeneration directory")
+                         "hf-llava: one LlavaForConditionalGeneration directory; "
+                         "hf: the model family's own transformers class directory")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "llava":
         print(f"exported to {path} (evaluate with: python -m mmln.evaluate --config {path}/config.yaml --ckpt none)")
     else:
-        print(f"exported to {path} (load with: LlavaForConditionalGeneration.from_pretrained('{path}'))")
+        print(f"exported to {path} (load with: AutoModelForImageTextToText.from_pretrained('{path}'))")
     return 0
 
 
