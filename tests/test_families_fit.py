@@ -50,8 +50,9 @@ def fit_family(family, root, tmp_path, *extra):
                              f"data.train.image_folder={root / 'img'}", "data.num_workers=0", "model.dtype=float32",
                              "train.micro_batch_size=2", "train.global_batch_size=4", "train.max_steps=3",
                              "train.epochs=-1", "train.lr=1e-2", "train.warmup_ratio=0", "train.log_every_n_steps=1",
-                             f"output_dir={tmp_path / 'out'}", "analysis.grad_every_n_steps=0",
-                             "analysis.similarity=false", "quiet=true", "tracking.experiment=families",
+                             f"output_dir={tmp_path / 'out'}", "analysis.grad_every_n_steps=1",
+                             "analysis.grad_norms=[all]", "analysis.similarity=true", "analysis.similarity_samples=4",
+                             "quiet=true", "tracking.experiment=families",
                              "stage=instruct", *extra])
     return cfg, ckpt, fit(cfg)
 
@@ -79,6 +80,11 @@ def test_fit_layernorm_then_export_hf_round_trip(family, data_root, tmp_path):
     cfg, base_dir, run = fit_family(family, data_root, tmp_path)
     trained = run.run_dir / "trainable.safetensors"
     assert trained.is_file() and run.metrics["params/trainable_norms"] > 0
+    # the paper's analyses ran on the language model's blocks: LayerNorm gradients and layer similarity
+    from mlflow import MlflowClient
+
+    logged = set(MlflowClient().get_run(run.run_id).data.metrics)
+    assert "analysis/layer_similarity" in logged and any(k.startswith("analysis/ln_grad_var/") for k in logged)
     out = export(cfg, str(trained), tmp_path / "export", "hf")
 
     # the same files as the family writes them (its own key layout), loadable as they are

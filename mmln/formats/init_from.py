@@ -69,8 +69,9 @@ def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, 
 
         family = family_for_model_type(kind)
         if family is None:
-            raise WeightsMismatchError(f"{KEY}={path}: model_type {kind!r} is not a supported model family; "
-                                       f"supported model types: {', '.join(supported_model_types())}", KEY, str(path))
+            raise WeightsMismatchError(f"{KEY}={path}: expected a checkpoint of a supported model family (model "
+                                       f"types: {', '.join(supported_model_types())}), but {describe_dir(path)}",
+                                       KEY, str(path))
         return {"family": family.name, "llm": {"path": None}}  # a native VLM: its config.json is the architecture
     llm |= {"path": None}
     return {"family": "llava", "vision": vision, "connector": connector, "llm": llm}

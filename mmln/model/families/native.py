@@ -94,6 +94,19 @@ class NativeVLM(nn.Module):
     def decoder_layers(self) -> nn.ModuleList:
         return self._llm.get_decoder().layers
 
+    def image_token_id(self) -> Optional[int]:
+        c = self.model.config
+        return next((getattr(c, k) for k in ("image_token_id", "image_token_index") if getattr(c, k, None) is not None),
+                    None)
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids, attention_mask, pixel_values: Optional[dict] = None):
+        """Run the model (no head) for the analyses' block hooks: (attention_mask, image-token mask)."""
+        dev = input_ids.device
+        extra = {k: v.to(dev) for k, v in dict(pixel_values or {}).items()}
+        resolve(self.model, "model")(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        return attention_mask, input_ids == self.image_token_id()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[dict] = None,
                 image_features=None, host=None) -> MLLMOutput:
