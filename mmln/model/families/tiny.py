@@ -80,23 +80,26 @@ def _processor(family: str, tokenizer, image_processor):
                            chat_template=template)
 
 
-def tiny_config(family: str, tokenizer):
-    """The family's own config class, small; token ids from `tokenizer`."""
+def tiny_config(family: str, tokenizer, text_size: dict | None = None):
+    """The family's own config class, small (`text_size` overrides the language model's shape);
+    token ids from `tokenizer`."""
     from transformers import (Gemma3Config, Idefics3Config, LlavaOnevisionConfig, Qwen2_5_VLConfig, Qwen2VLConfig)
 
     tid = tokenizer.convert_tokens_to_ids
     V = len(tokenizer)
-    text = dict(_TEXT, vocab_size=V, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    text = dict(_TEXT, **(text_size or {}), vocab_size=V, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 bos_token_id=tokenizer.bos_token_id)
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
+        half = text["hidden_size"] // text["num_attention_heads"] // 2  # M-RoPE sections (t, h, w) sum to head_dim / 2
+        hw = half * 3 // 8
+        rope = {"rope_type": "default", "mrope_section": [half - 2 * hw, hw, hw], "rope_theta": 10000.0}
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=4,
                       spatial_merge_size=2, temporal_patch_size=2)
-        if family == "qwen2_5_vl":
-            vision |= dict(out_hidden_size=32, window_size=16, fullatt_block_indexes=[1])
+        if family == "qwen2_5_vl":  # the merger maps the tower's width to the language model's
+            vision |= dict(out_hidden_size=text["hidden_size"], window_size=16, fullatt_block_indexes=[1])
             cls = Qwen2_5_VLConfig
         else:
-            vision |= dict(embed_dim=32, mlp_ratio=2)
+            vision |= dict(embed_dim=32, mlp_ratio=2, hidden_size=text["hidden_size"])
             cls = Qwen2VLConfig
         return cls(text_config=dict(text, rope_parameters=rope), vision_config=vision,
                    image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
@@ -120,7 +123,8 @@ def tiny_config(family: str, tokenizer):
                         image_token_index=tid("<image_soft_token>"))
 
 
-def write_tiny(family: str, out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
+def write_tiny(family: str, out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0,
+               text_size: dict | None = None) -> Path:
     """A tiny random `family` checkpoint directory (model + processor + tokenizer + template)."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -131,7 +135,7 @@ def write_tiny(family: str, out_dir: str | Path, texts: Iterable[str] = (), seed
     tokenizer = tiny_tokenizer(family, out, texts)
     processor = _processor(family, tokenizer, _image_processor(family))
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(tiny_config(family, tokenizer))
+    model = AutoModelForImageTextToText.from_config(tiny_config(family, tokenizer, text_size))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
