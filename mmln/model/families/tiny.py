@@ -139,3 +139,19 @@ def write_tiny(family: str, out_dir: str | Path, texts: Iterable[str] = (), seed
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mmln.model.families.tiny",
+                                 description="write a tiny random checkpoint of a native model family")
+    ap.add_argument("family", choices=TINY_FAMILIES)
+    ap.add_argument("out")
+    args = ap.parse_args(argv)
+    print(write_tiny(args.family, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
