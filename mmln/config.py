@@ -77,8 +77,6 @@ class ModelConfig:
     # one directory holding a whole MLLM (llava-hf, or original LLaVA + model.vision.path): weights and
     # the architecture fields below come from it (mmln.formats.init_from)
     init_from: Optional[str] = None
-    # the model family (mmln.model.families), read from model.init_from's config.json; None = llava
-    family: Optional[str] = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -241,8 +239,7 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
-    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps,
-    # after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
+    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps, after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
 
 
 @dataclass
@@ -313,8 +310,7 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     raw = OmegaConf.to_container(other) if isinstance(other, DictConfig) else other
     allowed = set(valid_keys())
     for key in _walk_keys(raw):
-        generic = ".".join(p for p in key.split("."))
-        if generic not in allowed and not _inside_free_value(generic):
+        if key not in allowed and not _inside_free_value(key):
             raise _unknown_key_error(key, where)
     try:
         return OmegaConf.merge(base, other)
@@ -420,12 +416,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.batching == "packed" and (cfg.model.loss_chunk <= 0 or cfg.model.attn_implementation != "sdpa"):
         raise ConfigError("data.batching=packed needs model.loss_chunk > 0 and model.attn_implementation=sdpa "
                           f"(got {cfg.model.loss_chunk}, {cfg.model.attn_implementation})")
-    if cfg.model.family not in (None, "llava"):
-        from mmln.model.families import get_family, refusal
-
-        why = cfg.data.batching == "packed" and refusal(get_family(cfg.model.family), "packing")
-        if why:
-            raise ConfigError(f"data.batching=packed: {why}")
     if cfg.model.vision.select_layer >= 0 or -cfg.model.vision.select_layer > cfg.model.vision.num_layers:
         raise ConfigError(
             f"model.vision.select_layer={cfg.model.vision.select_layer} must be negative and within "

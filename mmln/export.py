@@ -55,9 +55,11 @@ def merged_model(cfg, ckpt: str | None):
 def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    native = cfg.model.family not in (None, "llava")
+    from mmln.model.families import native_family
+
+    native = native_family(cfg.model)
     if native and fmt != "hf":
-        raise ConfigError(f"--format {fmt}: model family {cfg.model.family!r} exports only as --format hf "
+        raise ConfigError(f"--format {fmt}: model family {native.name!r} exports only as --format hf "
                           "(its own transformers class directory)")
     mllm = merged_model(cfg, ckpt)
     if native:

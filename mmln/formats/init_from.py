@@ -72,9 +72,9 @@ def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, 
             raise WeightsMismatchError(f"{KEY}={path}: expected a checkpoint of a supported model family (model "
                                        f"types: {', '.join(supported_model_types())}), but {describe_dir(path)}",
                                        KEY, str(path))
-        return {"family": family.name, "llm": {"path": None}}  # a native VLM: its config.json is the architecture
+        return {"llm": {"path": None}}  # a native VLM (mmln.model.families): its config.json is the architecture
     llm |= {"path": None}
-    return {"family": "llava", "vision": vision, "connector": connector, "llm": llm}
+    return {"vision": vision, "connector": connector, "llm": llm}
 
 
 def _vision_fields(v: dict) -> dict:

@@ -162,7 +162,7 @@ class InstructFinetune(MLLMModule):
         from mmln.formats.peft_adapter import export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
-        if self.cfg.model.family not in (None, "llava"):
+        if hasattr(self.mllm, "family"):
             return paths  # a native family (mmln.model.families): out through `mmln.export --format hf`; no PEFT adapter yet
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
         if out is not None:

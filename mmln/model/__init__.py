@@ -55,11 +55,13 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True):
     from mmln.model.vision import build_vision
 
     dtype = frozen_dtype(cfg.dtype)
-    if cfg.family not in (None, "llava"):  # a native transformers VLM (mmln.model.families)
-        from mmln.model.families import get_family
+    from mmln.model.families import native_family
+
+    family = native_family(cfg)
+    if family is not None:  # a native transformers VLM (mmln.model.families)
         from mmln.model.families.native import build_native
 
-        return build_native(cfg, get_family(cfg.family), dtype, load_weights=load_weights)
+        return build_native(cfg, family, dtype, load_weights=load_weights)
     if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
         from mmln.formats.init_from import build_parts
         from mmln.model.vision import VisionEncoder

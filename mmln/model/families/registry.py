@@ -75,6 +75,16 @@ def family_of_dir(path: str | Path) -> Family:
     return family
 
 
+def native_family(model_cfg) -> Optional[Family]:
+    """The native family of a run's `model` config (its `init_from` directory's config.json), or
+    None for mmln's LLaVA assembly (no init_from, or a llava-hf / original LLaVA checkpoint)."""
+    path = getattr(model_cfg, "init_from", None)
+    if not path:
+        return None
+    family = family_of_dir(path)
+    return family if family.native else None
+
+
 def refusal(family: Family, feature: str) -> Optional[str]:
     """Why `family` cannot do `feature` (e.g. "packing"), or None."""
     why = family.refuses.get(feature)
