@@ -210,3 +210,29 @@ def test_presets_count_real_sizes_from_config_json_alone(preset, total, norms):
     assert rows["layernorm_simple"]["trainable"] == norms == rows["layernorm"]["groups"]["norms"]
     assert set(rows) >= {"layernorm", "layernorm_simple", "layernorm_no_connector", "attn_qv", "attn_mlp", "lora",
                          "dora", "ia3", "vera", "layernorm_lora", "finetune"}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_ask_answers_as_the_family_generate_does(family_dirs, family):
+    """`mmln.load(cfg).ask` (the family's processor, template and generate) against transformers'
+    own pipeline on the same checkpoint: processor + AutoModelForImageTextToText.generate, greedy."""
+    import mmln
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmln.model.families.answer import end_of_turn_ids
+
+    root, dirs = family_dirs
+    model = mmln.load(family_cfg(root, dirs[family], "eval.max_new_tokens=6", "model.dtype=float32"))
+    got = model.ask(root / "img" / "a.png", "What is in the image?")
+    assert model.ask([root / "img" / "a.png", None], ["What is in the image?", "Is it red?"])[0] == got
+
+    processor = AutoProcessor.from_pretrained(dirs[family])
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    enc = processor(text=[text], images=[[Image.open(root / "img" / "a.png").convert("RGB")]],
+                    add_special_tokens=False, return_tensors="pt")
+    ref = AutoModelForImageTextToText.from_pretrained(dirs[family]).eval()
+    out = ref.generate(**enc, max_new_tokens=6, do_sample=False, eos_token_id=end_of_turn_ids(processor),
+                       pad_token_id=processor.tokenizer.pad_token_id)
+    want = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert got == want
