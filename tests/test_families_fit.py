@@ -137,3 +137,15 @@ def test_llava_formats_refused_for_a_native_family(data_root, tmp_path):
     cfg = load_config(None, [f"model.init_from={d}"])
     with pytest.raises(ConfigError, match="exports only as --format hf"):
         export(cfg, None, tmp_path / "x", "hf-llava")
+
+
+def test_resume_after_a_kill_is_bit_exact_on_a_family(data_root, tmp_path):
+    """Stage 2 of a native family resumes from checkpoints/last.ckpt exactly as it would have run on."""
+    base = ["train.max_steps=4", "train.save_every_n_steps=2", "analysis.grad_every_n_steps=0",
+            "analysis.similarity=false"]
+    _, _, ref = fit_family("qwen2_5_vl", data_root, tmp_path / "a", *base, "run_name=straight")
+    with pytest.raises(RuntimeError, match="debug.fail_at_step"):
+        fit_family("qwen2_5_vl", data_root, tmp_path / "b", *base, "run_name=killed", "debug.fail_at_step=3")
+    _, _, again = fit_family("qwen2_5_vl", data_root, tmp_path / "b", *base, "run_name=killed", "resume=auto")
+    a, b = load_file(str(ref.run_dir / "trainable.safetensors")), load_file(str(again.run_dir / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
