@@ -4,6 +4,7 @@ decodes greedily and stops at the template's end-of-turn token. One query at a t
 yet: a batch would need the processor's left padding of mixed image / text-only prompts)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -47,11 +48,16 @@ class FamilyAnswerer:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def answer(self, image, question: str) -> str:
+        import torch
+
         enc = self.inputs(image, question)
         ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
         tok = self.processor.tokenizer
-        out = self.mllm.generate(ids, mask, enc or None, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos,
-                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+        bf16 = self.device.type == "cuda" and next(self.mllm.vision.parameters()).dtype == torch.bfloat16
+        # bf16 frozen weights with fp32 tuned tensors (norms keep their small updates): autocast, as mmln.eval does
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = self.mllm.generate(ids, mask, enc or None, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos,
+                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
         return tok.decode(out[0], skip_special_tokens=True).strip()
 
     def ask(self, image: Union[Any, Sequence[Any], None], question: Union[str, Sequence[str]]):
