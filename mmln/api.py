@@ -78,4 +78,11 @@ def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None,
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or checkpoints/last.ckpt)")
+    from mmln.families import native_family
+
+    if native_family(cfg.model) is not None:  # a native VLM: its own processor, template and generate
+        from mmln.build import build_model
+        from mmln.model.families.answer import FamilyAnswerer
+
+        return FamilyAnswerer(cfg, build_model(cfg, ckpt))
     return Model(cfg, *load_model(cfg, ckpt))

@@ -25,6 +25,11 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     from mmln.formats.trust import UntrustedWeightsError, check_checkpoint_file, check_loaded
     from mmln.tuning import apply_strategy
 
+    from mmln.families import native_family, refusal
+
+    family = native_family(cfg.model)
+    if family is not None and cfg.data.batching == "packed" and refusal(family, "packing"):
+        raise ConfigError(f"data.batching=packed: {refusal(family, 'packing')}")
     torch.manual_seed(cfg.train.seed)
     mllm = build_mllm(cfg.model)
     apply_strategy(mllm, cfg.tune)

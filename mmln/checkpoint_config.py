@@ -86,8 +86,13 @@ def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, 
         llm = {"arch": "llama", **_llm_fields(c)}
         connector = {"type": ptype, "path": None}
     else:
-        raise WeightsMismatchError(f"{KEY}={path}: expected a llava-hf or an original LLaVA checkpoint, but "
-                                   f"{describe_dir(path)}", KEY, str(path))
+        from mmln.families import family_for_model_type, supported_model_types
+
+        if family_for_model_type(kind) is None:
+            raise WeightsMismatchError(f"{KEY}={path}: expected a checkpoint of a supported model family (model "
+                                       f"types: {', '.join(supported_model_types())}), but {describe_dir(path)}",
+                                       KEY, str(path))
+        return {"llm": {"path": None}}  # a native VLM (mmln.families): its config.json is the architecture
     llm |= {"path": None}
     return {"vision": vision, "connector": connector, "llm": llm}
 

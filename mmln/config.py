@@ -123,6 +123,7 @@ class TuneConfig:
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
+    vision_norms: bool = False  # also tune the vision tower's norms (any strategy; group "vision_norms")
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
     lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
     ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
@@ -170,6 +171,7 @@ class GroupLRConfig:
     head: Optional[float] = None
     adapters: Optional[float] = None
     other: Optional[float] = None  # LLM weights and biases outside the groups above
+    vision_norms: Optional[float] = None  # the vision tower's norms (tune.vision_norms=true)
 
 
 @dataclass
@@ -243,8 +245,7 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
-    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps,
-    # after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
+    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps, after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
 
 
 @dataclass

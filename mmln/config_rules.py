@@ -145,7 +145,7 @@ RULES: dict[str, Rule] = {
             SIZE),
     **_each("model.llm.", "num_kv_heads head_dim", optional(SIZE, "the architecture's default")),
     # tune (tune.strategy: also checked against the strategy registry)
-    "tune.strategy": NAME, "tune.final_norm": FLAG, "tune.exclude_norms": NAMES,
+    "tune.strategy": NAME, "tune.final_norm": FLAG, "tune.vision_norms": FLAG, "tune.exclude_norms": NAMES,
     **_each("tune.", "train_connector train_embeddings train_head", optional(FLAG, "the strategy's default")),
     "tune.lora.r": SIZE, "tune.lora.alpha": SIZE, "tune.lora.dropout": within(0, 1, hi_open=True),
     "tune.lora.target_modules": SOME_NAMES, "tune.ia3.target_modules": SOME_NAMES,
@@ -160,7 +160,7 @@ RULES: dict[str, Rule] = {
     "data.max_image_pixels": SIZE, "data.max_image_aspect": at_least(1), "data.max_padded_pixels": SIZE,
     # train
     "train.lr": LR, "train.connector_lr": optional(LR, "train.lr"),
-    **_each("train.group_lr.", "norms connector embeddings head adapters other", optional(LR, "train.lr")),
+    **_each("train.group_lr.", "norms connector embeddings head adapters other vision_norms", optional(LR, "train.lr")),
     "train.weight_decay": at_least(0), "train.warmup_ratio": within(0, 1, hi_open=True),
     "train.epochs": one_of_or(SIZE, -1), "train.max_steps": one_of_or(SIZE, -1),
     "train.global_batch_size": SIZE, "train.micro_batch_size": SIZE, "train.grad_clip": at_least(0, note=" (0: off)"),

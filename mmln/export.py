@@ -9,6 +9,9 @@ needs no merge). Formats:
   head written in place) with its tokenizer, the vision encoder in `vision/`, the connector in
   LLaVA's `mm_projector.bin`, and `config.yaml`, a run config pointing at those files, so
   `python -m mmln.evaluate --config DIR/config.yaml --ckpt none ...` evaluates it as it is.
+- `hf`: the model family's own transformers class directory (a native VLM: Qwen2.5-VL, SmolVLM,
+  LLaVA-OneVision, Gemma-3, see `mmln.families`; the llava family: `hf-llava`), with its
+  processor, tokenizer and chat template, loadable by `AutoModelForImageTextToText` / `AutoProcessor`.
 - `hf-llava`: one transformers `LlavaForConditionalGeneration` directory (config, safetensors,
   tokenizer with the run's chat template, image processor) that `from_pretrained`,
   `AutoProcessor.from_pretrained`, lmms-eval's `llava_hf` model and vLLM load as they are.
@@ -32,7 +35,7 @@ from mmln.model.errors import MissingWeightsError
 from mmln.outputs import claim, replacing
 
 
-FORMATS = ("llava", "hf-llava")
+FORMATS = ("llava", "hf-llava", "hf")
 
 
 def merge_lora(llm) -> int:
@@ -58,8 +61,19 @@ def merged_model(cfg, ckpt: str | None):
 def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    from mmln.families import native_family
+
+    native = native_family(cfg.model)
+    if native and fmt != "hf":
+        raise ConfigError(f"--format {fmt}: model family {native.name!r} exports only as --format hf "
+                          "(its own transformers class directory)")
+    fmt = "hf-llava" if fmt == "hf" and not native else fmt  # the llava family's own class: LlavaForConditionalGeneration
     out = claim(out, fmt)  # before the model is built: a folder that is not ours is never touched
     mllm = merged_model(cfg, ckpt)
+    if native:
+        from mmln.formats.native_hf import save_native_hf
+
+        return save_native_hf(mllm, cfg, out)
     if fmt == "hf-llava":
         from mmln.formats.llava_hf import save_llava_hf
 
@@ -104,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
-                         "hf-llava: one LlavaForConditionalGeneration directory")
+                         "hf-llava: one LlavaForConditionalGeneration directory; "
+                         "hf: the model family's own transformers class directory")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
@@ -121,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "llava":
         print(f"exported to {path} (evaluate with: python -m mmln.evaluate --config {path}/config.yaml --ckpt none)")
     else:
-        print(f"exported to {path} (load with: LlavaForConditionalGeneration.from_pretrained('{path}'))")
+        print(f"exported to {path} (load with: AutoModelForImageTextToText.from_pretrained('{path}'))")
     return 0
 
 

@@ -283,7 +283,7 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
         raise ConfigError(problem)  # before any model is built, not from the first batch
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
-    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
+    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=getattr(mllm.vision, "num_patches", None))
     dm.setup("fit", world_size=world_size(cfg))
     if dm.steps_per_epoch == 0:
         raise ConfigError(f"{dm.num_train} training samples make no full global batch of "

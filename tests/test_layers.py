@@ -82,7 +82,7 @@ def test_lower_layers_do_not_import_upward_or_sideways(layer, forbidden):
 LAYERS = [
     ("base", ["mmln.constants", "mmln.io", "mmln.outputs", "mmln.progress", "mmln.memtrack", "mmln.tracking", "mmln.model.errors",
               "mmln.eval.profiles"]),
-    ("roles", ["mmln.model.layout", "mmln.tuning"]),
+    ("roles", ["mmln.model.layout", "mmln.tuning", "mmln.families"]),
     ("config", ["mmln.config_rules", "mmln.config", "mmln.checkpoint_config"]),
     ("data", ["mmln.data"]),
     ("models", ["mmln.model", "mmln.formats", "mmln.eval", "mmln.analysis"]),

@@ -52,6 +52,7 @@ REASONS = (
     "no_supervised_tokens",
     "template_error",
     "image_too_large",
+    "image_truncated",
 )
 
 
@@ -77,6 +78,9 @@ class _Bad(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
+
+
+BadSample = _Bad  # raised by dataset variants (mmln.data.processor) for a bad record
 
 
 def truncate(

@@ -42,7 +42,7 @@ def frozen_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
+def build_mllm(cfg: ModelConfig, *, load_weights: bool = True):
     """Vision + connector + LLM. Frozen weights in `cfg.dtype`; the connector is built in fp32.
 
     `load_weights=False` builds the architecture only (random init; under `torch.device("meta")`
@@ -65,6 +65,13 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
 
         for key, path in dict(sources.values()).items():
             check_source(path, key)
+    from mmln.families import native_family
+
+    family = native_family(cfg)
+    if family is not None:  # a native transformers VLM (mmln.model.families)
+        from mmln.model.families.native import build_native
+
+        return build_native(cfg, family, dtype, load_weights=load_weights)
     if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
         from mmln.formats.init_from import build_parts
         from mmln.model.vision import VisionEncoder
