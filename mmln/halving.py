@@ -215,109 +215,202 @@ def _sync_pruner(lrs: list[float], eta: int):
     return SyncHalving()
 
 
-def grid_trials(study, lrs: list[float]) -> dict[float, int]:
-    """lr -> trial number, asking GridSampler for the grid points that have no trial yet."""
+def grid_trials(study, lrs: list[float], ask: bool = True) -> dict[float, int]:
+    """lr -> trial number (the lowest-numbered usable trial of each lr), asking GridSampler for the
+    grid points that have no trial yet (`ask=False`: only those the study holds)."""
     optuna = _optuna()
     by_lr: dict[float, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if "lr" not in t.params and t.state == optuna.trial.TrialState.RUNNING:  # killed between ask and suggest
+        if "lr" not in t.params and t.state == optuna.trial.TrialState.RUNNING and ask:  # killed between ask and suggest
             optuna.trial.Trial(study, t._trial_id).suggest_categorical("lr", lrs)
             t = study._storage.get_trial(t._trial_id)
         if "lr" in t.params and t.state != optuna.trial.TrialState.FAIL:
             by_lr.setdefault(t.params["lr"], t.number)
-    while len(by_lr) < len(lrs):
+    while ask and len(by_lr) < len(lrs):
         trial = study.ask()
         by_lr.setdefault(trial.suggest_categorical("lr", lrs), trial.number)
     return by_lr
 
 
 def run_halving(points: list, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
-                metric: str, config_path: str, opts: Options, storage: str, say) -> dict[str, Any]:
-    """Run every study to its end; set each point's status (`pruned` for the pruned); the budget spent."""
+                metric: str, config_path: str, opts: Options, storage: str, say, train: bool = True) -> dict[str, Any]:
+    """Run every study to its end (`train=False`, `--summarize`: only `settle` what the stores hold);
+    set each point's status (`pruned` for the pruned); the budget spent."""
     TS = _optuna().trial.TrialState
     spent = full = 0
     for group, pts in study_groups(points).items():
-        name = f"mmln-{sweep_id}-{group}"
-        study = halve(name, pts, client, exp_id, parent_id, sweep_id, benches, metric, config_path, opts, storage, say)
+        name, lrs = f"mmln-{sweep_id}-{group}", [p.lr for p in pts]
+        if train:
+            study = halve(name, pts, client, exp_id, parent_id, sweep_id, benches, metric, config_path, opts,
+                          storage, say)
+        elif (study := existing_study(name, storage, lrs, opts)) is not None:
+            settle(study, trial_points(study, pts, ask=False), client, say)
+        else:
+            continue
         steps = study.user_attrs.get("rung_steps") or [0]
-        point_of = {t.number: p for t in study.get_trials(deepcopy=False) for p in pts if t.params.get("lr") == p.lr}
-        for t in study.get_trials(deepcopy=False):
-            if t.number in point_of:
-                point_of[t.number].status = "pruned" if t.state == TS.PRUNED else point_of[t.number].status
-                spent += steps[-1] if t.state == TS.COMPLETE else max(t.intermediate_values, default=0)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for n, p in trial_points(study, pts, ask=False).items():
+            p.status = "pruned" if trials[n].state == TS.PRUNED else p.status
+            spent += steps[-1] if trials[n].state == TS.COMPLETE else max(trials[n].intermediate_values, default=0)
         full += steps[-1] * len(pts)
     return {"halving/steps_spent": spent, "halving/steps_full_grid": full,
             "halving/budget_fraction": spent / full if full else float("nan")}
 
 
+def trial_points(study, pts: list, ask: bool = True) -> dict[int, Any]:
+    """trial number -> its grid point; each point's MLflow run read from its run folder (what fit
+    resumes into), so a restarted process knows the runs of the points it does not train again."""
+    lrs = [p.lr for p in pts]
+    out = {n: next(p for p in pts if p.lr == lr) for lr, n in grid_trials(study, lrs, ask).items()}
+    for p in out.values():
+        id_file = p.run_dir / "mlflow_run_id"
+        p.run_id = p.run_id or (id_file.read_text().strip() if id_file.is_file() else None)
+    return out
+
+
+def alive_at(study, point_of: dict[int, Any], rung: int) -> list[int]:
+    """The trials that run rung `rung`: still RUNNING, promoted at every rung before."""
+    TS = _optuna().trial.TrialState
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    return [n for n in sorted(point_of) if trials[n].state == TS.RUNNING
+            and all(trials[n].user_attrs.get(f"rung{j}") == "promoted" for j in range(rung))]
+
+
 def halve(name: str, pts: list, client, exp_id: str, parent_id: Optional[str], sweep_id: str, benches: list[str],
           metric: str, config_path: str, opts: Options, storage: str, say):
-    """One study: every grid point through the rungs, Optuna pruning between them. Returns the study."""
+    """One study: every grid point through the rungs, Optuna pruning between them. Nothing is
+    assumed from an earlier process: each rung's members, reports and decisions are read from the
+    study, and what a kill left half written is completed first (`settle`). Returns the study."""
+    lrs = [p.lr for p in pts]
+    study = load_study(name, storage, lrs, opts, study_min_resource(storage, name))
+    point_of = trial_points(study, pts)
+    settle(study, point_of, client, say)
+    rung = 0
+    while True:
+        steps = study.user_attrs.get("rung_steps")
+        alive = alive_at(study, point_of, rung)
+        if not alive or (steps is not None and rung >= len(steps)):
+            return study
+        for n in alive:  # every live trial reaches the end of this rung (the last rung: the end of the run)
+            advance(study, n, point_of[n], rung, client, exp_id, parent_id, sweep_id, benches, metric, config_path,
+                    opts, say)
+        if steps is None and (steps := study.user_attrs.get("rung_steps")):  # the first run told the rungs
+            study = load_study(name, storage, lrs, opts, steps[0])  # the async pruner needs the first rung
+        if steps is None or rung >= len(steps) - 1:
+            return study
+        settle(study, point_of, client, say)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        waiting = [n for n in alive if f"rung{rung}" not in trials[n].user_attrs]
+        if waiting:  # a point failed before reporting: the rung stays open for a re-run
+            say(f"{name}: rung {rung} undecided, {len(waiting)} of {len(alive)} points without a decision "
+                "(failed ones are listed); run the sweep again to finish them")
+            return study
+        rung += 1
+
+
+def advance(study, n: int, p, rung: int, client, exp_id: str, parent_id: Optional[str], sweep_id: str,
+            benches: list[str], metric: str, config_path: str, opts: Options, say) -> None:
+    """Trial `n` (point `p`) to the end of `rung` and scored there (the proxy reported to the trial,
+    then logged to MLflow), or, at the last rung, to the end of the run and told its metric. The
+    first run to reach its rung end tells the study the rung steps."""
     from mmln.sweep import run_point
 
     optuna = _optuna()
     TS = optuna.trial.TrialState
-    lrs = [p.lr for p in pts]
-    study = load_study(name, storage, lrs, opts, study_min_resource(storage, name))
-    point_of = {n: next(p for p in pts if p.lr == lr) for lr, n in grid_trials(study, lrs).items()}
-    rung = 0
-    while True:
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        alive = [n for n in sorted(point_of) if trials[n].state == TS.RUNNING
-                 and all(trials[n].user_attrs.get(f"rung{j}") == "promoted" for j in range(rung))]
-        steps = study.user_attrs.get("rung_steps")
-        if not alive or (steps is not None and rung >= len(steps)):
-            return study
-        for n in alive:  # every live trial reaches the end of this rung (the last rung: the end of the run)
-            p, t = point_of[n], trials[n]
-            if steps is not None and rung < len(steps) - 1 and steps[rung] in t.intermediate_values:
-                continue  # scored before (an earlier process)
-            last = steps is not None and rung == len(steps) - 1
-            say(f"[{p.index}] {p.name}: halving rung {rung}" + (" (the full run)" if last else ""))
-            seen: list[int] = []
+    steps = study.user_attrs.get("rung_steps")
+    t = next(t for t in study.get_trials(deepcopy=False) if t.number == n)
+    if steps is not None and rung < len(steps) - 1 and steps[rung] in t.intermediate_values:
+        return  # scored before (an earlier process)
+    last = steps is not None and rung == len(steps) - 1
+    say(f"[{p.index}] {p.name}: halving rung {rung}" + (" (the full run)" if last else ""))
+    seen: list[int] = []
 
-            def stop(total: int, rung=rung) -> int:
-                seen.append(total)
-                ends = rung_steps(total, opts.first_rung, opts.eta)
-                return ends[min(rung, len(ends) - 1)]
+    def stop(total: int) -> int:
+        seen.append(total)
+        ends = rung_steps(total, opts.first_rung, opts.eta)
+        return ends[min(rung, len(ends) - 1)]
 
-            tags = {"optuna/study": name, "optuna/trial": str(n), RUNG: str(rung), STATE: "finished" if last else "paused"}
-            try:
-                run_point(p, client, exp_id, parent_id, sweep_id, benches, metric, config_path, stop_at=stop,
-                          extra_tags=tags)
-            except Exception as e:  # the trial stays RUNNING: a re-run retries it
-                p.status, p.error = "failed", f"{type(e).__name__}: {e}"
-                say(f"[{p.index}] {p.name}: FAILED: {p.error}")
-                continue
-            if steps is None and seen:  # the first run tells the study how long a run is
-                steps = rung_steps(seen[0], opts.first_rung, opts.eta)
-                study.set_user_attr("rung_steps", steps)
-                study = load_study(name, storage, lrs, opts, steps[0])
-            if p.status != "paused":  # finished: the full run (last rung, or done before, e.g. by the full grid)
-                value = client.get_run(p.run_id).data.metrics.get(metric)
-                ok = value is not None and not math.isnan(value)
-                study.tell(n, value if ok else None, state=TS.COMPLETE if ok else TS.FAIL)
-                client.set_tag(p.run_id, STATE, "finished")
-                continue
-            value = proxy(p, opts, rung)
-            optuna.trial.Trial(study, t._trial_id).report(value, steps[rung])
-            client.log_metric(p.run_id, PROXY, value, step=steps[rung])
-        if steps is None or rung >= len(steps) - 1:
-            return study
-        decisions = decide_rung(study, alive, steps[rung], rung)
+    tags = {"optuna/study": study.study_name, "optuna/trial": str(n), RUNG: str(rung),
+            STATE: "finished" if last else "paused"}
+    try:
+        run_point(p, client, exp_id, parent_id, sweep_id, benches, metric, config_path, stop_at=stop, extra_tags=tags)
+    except Exception as e:  # the trial stays RUNNING: a re-run retries it
+        p.status, p.error = "failed", f"{type(e).__name__}: {e}"
+        say(f"[{p.index}] {p.name}: FAILED: {p.error}")
+        return
+    if steps is None and seen:
+        steps = rung_steps(seen[0], opts.first_rung, opts.eta)
+        study.set_user_attr("rung_steps", steps)
+    if p.status != "paused":  # finished: the full run (last rung, or done before, e.g. by the full grid)
+        value = client.get_run(p.run_id).data.metrics.get(metric)
+        ok = value is not None and not math.isnan(value)
+        study.tell(n, value if ok else None, state=TS.COMPLETE if ok else TS.FAIL)
+        client.set_tag(p.run_id, STATE, "finished")
+        return
+    value = proxy(p, opts, rung)
+    optuna.trial.Trial(study, t._trial_id).report(value, steps[rung])
+    client.log_metric(p.run_id, PROXY, value, step=steps[rung])
+
+
+def settle(study, point_of: dict[int, Any], client, say) -> None:
+    """Bring the stores in line with what the study holds, whatever moment a kill interrupted: a
+    trial whose decision says pruned is PRUNED; every rung whose live trials have all reported is
+    decided (`decide_rung`: the decisions the killed process would have made, from the stored
+    proxies); each point's run carries the `halving/state` its trial implies (`run_state`) and every
+    reported proxy as its `halving/proxy` metric."""
+    TS = _optuna().trial.TrialState
+    steps = study.user_attrs.get("rung_steps")
+    if not steps:
+        return
+    for t in study.get_trials(deepcopy=False):  # killed between a trial's decision and its PRUNED state
+        if t.number in point_of and t.state == TS.RUNNING and "pruned" in t.user_attrs.values():
+            study.tell(t.number, state=TS.PRUNED)
+    for k in range(len(steps) - 1):
+        alive = alive_at(study, point_of, k)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        waiting = [n for n in alive if trials[n].state == TS.RUNNING and f"rung{rung}" not in trials[n].user_attrs]
-        if waiting and opts.rule == "sync":  # a point failed before reporting: the rung stays open for a re-run
-            say(f"{name}: rung {rung} undecided, {len(waiting)} of {len(alive)} points without a decision "
-                "(failed ones are listed); run the sweep again to finish them")
-            return study
-        for n, pruned in decisions.items():
-            p = point_of[n]
-            client.set_tag(p.run_id, STATE, "pruned" if pruned else "promoted")
-            value = trials[n].intermediate_values[steps[rung]]
-            say(f"[{p.index}] {p.name}: proxy {value:.6g} at step {steps[rung]}: "
-                + ("pruned" if pruned else f"promoted to rung {rung + 1}"))
-        rung += 1
+        if not all(steps[k] in trials[n].intermediate_values for n in alive):
+            break  # rung k still being scored: decided once every live trial has reported
+        for n, pruned in decide_rung(study, alive, steps[k], k).items():
+            p, value = point_of[n], trials[n].intermediate_values[steps[k]]
+            say(f"[{p.index}] {p.name}: proxy {value:.6g} at step {steps[k]}: "
+                + ("pruned" if pruned else f"promoted to rung {k + 1}"))
+    for t in study.get_trials(deepcopy=False):
+        p = point_of.get(t.number)
+        if p is not None and p.run_id and (t.intermediate_values or t.state.is_finished()):
+            sync_run(client, p.run_id, run_state(t, steps), t.intermediate_values)
+
+
+def run_state(t, steps: list[int]) -> str:
+    """The `halving/state` trial `t` implies: pruned; finished (told its final metric); promoted
+    (decided at a rung, not yet scored at the next); else paused."""
+    TS = _optuna().trial.TrialState
+    if t.state == TS.PRUNED:
+        return "pruned"
+    if t.state.is_finished():
+        return "finished"
+    decided = [k for k in range(len(steps) - 1) if t.user_attrs.get(f"rung{k}") == "promoted"]
+    nxt = decided[-1] + 1 if decided else None
+    if nxt is not None and (nxt == len(steps) - 1 or steps[nxt] not in t.intermediate_values):
+        return "promoted"
+    return "paused"
+
+
+def sync_run(client, run_id: str, state: str, proxies: dict[int, float]) -> None:
+    """The run's `halving/state` tag and `halving/proxy` history as its trial holds them (a kill
+    between the study's write and MLflow's left them behind)."""
+    if client.get_run(run_id).data.tags.get(STATE) != state:
+        client.set_tag(run_id, STATE, state)
+    logged = {m.step for m in client.get_metric_history(run_id, PROXY)}
+    for step, value in sorted(proxies.items()):
+        if step not in logged:
+            client.log_metric(run_id, PROXY, value, step=step)
+
+
+def existing_study(name: str, storage: str, lrs: list[float], opts: Options):
+    """The study `name` when an earlier sweep created it, else None."""
+    if name not in _optuna().get_all_study_names(storage):
+        return None
+    return load_study(name, storage, lrs, opts, study_min_resource(storage, name))
 
 
 def decide_rung(study, numbers: list[int], step: int, rung: int) -> dict[int, bool]:

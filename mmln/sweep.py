@@ -582,12 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     if parent_id and args.only_index is None:
         client.update_run(parent_id, status="RUNNING")
     try:
-        if halving and not args.summarize:
+        if halving:  # --summarize: trains nothing, settles what the stores hold (decides a scored rung)
             from mmln.halving import default_storage, log_budget, run_halving
 
             storage = args.study_storage or default_storage(uri, Path(points[0].cfg.output_dir) / experiment)
             budget = run_halving(points, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric,
-                                 args.config, halving, storage, _say)
+                                 args.config, halving, storage, _say, train=not args.summarize)
             _say(f"halving: {budget['halving/steps_spent']} of {budget['halving/steps_full_grid']} steps "
                  f"({budget['halving/budget_fraction']:.3f} of the full grid)")
             log_budget(client, parent_id, budget, halving, storage)
