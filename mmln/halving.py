@@ -313,14 +313,25 @@ def advance(study, n: int, p, rung: int, client, exp_id: str, parent_id: Optiona
     """Trial `n` (point `p`) to the end of `rung` and scored there (the proxy reported to the trial,
     then logged to MLflow), or, at the last rung, to the end of the run and told its metric. The
     first run to reach its rung end tells the study the rung steps."""
-    from mmln.sweep import run_point
+    from mmln.sweep import point_lock
 
-    optuna = _optuna()
-    TS = optuna.trial.TrialState
     steps = study.user_attrs.get("rung_steps")
     t = next(t for t in study.get_trials(deepcopy=False) if t.number == n)
     if steps is not None and rung < len(steps) - 1 and steps[rung] in t.intermediate_values:
         return  # scored before (an earlier process)
+    with point_lock(p):  # another sweep training this point: wait for it (then it is done, or paused)
+        train_and_score(study, t, p, rung, client, exp_id, parent_id, sweep_id, benches, metric, config_path,
+                        opts, say)
+
+
+def train_and_score(study, t, p, rung: int, client, exp_id: str, parent_id: Optional[str], sweep_id: str,
+                    benches: list[str], metric: str, config_path: str, opts: Options, say) -> None:
+    """`advance`'s work, under the point's lock."""
+    from mmln.sweep import run_point
+
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    n, steps = t.number, study.user_attrs.get("rung_steps")
     last = steps is not None and rung == len(steps) - 1
     say(f"[{p.index}] {p.name}: halving rung {rung}" + (" (the full run)" if last else ""))
     seen: list[int] = []

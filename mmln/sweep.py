@@ -68,6 +68,7 @@ from omegaconf import OmegaConf
 from mmln.config import PAPER_LRS, ConfigError, load_config
 from mmln.halving import fraction
 from mmln.io import write_text
+from mmln.locks import Busy, exclusive
 from mmln.tracking import SweepContext, Tags, Tracker
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
@@ -554,6 +555,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      would move aside {moved}")
         return 0
 
+    if args.launcher == "slurm" or args.only_index is not None:  # SLURM: array tasks share the sweep
+        return execute(args, points, base, halving, experiment, uri, sweep_id, header)
+    try:
+        with exclusive(sweep_lock(points[0], experiment, sweep_id), wait=False):
+            return execute(args, points, base, halving, experiment, uri, sweep_id, header)
+    except Busy as e:
+        print(f"mmln.sweep: error: sweep {sweep_id} is running already ({e}): wait for it to end or stop it "
+              "(a killed sweep holds nothing; its rerun continues it)", file=sys.stderr)
+        return 2
+
+
+def sweep_lock(p: Point, experiment: str, sweep_id: str) -> Path:
+    """The lock file a running sweep holds (one process drives a sweep: its parent run, its study)."""
+    return Path(p.cfg.output_dir) / experiment / ".locks" / f"sweep-{sweep_id}.lock"
+
+
+def point_lock(p: Point):
+    """Held while a point trains, evaluates or is scored: a second sweep reaching it waits, then
+    finds it done (mmln.locks; beside the run folder, which a point may move aside)."""
+    return exclusive(p.run_dir.parent / ".locks" / f"{p.run_dir.name}.lock",
+                     say=lambda msg: _say(f"[{p.index}] {p.name}: {msg}"))
+
+
+def execute(args, points: list[Point], base, halving, experiment: str, uri: str, sweep_id: str, header: str) -> int:
+    """Everything after the plan: the parent run, the points (or the SLURM scripts), the summary."""
     client = Tracker(uri)  # the store, its schema and the experiment: once, up front
     exp_id = client.experiment_id(experiment)
     params = {"config": args.config, "strategies": " ".join(args.strategies), "lrs": " ".join(f"{x:g}" for x in args.lrs),
@@ -599,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"point {k + 1}/{len(todo)}: {p.name} ({time.time() - t0:.0f}s so far, "
                      f"ETA {eta(k, len(todo), time.time() - t0)})")
                 try:
-                    run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
+                    with point_lock(p):
+                        run_point(p, client, exp_id, parent_id, sweep_id, args.bench, args.select_metric,
+                                  args.config)
                 except Exception as e:
                     p.status, p.error = "failed", f"{type(e).__name__}: {e}"
                     _say(f"[{p.index}] {p.name}: FAILED: {p.error}\n{traceback.format_exc(limit=-3)}")
@@ -655,7 +683,8 @@ def run_final_benches(best: dict[str, Point], client, benches: list[str]) -> lis
             continue
         _say(f"[{p.index}] {p.name}: best {p.strategy} point, evaluating {','.join(missing)}")
         try:
-            evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
+            with point_lock(p):
+                evaluate(p.cfg, str(p.run_dir / "trainable.safetensors"), missing, p.run_dir / "eval", run_id=p.run_id)
         except Exception as e:
             client.set_tags(p.run_id, {Tags.EVAL_ERROR: f"{type(e).__name__}: {e}"[:5000]})
             _say(f"[{p.index}] {p.name}: final evaluation FAILED: {type(e).__name__}: {e}")
