@@ -54,14 +54,15 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     import torch
 
     from mmln.build import build_model
-    from mmln.data.images import build_image_processor
+    from mmln.data.images import ImageLimits, build_image_processor
     from mmln.model.llm import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.llm)
     mllm = build_model(cfg, ckpt)
     mllm.requires_grad_(False).eval()
     mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
-    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
+    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect,
+                                                                   ImageLimits.of(cfg.data))
 
 
 def init_distributed() -> int:
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmln.model.errors import MissingWeightsError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model",))
         benches = [b.strip() for b in args.bench.split(",") if b.strip()]
         unknown = [b for b in benches if b not in BENCHES]
         if unknown or not benches:
@@ -323,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
     except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError) as e:
+        print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # an image over the data.max_image_* limits (its class lives with torch: imported now)
+        from mmln.data.images import ImageTooLargeError
+
+        if not isinstance(e, ImageTooLargeError):
+            raise
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
         return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model",))
         path = export(cfg, None if args.ckpt == "none" else args.ckpt, args.out, args.format)
     except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model", "data", "resume"))
         result = fit(cfg, args.config)
     except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback

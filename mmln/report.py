@@ -56,8 +56,7 @@ from typing import Any, Callable, Optional
 
 from mmln.eval.columns import TABLE1_COLUMNS
 from mmln.io import atomic_path, save_figure, write_text
-
-DEFAULT_METRIC = "eval/flickr30k_cider"
+from mmln.selection import DEFAULT_METRIC
 BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Optional
 
+DEFAULT_METRIC = "eval/flickr30k_cider"  # what picks a strategy's learning rate unless told otherwise
+
 
 def finite(values: Iterable[Optional[float]]) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]

@@ -21,11 +21,14 @@ import functools
 import json
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from mmln.io import write_text
 
 SQLITE = "sqlite:///"
 
@@ -446,17 +449,14 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
     """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
     27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
     instead, so the weights are not stored twice. Returns the artifact name logged."""
-    import json
-    import tempfile
-
     size = path.stat().st_size
     if size <= max_bytes:
         client.log_artifact(run_id, str(path))
         return path.name
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / f"{path.name}.ref.json"
-        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
-                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        write_text(ref, json.dumps({"path": str(path.resolve()), "bytes": size, "note": "not copied: larger than "
+                                    f"tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
         client.log_artifact(run_id, str(ref))
     return ref.name
 

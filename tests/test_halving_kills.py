@@ -172,27 +172,50 @@ def test_kill_9_at_each_seam_equals_an_uninterrupted_sweep(world, reference, tmp
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/n_failed"] == 0
 
 
+def progress(log: Path) -> list[str]:
+    return [x[16:].strip() for x in log.read_text().splitlines() if x.startswith("[sweep ")]
+
+
+def kill_at_random(args: list[str], root: Path, rng: random.Random, spread: float) -> tuple[int, str]:
+    """One run of the sweep, SIGKILLed at a random moment of its progress: after its j-th progress
+    line (j in 1..3) and a further uniform(0, `spread`) seconds. The run's exit code (0 if it
+    finished first) and its last progress line at the kill."""
+    log = root / "kill.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "mmln.sweep", *args], cwd=root, env=env_for(root),
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    after = rng.randint(1, 3)
+    while proc.poll() is None and len(progress(log)) < after:
+        time.sleep(0.05)
+    try:
+        proc.wait(timeout=rng.uniform(0.0, spread))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    rc = proc.wait()
+    return rc, (progress(log) or [""])[-1]
+
+
 @pytest.mark.slow
 def test_kill_9_at_dozens_of_random_moments(world, reference, tmp_path):
-    """Seeded random SIGKILLs across the whole sweep (HALVING_KILLS, default 24), each rerun
-    killed again after a random delay up to the uninterrupted sweep's wall time, until the
-    kills are spent and a rerun finishes."""
+    """Seeded random SIGKILLs across the whole sweep (HALVING_KILLS, default 24): each run is killed
+    a random 0-3 s after a random one of its first progress lines; a run whose last line is one
+    an earlier run reached (no progress) doubles that spread for the next, so every few runs move
+    the sweep on and the kills spread over all of it (planning, training, scoring, deciding,
+    evaluating) until they are spent; a last rerun finishes. (~6-10 min on a loaded machine)"""
     rng = random.Random(22)
     args = halving_args(world, tmp_path)
-    kills, finished = int(os.environ.get("HALVING_KILLS", "24")), False
-    horizon = reference["wall"] + 15  # + a process's startup
-    for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "-m", "mmln.sweep", *args], cwd=tmp_path, env=env_for(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            proc.wait(timeout=rng.uniform(1.0, horizon))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.returncode == 0:
-            finished = True
+    wanted, kills, codes, spread, seen = int(os.environ.get("HALVING_KILLS", "24")), 0, [], 3.0, set()
+    while kills < wanted:
+        rc, last = kill_at_random(args, tmp_path, rng, spread)
+        codes.append(rc)
+        print(f"kill {kills + 1}: rc {rc}, {spread:.0f} s spread, after {last[:90]!r}")
+        if rc == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, f"a rerun failed on its own (rc {proc.returncode})"
-    if not finished:
-        finish(args, tmp_path)
+        assert rc == -signal.SIGKILL, f"a rerun failed on its own (rc {rc})"
+        kills += 1
+        spread = min(spread * 2, 24.0) if last in seen else 3.0  # no new progress line: longer until the kill
+        seen.add(last)
+    print(f"{kills} kills, exit codes {codes}")
+    assert kills >= min(wanted, 12), f"the sweep finished after only {kills} kills"
+    finish(args, tmp_path)
     assert_same_sweep(outcome(tmp_path), reference)

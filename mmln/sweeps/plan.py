@@ -13,10 +13,10 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config
+from mmln.selection import DEFAULT_METRIC
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
 DEFAULT_BENCH = ["flickr30k"]
-DEFAULT_METRIC = "eval/flickr30k_cider"
 
 
 @dataclass
