@@ -80,7 +80,8 @@ def test_lower_layers_do_not_import_upward_or_sideways(layer, forbidden):
 # them; the config reads what it needs about a checkpoint as data (mmln.checkpoint_config), never
 # through a loader; the tuning registry sits below the config, which checks strategy names against it.
 LAYERS = [
-    ("base", ["mmln.constants", "mmln.io", "mmln.outputs", "mmln.progress", "mmln.memtrack", "mmln.tracking", "mmln.model.errors",
+    ("base", ["mmln.constants", "mmln.io", "mmln.outputs", "mmln.locks", "mmln.progress", "mmln.memtrack", "mmln.tracking",
+              "mmln.model.errors",
               "mmln.eval.profiles"]),
     ("roles", ["mmln.model.layout", "mmln.tuning", "mmln.families"]),
     ("config", ["mmln.config_rules", "mmln.config", "mmln.checkpoint_config"]),
@@ -90,12 +91,10 @@ LAYERS = [
     ("commands", ["mmln.fit", "mmln.evaluate", "mmln.params", "mmln.plan", "mmln.predict", "mmln.export",
                   "mmln.analyze", "mmln.score", "mmln.selection", "mmln.api", "mmln.demo_pretrain",
                   "mmln.data.__main__", "mmln.data.synth"]),
-    ("experiments", ["mmln.sweep", "mmln.halving", "mmln.sweep_sim", "mmln.report", "mmln.demo"]),
+    ("experiments", ["mmln.sweeps", "mmln.sweep", "mmln.halving", "mmln.sweep_sim", "mmln.report", "mmln.demo"]),
 ]
 # cycles being removed elsewhere, dropped from the graph before it is checked
-ALLOWED_CYCLES = [
-    ("mmln.sweep", "mmln.halving"),  # removed by issue 24 item 3 (h-sweep)
-]
+ALLOWED_CYCLES: list[tuple[str, str]] = []
 
 
 def module_name(path: Path) -> str:
@@ -215,9 +214,7 @@ def test_no_private_name_is_imported_across_modules():
 # shared constants and helpers, each defined (assigned or def'd at module level) in exactly one module
 ONE_DEFINITION = ("DEFAULT_METRIC", "run_dir_of", "warmup_cosine", "PROFILES", "CONVERSATION_TYPES",
                   "MAX_IMAGE_PIXELS", "WeightsMismatchError", "model_fields", "describe_dir")
-SECOND_DEFINITIONS_BEING_REMOVED = {
-    ("DEFAULT_METRIC", "mmln/sweep.py"),  # removed by issue 24 item 3 (h-sweep): import it from mmln.selection
-}
+SECOND_DEFINITIONS_BEING_REMOVED: set[tuple[str, str]] = set()
 
 
 def test_one_definition_per_shared_constant_and_helper():
@@ -236,7 +233,6 @@ def test_one_definition_per_shared_constant_and_helper():
 RAW_WRITES = {"write_text", "write_bytes", "savefig", "save", "savez", "savez_compressed"}
 RAW_WRITES_ALLOWED = {
     ("mmln/tracking.py", "open"),  # store_lock's `<db>.lock`: a lock held open, not an output
-    ("mmln/sweep.py", "write_text"),  # removed by issue 24 item 3 (h-sweep): write through mmln.io
 }
 
 
