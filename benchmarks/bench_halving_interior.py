@@ -12,7 +12,7 @@ This bench moves the setting until the full grid's lr curve has its best point i
 - the grid is trained once (`python -m mmln.sweep`, validation every `val_every` steps, so every
   point's held-out loss is logged at every rung end of every schedule tried); halving's decisions
   are then *replayed* on those logged proxies with the real synchronous rule
-  (`mmln.sweep_sim.replay`: the study's real Optuna pruner on an in-memory study). A survivor of
+  (`mmln.sweeps.simulate.replay`: the study's real Optuna pruner on an in-memory study). A survivor of
   halving is bit-identical to the grid's point (tests/test_halving.py), so the grid's logged loss at
   a rung's step is the proxy the real halving would see there; `--real-halving` runs the real
   `--search halving --proxy-metric val/loss` once and checks that its survivors equal the replay's.
@@ -110,7 +110,7 @@ def margin(final: dict[float, float], best: float) -> float:
 
 
 def cases(grid: dict, total: int, schedules: list[str], eta: int) -> list[dict]:
-    from mmln.sweep_sim import replay
+    from mmln.sweeps.simulate import replay
 
     lines = []
     n_lrs = max(len(v) for v in grid.values())
@@ -139,7 +139,7 @@ def cases(grid: dict, total: int, schedules: list[str], eta: int) -> list[dict]:
 def schedule(spec: str, total: int, eta: int) -> list[int]:
     """'1/12': mmln's rungs for that first rung; '6+18': decisions at steps 6 and 18 only (the 2 left
     after them train to the end: halving that never decides the last pair before the end)."""
-    from mmln.halving import fraction, rung_steps
+    from mmln.sweeps.rungs import fraction, rung_steps
 
     return [int(x) for x in spec.split("+")] + [total] if "+" in spec else rung_steps(total, fraction(spec), eta)
 

@@ -1,6 +1,6 @@
-"""Successive halving at cluster scale, simulated (issue 27, item 4): `mmln.sweep_sim` runs the real
+"""Successive halving at cluster scale, simulated (issue 27, item 4): `mmln.sweeps.simulate` runs the real
 rung rules (mmln.halving's synchronous pruner; Optuna's SuccessiveHalvingPruner for `async`) and the
-real point order on in-memory Optuna studies, with run times from `mmln.sweep_sim.paper_costs`
+real point order on in-memory Optuna studies, with run times from `mmln.sweeps.simulate.paper_costs`
 (7B step times *modelled* from FLOPs, see `modelled_step_s`; overheads assumed), for the paper's grid:
 3 strategies x 11 lrs x 3 seeds, 625 steps a run, eta 3, first rung 1/12. Proxy values: seeded
 (`random_proxy`): they decide which points survive, not how many (sync), so the figures average
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str]) -> int:
     from mmln.config import PAPER_LRS
-    from mmln.sweep_sim import PAPER_SEEDS, PAPER_STRATEGIES, grid_wall, paper_costs, paper_groups, random_proxy, simulate
+    from mmln.sweeps.simulate import PAPER_SEEDS, PAPER_STRATEGIES, grid_wall, paper_costs, paper_groups, random_proxy, simulate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[8, 64, 512])

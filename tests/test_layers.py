@@ -91,7 +91,7 @@ LAYERS = [
     ("commands", ["mmln.fit", "mmln.evaluate", "mmln.params", "mmln.plan", "mmln.predict", "mmln.export",
                   "mmln.analyze", "mmln.score", "mmln.selection", "mmln.api", "mmln.demo_pretrain",
                   "mmln.data.__main__", "mmln.data.synth"]),
-    ("experiments", ["mmln.sweeps", "mmln.sweep", "mmln.halving", "mmln.sweep_sim", "mmln.report", "mmln.demo"]),
+    ("experiments", ["mmln.sweeps", "mmln.sweep", "mmln.halving", "mmln.report", "mmln.demo"]),
 ]
 # cycles being removed elsewhere, dropped from the graph before it is checked
 ALLOWED_CYCLES: list[tuple[str, str]] = []

@@ -1,4 +1,4 @@
-"""The halving scheduler simulator (mmln.sweep_sim): its rung decisions are the real rule's (checked
+"""The halving scheduler simulator (mmln.sweeps.simulate): its rung decisions are the real rule's (checked
 against the rule written out independently, and against a real tiny halving sweep's survivors on the
 same proxies), and its clock adds up (a schedule worked out by hand; busy + idle = workers x wall)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import pytest
 
 from mmln.halving import rung_steps
-from mmln.sweep_sim import Costs, grid_wall, paper_groups, random_proxy, replay, simulate
+from mmln.sweeps.simulate import Costs, grid_wall, paper_groups, random_proxy, replay, simulate
 
 
 def by_hand(values: dict[float, float], eta: int, maximize: bool) -> set[float]:

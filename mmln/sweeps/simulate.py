@@ -28,7 +28,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mmln.halving import Options, decide_rung, grid_trials, load_study, rung_steps
+from mmln.sweeps.rungs import rung_steps
+from mmln.sweeps.study import Options, decide_rung, grid_trials, load_study
 
 Proxy = Callable[[str, float, int], float]  # (study name, lr, step) -> proxy value
 
