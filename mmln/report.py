@@ -210,12 +210,13 @@ def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
     """(a run of the best learning rate, True) or (the newest run, False) when none has `metric`.
     The best lr is `mmln.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
     mmln.sweep uses; of that lr's seeds, the best-scoring run."""
-    from mmln.selection import best_lr
+    from mmln.selection import best_lr, higher_is_better
 
     scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
-    lr = best_lr({r.lr: [x.metrics[metric] for x in scored if x.lr == r.lr] for r in scored})
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    lr = best_lr({r.lr: [x.metrics[metric] for x in scored if x.lr == r.lr] for r in scored}, sign > 0)
     if lr is not None:
-        return max((r for r in scored if r.lr == lr), key=lambda r: (r.metrics[metric], r.start)), True
+        return max((r for r in scored if r.lr == lr), key=lambda r: (sign * r.metrics[metric], r.start)), True
     return max(runs, key=lambda r: r.start), False
 
 

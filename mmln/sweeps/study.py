@@ -35,7 +35,9 @@ class Options:
 
     @property
     def direction(self) -> str:
-        return "minimize" if "loss" in self.proxy_metric.rsplit("/", 1)[-1] else "maximize"
+        from mmln.selection import higher_is_better
+
+        return "maximize" if higher_is_better(self.proxy_metric) else "minimize"
 
     def check(self) -> None:
         if self.rule not in RULES:

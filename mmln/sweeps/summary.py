@@ -38,21 +38,22 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
             p.status = "pruned" if cut else "missing"
             p.run_id = cut[0].info.run_id if cut else p.run_id
             p.error = None if cut else p.error or f"no FINISHED run with {metric}"
-    return pick_best(points)
+    return pick_best(points, metric)
 
 
-def pick_best(points: list[Point]) -> dict[str, Point]:
-    """Per strategy, a point of its best learning rate (`mmln.selection.best_lr`: the highest mean
-    over seeds, tie: the higher lr); of that lr's seeds, the best-scoring one."""
-    from mmln.selection import best_lr
+def pick_best(points: list[Point], metric: str) -> dict[str, Point]:
+    """Per strategy, a point of its best learning rate (`mmln.selection.best_lr`: the best mean over
+    seeds, lowest for a loss, tie: the higher lr); of that lr's seeds, the best-scoring one."""
+    from mmln.selection import best_lr, higher_is_better
 
+    sign = 1.0 if higher_is_better(metric) else -1.0
     best = {}
     for strategy, scores in lr_scores(points).items():
-        lr = best_lr(scores)
+        lr = best_lr(scores, sign > 0)
         if lr is not None:
             at = [p for p in points if p.strategy == strategy and p.lr == lr and p.value is not None
                   and not math.isnan(p.value)]
-            best[strategy] = max(at, key=lambda p: p.value)
+            best[strategy] = max(at, key=lambda p: sign * p.value)
     return best
 
 
@@ -67,7 +68,10 @@ def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Poi
         m |= {f"best_{metric}_ci95/{s}": half, f"best_n_seeds/{s}": n} if n > 1 else {}
         client.set_tags(parent_id, {f"best_lr/{s}": f"{p.lr:g}", f"best_run/{s}": p.run_id})
     if best:
-        top = max(best, key=lambda s: (means[s], best[s].lr))
+        from mmln.selection import higher_is_better
+
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        top = max(best, key=lambda s: (sign * means[s], best[s].lr))
         m[f"best_{metric}"] = means[top]
     failed = [p for p in points if p.status in ("failed", "missing")]
     m |= {"sweep/n_points": len(points), "sweep/n_failed": len(failed)}
