@@ -87,7 +87,7 @@ LAYERS = [
     ("config", ["mmln.config_rules", "mmln.config", "mmln.checkpoint_config"]),
     ("data", ["mmln.data"]),
     ("models", ["mmln.model", "mmln.formats", "mmln.eval", "mmln.analysis"]),
-    ("training", ["mmln.lit", "mmln.callbacks", "mmln.build"]),
+    ("training", ["mmln.lit", "mmln.callbacks", "mmln.build", "mmln.resume"]),
     ("commands", ["mmln.fit", "mmln.evaluate", "mmln.params", "mmln.plan", "mmln.predict", "mmln.export",
                   "mmln.analyze", "mmln.score", "mmln.selection", "mmln.api", "mmln.demo_pretrain",
                   "mmln.data.__main__", "mmln.data.synth"]),
