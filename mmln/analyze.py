@@ -33,10 +33,9 @@ from mmln.analysis.similarity import (
 
 
 def default_out(ckpt: Optional[str]) -> Path:
-    if not ckpt:
-        return Path("analysis")
-    parent = Path(ckpt).resolve().parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / "analysis"
+    from mmln.evaluate import run_dir_of
+
+    return run_dir_of(ckpt) / "analysis" if ckpt else Path("analysis")
 
 
 def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "similarity":
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_config(args.config, args.overrides, require=("model", "data"))
             out = Path(args.out) if args.out else default_out(args.ckpt)
             print(json.dumps(similarity(cfg, args.ckpt, out, args.device), indent=1))
             print(f"wrote {out / SIMILARITY_FILE} and {out / 'layer_similarity.png'}", file=sys.stderr)

@@ -19,13 +19,17 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from mmln.io import write_text
 
 SQLITE = "sqlite:///"
 
@@ -336,10 +340,7 @@ class Tracker(RetryingClient):
     def log_metric_rows(self, run_id: str, rows: list[tuple[int, int, Mapping[str, float]]]) -> None:
         """(step, timestamp ms, metrics) rows, e.g. a callback's buffered history: one log_batch per
         1000 values (non-finite values are skipped: MLflow stores them, plots cannot)."""
-        import math
-
         from mlflow.entities import Metric
-
         values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if math.isfinite(v)]
         for i in range(0, len(values), self.BATCH):
             self.log_batch(run_id, metrics=values[i:i + self.BATCH])
@@ -357,6 +358,10 @@ class Tracker(RetryingClient):
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), self.PARAM_BATCH):
             self.log_batch(run_id, tags=items[i:i + self.PARAM_BATCH])
+
+    def clear_failure(self, run_id: str) -> None:  # a resumed run that finished: the failed attempt's tags go
+        for k in {Tags.ERROR, Tags.FAILED_STEP, Tags.FAILURE_REASON} & set(self.get_run(run_id).data.tags):
+            self.delete_tag(run_id, k)
 
     # -------------------------------------------------------------------------------- artifacts
     def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:
@@ -446,17 +451,14 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
     """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
     27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
     instead, so the weights are not stored twice. Returns the artifact name logged."""
-    import json
-    import tempfile
-
     size = path.stat().st_size
     if size <= max_bytes:
         client.log_artifact(run_id, str(path))
         return path.name
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / f"{path.name}.ref.json"
-        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
-                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        write_text(ref, json.dumps({"path": str(path.resolve()), "bytes": size, "note": "not copied: larger than "
+                                    f"tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
         client.log_artifact(run_id, str(ref))
     return ref.name
 
@@ -475,8 +477,6 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
     """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
     import subprocess
-    import sys
-
     mlflow = Path(sys.executable).parent / "mlflow"
     return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                              "--workers", "1"], start_new_session=True)

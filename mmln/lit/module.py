@@ -90,6 +90,8 @@ class MLLMModule(L.LightningModule):
         return out.loss
 
     def _image_tokens(self, batch) -> int:
+        if isinstance(batch.get("pixel_values"), dict) or not hasattr(self.mllm.vision, "num_patches"):
+            return 0  # a native family's processor already expanded the image tokens in input_ids
         n_images = batch["pixel_values"].shape[0] if batch.get("pixel_values") is not None else 0
         return n_images * (self.mllm.vision.num_patches - 1)  # each placeholder id becomes num_patches rows
 
@@ -159,6 +161,8 @@ class InstructFinetune(MLLMModule):
         from mmln.formats.peft_adapter import export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
+        if hasattr(self.mllm, "family"):
+            return paths  # a native family (mmln.model.families): out through `mmln.export --format hf`; no PEFT adapter yet
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
         return paths + ([out] if out is not None else [])
 
