@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 from mmln.demo_pretrain import (  # noqa: F401  (re-exported: `from mmln.demo import pretrain_base_lm` keeps working)
-    CONF, chat_tune, grounded_chats, grounded_texts, pretrain_base_lm, pretrain_vision_encoder, say, train_loop,
+    CONF, HEARTBEAT_S, chat_tune, grounded_chats, grounded_texts, pretrain_base_lm, pretrain_vision_encoder, say, train_loop,
 )
 from mmln.io import write_json, write_text
+from mmln.progress import quiet_third_party, steps_line
 
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
 # --compare: strategy -> learning rate. Not swept on the demo (one guess each: the norm strategies at
@@ -60,13 +61,14 @@ def check_recipe(root: Path, recipe: str) -> None:
 
 
 @contextlib.contextmanager
-def heartbeat(label: str, every: float = 30.0):
-    """A line every `every` seconds while the block runs (the quiet demo's sign of life in training)."""
+def heartbeat(label: str, every: float = HEARTBEAT_S):
+    """A line every `every` seconds while the block runs (the quiet demo's sign of life): the training
+    run's `step k/n, ETA` when one is in progress (`mmln.progress.STEPS`), else the time so far."""
     stop, t0 = threading.Event(), time.time()
 
     def beat() -> None:
         while not stop.wait(every):
-            say(f"{label}: still running ({time.time() - t0:.0f}s)")
+            say(f"{label}: {steps_line() or 'still running'} ({time.time() - t0:.0f}s)")
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root / "outputs")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
     os.environ.setdefault("MMLN_QUIET", "1")  # the demo prints its own progress; MMLN_QUIET=0 shows Lightning's
+    quiet_third_party()
     make_data(root, args.quick)
     pretrain_vision_encoder(root, args.quick)
     pretrain_base_lm(root, args.quick)

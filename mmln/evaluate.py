@@ -35,6 +35,7 @@ from typing import Any, Optional
 from mmln.config import ConfigError, load_config
 from mmln.eval.benchmarks import BENCHES, answer_inputs, check_inputs, run_benchmark, table_metrics
 from mmln.io import write_json
+from mmln.progress import quiet_third_party
 
 DEFAULT_EXPERIMENT = "mmln-eval"
 
@@ -175,10 +176,7 @@ def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, 
               log: bool) -> dict[str, Any]:
     from mmln.eval.runner import Runner, decoding_for
 
-    if os.environ.get("MMLN_QUIET") == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    quiet_third_party()
     mllm, tokenizer, image_processor = load_model(cfg, ckpt)  # a bad checkpoint fails before the store is touched
     target, mode, identity = plan_logging(cfg, ckpt, run_id) if log else (None, "new", {})
     old_scores = out_dir / "scores.json"

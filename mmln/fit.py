@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ from typing import Callable, Optional
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.io import write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
+from mmln.progress import quiet_third_party
 from mmln.tracking import SweepContext
 
 
@@ -206,12 +206,9 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     from mmln.tuning import count_params
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
-    if quiet:  # Lightning's device / tips banner and transformers' progress bars; warnings still show
-        from transformers.utils import logging as hf_logging
-
-        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        hf_logging.disable_progress_bar()
+    if quiet:  # Lightning's banner and tips, MLflow's INFO lines and bars, DeepSpeed's accelerator guess
+        os.environ["MMLN_QUIET"] = "1"
+        quiet_third_party()
     preflight(cfg)
     # the DataModule, not the DataLoader, carries the mid-epoch position (see mmln.lit.datamodule)
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
@@ -281,9 +278,10 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         efficiency,
         *analysis_callbacks(cfg, run_dir),
     ]
-    if not quiet:
-        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+    from mmln.callbacks.progress import StepBoundedProgressBar, StepCounter  # the bar's total respects max_steps
 
+    callbacks.append(StepCounter(total))  # `step k/n, ETA` for heartbeats (the quiet demo's)
+    if not quiet:
         callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from mmln.progress import quiet_third_party
+
 SQLITE = "sqlite:///"
 
 
@@ -233,6 +235,7 @@ class Tracker(RetryingClient):
     PARAM_BATCH = 100  # and of params, and of tags
 
     def __init__(self, uri: Optional[str] = None):
+        quiet_third_party()  # MMLN_QUIET=1: no MLflow INFO lines or download bars from any command
         from mlflow import MlflowClient
 
         self.uri = tracking_uri(uri)
