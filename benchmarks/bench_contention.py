@@ -8,7 +8,7 @@ machine load hits every setting alike.
 
 Settings: `default` (torch's intra-op threads = the cores it sees, OpenMP's default wait policy),
 `threads1` (one intra-op thread), `passive` (OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of
-spinning), `auto` (what the demo now does: `mmln.demo_pretrain.pick_threads`). Prints one JSON line per
+spinning), `passive1` (both), `auto` (one thread per idle core: `mmln.demo_pretrain.pick_threads`). Prints one JSON line per
 setting: median seconds per step and every round's figure, plus the machine's core count and load.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ SETTINGS = {
     "default": {},
     "threads1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "passive1": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "auto": {"MMLN_BENCH_AUTO": "1"},
 }
 

@@ -73,6 +73,8 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
                  "stage": "instruct", "tune": {"strategy": "layernorm"},  # merged: nothing left to load on top
                  # evaluations of the export are named after what was exported, not "untuned"
                  "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
+    if ckpt and (run_dir_of(ckpt) / "mlflow_run_id").is_file():  # a run's checkpoint: outputs/<experiment>/<run>/
+        overrides["tracking"] = {"experiment": run_dir_of(ckpt).parent.name}  # its evaluations go beside the run
     save_mm_projector(mllm.connector, out / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(out / "vision")
