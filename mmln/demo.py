@@ -9,7 +9,7 @@
 3. stage 1: pretrain the connector (`conf/demo/stage1.yaml`);
 4. stage 2: LayerNorm tuning (`conf/demo/stage2.yaml`) on LLaVA-1.5-style one-word VQA records
    (`short_answer_vqa.json`: the benchmarks' answer format, which this tiny LM does not pick up
-   from LLaVA-Instruct's long answers; measured in the README);
+   from LLaVA-Instruct's long answers; measured in docs/demo.md);
 5. evaluate the model before stage 2 ("untuned": base LM + stage-1 connector) and after it on the
    synthetic MME, POPE, VQAv2, COCO and Flickr30k benchmarks, and print the table;
 6. with `--compare`, the paper's comparison in miniature: `layernorm_simple`, `lora` and `finetune`
@@ -77,6 +77,14 @@ def heartbeat(label: str, every: float = HEARTBEAT_S):
     finally:
         stop.set()
         thread.join()
+
+
+def setup_env() -> None:
+    """The demo's defaults (each kept when already set): the local MLflow store, quiet logs (the demo
+    prints its own progress; MMLN_QUIET=0 shows Lightning's) and only mmln's own lines."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
+    os.environ.setdefault("MMLN_QUIET", "1")
+    quiet_third_party()
 
 
 def make_data(root: Path, quick: bool) -> None:
@@ -162,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         check_recipe(root, f"{RECIPE}{'-quick' if args.quick else ''}")
     if args.fresh and (root / "outputs").exists():
         shutil.rmtree(root / "outputs")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
-    os.environ.setdefault("MMLN_QUIET", "1")  # the demo prints its own progress; MMLN_QUIET=0 shows Lightning's
-    quiet_third_party()
+    setup_env()
     make_data(root, args.quick)
     pretrain_vision_encoder(root, args.quick)
     pretrain_base_lm(root, args.quick)
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = not missed
     verdict = "the tuned model beats the untuned one and chance on POPE and MME" if ok else (
         f"WARNING: on {' and '.join(missed)} the tuned model does not beat both the untuned one and chance "
-        "(a known limitation of this tiny model: README, 'The demo')")
+        "(a known limitation of this tiny model: docs/demo.md)")
     if args.compare:
         compared = {"layernorm": comparison_row(s2, tuned, s2cfg.train.lr)}
         for strategy, lr in COMPARE.items():

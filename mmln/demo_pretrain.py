@@ -233,7 +233,7 @@ def chat_tune(model, tok, steps: int, seed: int = 0) -> None:
     """Vicuna's step for the tiny LM: supervised chat tuning, loss on the answers only, on grounded
     chats where 70% open with a yes/no question. Measured on text descriptions, yes/no answers
     stay weak (existence 54% after 600 steps, 63% after 1000; at lr 3e-3 they collapse to "Yes"):
-    the demo's image grounding is learnt in stage 2 (README, "The demo")."""
+    the demo's image grounding is learnt in stage 2 (docs/demo.md)."""
     import torch
 
     from mmln.data.dataset import pad_right

@@ -183,32 +183,63 @@ def step_checkpoint(**kwargs):
     return StepCheckpoint(**kwargs)
 
 
+@dataclass
+class RunPlan:
+    """Where a run goes and how it starts: a function of the config and the run folder's state."""
+    experiment: str
+    name: str
+    run_dir: Path
+    resume: Optional[str]  # the checkpoint it continues from, or None to start fresh
+    uri: str  # the MLflow tracking URI it logs to
+    quiet: bool
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+@dataclass
+class RunParts:
+    """What a run trains: the model, its tuning strategy's counts, the data and the LightningModule."""
+    counts: object
+    dm: object
+    module: object
+    total: int  # optimizer steps of the full schedule
+    pause: Optional[int]  # `stop_at` pauses the run there
+
+
 def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int], int]] = None,
         sweep: Optional[SweepContext] = None) -> RunResult:
-    """Train `cfg`. `stop_at(total_steps)` (successive halving's rungs): pause after that many
-    optimizer steps of the full run's schedule; the run is then left KILLED, not exported, and
-    continues exactly from `checkpoints/last.ckpt` on the next call. `sweep` (mmln.sweep): the
-    sweep's id and the tags its points carry from the run's creation on."""
-    import lightning as L
+    """Train `cfg`, in four named steps: plan, build, assemble, execute. `stop_at(total_steps)`
+    (successive halving's rungs): pause after that many optimizer steps of the full run's schedule;
+    the run is then left KILLED, not exported, and continues exactly from `checkpoints/last.ckpt` on
+    the next call. `sweep` (mmln.sweep): the sweep's id and the tags its points carry from the run's
+    creation on."""
+    plan = plan_run(cfg, config_path)
+    parts = build_parts(cfg, plan, stop_at)
+    logger, tracker = open_tracking(cfg, plan, parts, sweep)
+    trainer, efficiency, stopper = assemble_trainer(cfg, plan, parts, logger)
+    return execute(cfg, plan, parts, trainer, logger, tracker, efficiency, stopper)
+
+
+def quiet_libraries() -> None:
+    """Only mmln's own lines (`mmln.progress.quiet_third_party`): Lightning's banner and tips, MLflow's
+    INFO lines and download bars, DeepSpeed's accelerator guess, transformers' bars, known-harmless warnings."""
+    os.environ["MMLN_QUIET"] = "1"  # cfg.quiet too: the run's evaluations and downloads are quiet as well
+    quiet_third_party()
+
+
+def plan_run(cfg, config_path: Optional[str]) -> RunPlan:
+    """Step 1, plan: check every local path, name the run and its folder, decide whether it resumes
+    (moving stale checkpoints aside under `resume=never`), and find a reachable tracking store
+    (`tracking.offline=true`: a local one) — all before any model loads."""
     import torch
 
-    from mmln.callbacks.analysis import analysis_callbacks
-    from mmln.callbacks.efficiency import Efficiency
-    from mmln.data import BadSampleLog
-    from mmln.data.templates import missing_chat_template
-    from mmln.lit.datamodule import MMLNDataModule
-    from mmln.lit.module import module_for
-    from mmln.build import build_model
-    from mmln.lit.safety import (NonFiniteError, NonFiniteGuard, RunInterrupted, SafeCheckpointIO, StopOnSignal,
-                                 StopRequested)
-    from mmln.model.llm import load_tokenizer
-    from mmln.tracking import Tags, Tracker, TrackingUnreachable, check_reachable, make_logger, offline_uri, tracking_uri
-    from mmln.tuning import count_params
+    from mmln.tracking import TrackingUnreachable, check_reachable, offline_uri, tracking_uri
 
     quiet = cfg.quiet or os.environ.get("MMLN_QUIET") == "1"
-    if quiet:  # Lightning's banner and tips, MLflow's INFO lines and bars, DeepSpeed's accelerator guess
-        os.environ["MMLN_QUIET"] = "1"
-        quiet_third_party()
+    if quiet:
+        quiet_libraries()
     preflight(cfg)
     # the DataModule, not the DataLoader, carries the mid-epoch position (see mmln.lit.datamodule)
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
@@ -217,7 +248,6 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; a no-op on CPU
     experiment, name = experiment_name(cfg, config_path), run_name(cfg)
     run_dir = Path(cfg.output_dir) / experiment / name
-    ckpt_dir = run_dir / "checkpoints"
     resume = resolve_resume(cfg, run_dir)
     uri = tracking_uri(cfg.tracking.uri)
     try:
@@ -228,104 +258,143 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
         uri = offline_uri(cfg.output_dir)
         print(f"warning: {e}; tracking.offline=true: logging to {uri} instead "
               f"(browse it with `mlflow ui --backend-store-uri {uri}`)", file=sys.stderr)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    return RunPlan(experiment, name, run_dir, resume, uri, quiet)
 
-    # data and model -----------------------------------------------------------------------
+
+def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> RunParts:
+    """Step 2, build: the tokenizer (its chat template checked), the model with its tuning strategy
+    (`mmln.build.build_model`, as every command builds it), the data and the LightningModule, seeded
+    by `train.seed`."""
+    import lightning as L
+
+    from mmln.build import build_model
+    from mmln.data import BadSampleLog
+    from mmln.data.templates import missing_chat_template
+    from mmln.lit.datamodule import MMLNDataModule
+    from mmln.lit.module import module_for
+    from mmln.model.llm import load_tokenizer
+    from mmln.tuning import count_params
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.llm)
     if problem := missing_chat_template(cfg.data.template, tokenizer):
         raise ConfigError(problem)  # before any model is built, not from the first batch
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
-    ws = world_size(cfg)
     dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
-    dm.setup("fit", world_size=ws)
-    steps_per_epoch = dm.steps_per_epoch
-    if steps_per_epoch == 0:
+    dm.setup("fit", world_size=world_size(cfg))
+    if dm.steps_per_epoch == 0:
         raise ConfigError(f"{dm.num_train} training samples make no full global batch of "
                           f"train.global_batch_size={cfg.train.global_batch_size}: lower it or add data")
-    total = cfg.train.max_steps if cfg.train.max_steps > 0 else steps_per_epoch * cfg.train.epochs
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else dm.steps_per_epoch * cfg.train.epochs
     module = module_for(cfg, mllm, total)
     pause = stop_at(total) if stop_at is not None else None
     pause = pause if pause is not None and pause < total else None
     module.bad_log = BadSampleLog()
+    return RunParts(counts, dm, module, total, pause)
 
-    # tracking -------------------------------------------------------------------------------
-    prior = _prior_run_id(run_dir) if resume else None
+
+def is_rank0() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def open_tracking(cfg, plan: RunPlan, parts: RunParts, sweep: Optional[SweepContext]):
+    """Step 3a: the run's MLflow logger (continuing the folder's earlier run when it resumes) and its
+    Tracker; the run folder's config.yaml, params.json and mlflow_run_id; runs of this folder that a
+    kill left RUNNING are closed."""
+    from mmln.tracking import Tags, Tracker, make_logger
+
+    prior = _prior_run_id(plan.run_dir) if plan.resume else None
     sweep_tags = dict(sweep.tags) if sweep else {}
-    tags = {**run_tags(cfg, experiment, sweep.sweep_id if sweep else ""), Tags.RUN_DIR: str(run_dir.resolve())}
-    logger = make_logger(experiment, name, uri, {**tags, **sweep_tags}, run_id=prior)
+    tags = {**run_tags(cfg, plan.experiment, sweep.sweep_id if sweep else ""), Tags.RUN_DIR: str(plan.run_dir.resolve())}
+    logger = make_logger(plan.experiment, plan.name, plan.uri, {**tags, **sweep_tags}, run_id=prior)
     tracker = Tracker.of_logger(logger)
     if prior is not None and sweep_tags:  # a continued run was created before (maybe by another sweep)
         tracker.set_tags(logger.run_id, sweep_tags)
     if prior is None:
         logger.log_hyperparams({k: ("" if v is None else v) for k, v in flatten(cfg).items()})
-    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
-        params = {"strategy": cfg.tune.strategy, "total": counts.total, "trainable": counts.trainable,
-                  "percent": counts.percent, "groups": counts.groups}
-        write_text(run_dir / "params.json", json.dumps(params, indent=1))
-        write_text(run_dir / "mlflow_run_id", logger.run_id)
-        tracker.close_orphans(logger.experiment_id, logger.run_id, str(run_dir.resolve()))  # left RUNNING by a kill
+    if is_rank0():
+        c = parts.counts
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(plan.run_dir / "config.yaml", to_yaml(cfg))
+        params = {"strategy": cfg.tune.strategy, "total": c.total, "trainable": c.trainable,
+                  "percent": c.percent, "groups": c.groups}
+        write_text(plan.run_dir / "params.json", json.dumps(params, indent=1))
+        write_text(plan.run_dir / "mlflow_run_id", logger.run_id)
+        tracker.close_orphans(logger.experiment_id, logger.run_id, str(plan.run_dir.resolve()))  # left RUNNING by a kill
+    return logger, tracker
+
+
+def run_callbacks(cfg, plan: RunPlan, parts: RunParts):
+    """The run's callbacks: last.ckpt every `train.save_every_n_steps` (and at a pause), efficiency,
+    the analyses, a progress bar unless quiet, the debug hooks, the non-finite guard and the signal
+    stopper. Returns (callbacks, efficiency, stopper)."""
+    from mmln.callbacks.analysis import analysis_callbacks
+    from mmln.callbacks.efficiency import Efficiency
+    from mmln.lit.safety import NonFiniteGuard, StopOnSignal
 
     # a paused run's last.ckpt is the one of the pause step (a divisor of it), never the end-of-training one
-    every = cfg.train.save_every_n_steps if pause is None else math.gcd(cfg.train.save_every_n_steps, pause)
+    every = cfg.train.save_every_n_steps if parts.pause is None else math.gcd(cfg.train.save_every_n_steps, parts.pause)
     efficiency = Efficiency()
-    callbacks = [
-        step_checkpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False,  # last.ckpt only
-                        every_n_train_steps=every, save_on_exception=False),
-        efficiency,
-        *analysis_callbacks(cfg, run_dir),
-    ]
+    callbacks = [step_checkpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0,  # last.ckpt only
+                                 enable_version_counter=False, every_n_train_steps=every, save_on_exception=False),
+                 efficiency, *analysis_callbacks(cfg, plan.run_dir)]
     from mmln.callbacks.progress import StepBoundedProgressBar, StepCounter  # the bar's total respects max_steps
 
-    callbacks.append(StepCounter(total))  # `step k/n, ETA` for heartbeats (the quiet demo's)
-    if not quiet:
+    callbacks.append(StepCounter(parts.total))  # `step k/n, ETA` for heartbeats (the quiet demo's)
+    if not plan.quiet:
         callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))
     if cfg.debug.pause_at_steps:
-        callbacks.append(pause_at(cfg.debug.pause_at_steps, run_dir))
-    stopper = StopOnSignal(ckpt_dir / "last.ckpt")
+        callbacks.append(pause_at(cfg.debug.pause_at_steps, plan.run_dir))
+    stopper = StopOnSignal(plan.ckpt_dir / "last.ckpt")
     callbacks += [NonFiniteGuard(cfg.train.nonfinite, cfg.train.nonfinite_limit,
                                  check_grads=not precision(cfg).startswith("16")), stopper]
-    strategy = lightning_strategy(cfg)
+    return callbacks, efficiency, stopper
+
+
+def assemble_trainer(cfg, plan: RunPlan, parts: RunParts, logger):
+    """Step 3b, assemble: the Lightning Trainer with the run's callbacks, logger, distributed strategy
+    and precision. Returns (trainer, efficiency callback, signal stopper)."""
+    import lightning as L
+
+    from mmln.lit.safety import SafeCheckpointIO
+
+    callbacks, efficiency, stopper = run_callbacks(cfg, plan, parts)
+    strategy, dm = lightning_strategy(cfg), parts.dm
     trainer = L.Trainer(
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy=strategy, precision=precision(cfg),
         plugins=[] if "deepspeed" in type(strategy).__name__.lower() else [SafeCheckpointIO()],
-        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps if pause is None else pause,
+        max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps if parts.pause is None else parts.pause,
         accumulate_grad_batches=dm.accumulation, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, callbacks=callbacks, log_every_n_steps=cfg.train.log_every_n_steps,
-        enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False, default_root_dir=str(run_dir),
+        enable_progress_bar=not plan.quiet, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False, default_root_dir=str(plan.run_dir),
         val_check_interval=cfg.train.val_every_n_steps * dm.accumulation if cfg.train.val_every_n_steps else None,
         limit_val_batches=1.0 if dm.has_val else 0,
     )
+    return trainer, efficiency, stopper
+
+
+def execute(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, efficiency, stopper) -> RunResult:
+    """Step 4, execute: train, then write the run's outputs; the run is FINISHED only once all were
+    written, FAILED with its error (a non-finite step also names the step) if anything raised, KILLED
+    when a signal stopped it (after a resumable checkpoint) or when `stop_at` paused it."""
+    from mmln.lit.safety import NonFiniteError, RunInterrupted, StopRequested
+    from mmln.tracking import Tags
+
     try:
-        tracker.set_tags(logger.run_id, {Tags.NOTE: f"run dir: {run_dir.resolve()}"})
+        tracker.set_tags(logger.run_id, {Tags.NOTE: f"run dir: {plan.run_dir.resolve()}"})
         t0 = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        trainer.fit(parts.module, datamodule=parts.dm, ckpt_path=plan.resume, weights_only=True)
         stopper.raise_if_stopped()  # a signal during the last step
-        wall = time.time() - t0
-        if pause is not None:
+        if parts.pause is not None:
             logger.end("KILLED")  # paused, not finished: a sweep decides whether it continues
-            return RunResult(run_dir, logger.run_id, experiment, name, {}, total, trainer.global_step)
-        metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": counts.trainable,
-                   "params/total": counts.total, "params/percent": counts.percent,
-                   **{f"params/trainable_{g}": n for g, n in counts.groups.items()},
-                   "data/bad_samples": float(module.bad_log.total)}
-        if trainer.is_global_zero:
-            for path in module.export(run_dir):
-                if path.is_file():
-                    tracker.log_file_or_reference(logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
-            write_text(run_dir / "efficiency.json", json.dumps(metrics, indent=1))
-            for f in ("config.yaml", "params.json", "efficiency.json"):
-                tracker.log_artifact(logger.run_id, str(run_dir / f))
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if module.bad_log.total:
-                tracker.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+            return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, {}, parts.total,
+                             trainer.global_step)
+        metrics = write_outputs(cfg, plan, parts, trainer, logger, tracker, efficiency, time.time() - t0)
     except BaseException as e:  # the run is FINISHED only when everything above was written
         if isinstance(e, StopRequested):
             e = RunInterrupted(e.signum, e.step, e.ckpt)
@@ -339,7 +408,28 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
             raise e from None
         raise
     logger.end("FINISHED")
-    return RunResult(run_dir, logger.run_id, experiment, name, metrics, total)
+    return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, metrics, parts.total)
+
+
+def write_outputs(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, efficiency, wall: float) -> dict:
+    """The end of a finished run: trainable.safetensors (and stage 1's mm_projector.bin), efficiency.json
+    and the final metrics, logged as artifacts (or references past `tracking.artifact_max_mb`)."""
+    c, module = parts.counts, parts.module
+    metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": c.trainable,
+               "params/total": c.total, "params/percent": c.percent,
+               **{f"params/trainable_{g}": n for g, n in c.groups.items()},
+               "data/bad_samples": float(module.bad_log.total)}
+    if trainer.is_global_zero:
+        for path in module.export(plan.run_dir):
+            if path.is_file():
+                tracker.log_file_or_reference(logger.run_id, path, int(cfg.tracking.artifact_max_mb * 2**20))
+        write_text(plan.run_dir / "efficiency.json", json.dumps(metrics, indent=1))
+        for f in ("config.yaml", "params.json", "efficiency.json"):
+            tracker.log_artifact(logger.run_id, str(plan.run_dir / f))
+        logger.log_metrics(metrics, step=trainer.global_step)
+        if module.bad_log.total:
+            tracker.log_text(logger.run_id, module.bad_log.summary(), "bad_samples.txt")
+    return metrics
 
 
 def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
@@ -352,7 +442,7 @@ def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
     from mmln.lit.safety import read_resume_checkpoint
 
     ckpt_dir = run_dir / "checkpoints"
-    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    rank0 = is_rank0()
     if rank0 and ckpt_dir.is_dir():
         for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.io.atomic_path's temp files
             tmp.unlink(missing_ok=True)

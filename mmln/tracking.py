@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -371,8 +372,6 @@ class Tracker(RetryingClient):
     def read_json(self, run_id: str, path: str) -> Optional[Any]:
         """A JSON artifact of the run (e.g. `eval/scores.json`), or None when it has none or it does
         not parse."""
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 return json.loads(self.download(run_id, path, tmp).read_text())
@@ -449,9 +448,6 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
     """Log `path` as an artifact, or, when it is larger than `max_bytes` (e.g. a 7B finetune's
     27 GB `trainable.safetensors`), a small `<name>.ref.json` naming its absolute path and size
     instead, so the weights are not stored twice. Returns the artifact name logged."""
-    import json
-    import tempfile
-
     size = path.stat().st_size
     if size <= max_bytes:
         client.log_artifact(run_id, str(path))
@@ -478,7 +474,6 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
     """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
     import subprocess
-    import sys
 
     mlflow = Path(sys.executable).parent / "mlflow"
     return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
