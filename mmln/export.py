@@ -93,13 +93,13 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.export", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", required=True, help="the run's config YAML (the one the checkpoint was trained with)")
     ap.add_argument("--ckpt", required=True, help="trainable.safetensors or checkpoints/last.ckpt; 'none' = untuned")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="folder to write the export into (its layout: --format)")
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
                          "hf-llava: one LlavaForConditionalGeneration directory")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. model.dtype=bf16")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
