@@ -467,14 +467,15 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 
     exp = json.dumps([str(experiment_id)], separators=(",", ":"))
     runs = json.dumps(list(run_ids), separators=(",", ":"))
-    return {"experiment": f"{base}/#/experiments/{experiment_id}",
+    return {"experiment": f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning",
             "compare": f"{base}/#/compare-runs?runs={quote(runs)}&experiments={quote(exp)}"}
 
 
-def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
-    """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
+def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1", log=None):
+    """Start `mlflow server` for this store on host:port (a subprocess in its own process group; the caller
+    waits or stops it): one worker, no job runner (its 7 huey workers serve GenAI jobs); output to `log`."""
     import subprocess
 
-    mlflow = Path(sys.executable).parent / "mlflow"
-    return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-                             "--workers", "1"], start_new_session=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host",
+                             host, "--port", str(port), "--workers", "1"], start_new_session=True, env=env, stdout=log, stderr=log)

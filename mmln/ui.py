@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def newest_experiment(client, name: str | None):
@@ -48,19 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     args = ap.parse_args(argv)
     from mmln.progress import quiet_third_party
-    from mmln.tracking import Tracker, serve_ui, ui_links
+    from mmln.tracking import Tracker, serve_ui, tracking_uri, ui_links
 
+    os.environ.setdefault("MMLN_QUIET", "1")
     quiet_third_party()
-    client = Tracker(args.tracking_uri)
-    exp = newest_experiment(client, args.experiment)
+    uri = tracking_uri(args.tracking_uri)
+    empty = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()  # not created here
+    client = None if empty else Tracker(uri)
+    exp = None if empty else newest_experiment(client, args.experiment)
     if exp is None:
         what = f"no experiment '{args.experiment}'" if args.experiment else "no runs yet"
-        print(f"mmln.ui: the MLflow store {client.uri} holds {what}: run `make demo` (or `make sweep`) first, "
+        print(f"mmln.ui: the MLflow store {uri} holds {what}: run `make demo` (or `make sweep`) first, "
               "then `make ui`", file=sys.stderr)
         return 2
     base = f"http://127.0.0.1:{args.port}"
-    print(f"mmln.ui: starting MLflow for {client.uri} on {base} ...", flush=True)
-    proc = serve_ui(client.uri, args.port)
+    log = Path(uri[len("sqlite:///"):]).with_name("mlflow-ui.log") if uri.startswith("sqlite:///") else Path("mlflow-ui.log")
+    print(f"mmln.ui: starting MLflow for {uri} on {base} (its log: {log}) ...", flush=True)
+    with open(log, "a") as f:
+        proc = serve_ui(uri, args.port, log=f)
     try:
         if not wait_ready(proc, base):
             print(f"mmln.ui: MLflow did not start on port {args.port} (in use? try make ui PORT=5001)", file=sys.stderr)
