@@ -8,7 +8,7 @@ machine load hits every setting alike.
 
 Settings: `default` (torch's intra-op threads = the cores it sees, OpenMP's default wait policy),
 `threads1` (one intra-op thread), `passive` (OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of
-spinning), `passive1` (both), `auto` (one thread per idle core: `mmln.demo_pretrain.pick_threads`). Prints one JSON line per
+spinning), `passive1` (both). Prints one JSON line per
 setting: median seconds per step and every round's figure, plus the machine's core count and load.
 """
 from __future__ import annotations
@@ -24,11 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
-    "default": {},
+    "default": {},  # OpenMP's own wait policy (libgomp: spin, then sleep), as before mmln set PASSIVE
     "threads1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "passive1": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-    "auto": {"MMLN_BENCH_AUTO": "1"},
 }
 
 
@@ -40,11 +39,9 @@ def child(steps: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from mmln.config import load_config
-    from mmln.demo_pretrain import CONF, pick_threads
+    from mmln.demo_pretrain import CONF
     from mmln.model.vision import VisionEncoder, _hf_clip_config
 
-    if os.environ.get("MMLN_BENCH_AUTO"):
-        pick_threads()
     torch.manual_seed(0)
     vcfg = load_config(CONF / "base.yaml", ["model.vision.path=null"]).model.vision
     backbone = CLIPVisionModel(_hf_clip_config(vcfg))

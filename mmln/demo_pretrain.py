@@ -20,21 +20,6 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
 HEARTBEAT_S = 30.0  # the longest a demo stage stays silent: a line with step k/n and an ETA at least this often
 
 
-def pick_threads() -> int:
-    """torch's intra-op threads for the demo on this machine, now: one per core that is not busy
-    (cores minus the 1-minute load average, at least 1). torch's default, one thread per core, makes
-    every step wait at OpenMP barriers for threads the OS has preempted in favour of other work
-    (measured with benchmarks/bench_contention.py: docs). An explicit OMP_NUM_THREADS is kept."""
-    import os
-
-    import torch
-
-    if not os.environ.get("OMP_NUM_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5))))
-    return torch.get_num_threads()
-
-
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

@@ -60,3 +60,29 @@ def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stderr[-2000:]
+
+
+def test_importing_mmln_makes_openmp_threads_sleep_not_spin_unless_the_user_chose():
+    """Spinning OpenMP threads made a demo step 20-70x slower under two busy processes
+    (benchmarks/bench_contention.py): every mmln entry point sets OMP_WAIT_POLICY=PASSIVE before torch."""
+    env = {k: v for k, v in quiet_env().items() if k != "OMP_WAIT_POLICY"}
+    code = "import mmln, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert got.strip() == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                          text=True, check=True).stdout
+    assert kept.strip() == "ACTIVE"
+
+
+def test_the_demos_verdict_names_exactly_the_benchmarks_it_beats():
+    from mmln.demo import judge
+
+    chance = {"eval/mme_perception": 750.0, "eval/mme_cognition": 300.0, "eval/pope_random_accuracy": 50.0}
+    untuned = {"eval/mme_perception": 545.0, "eval/mme_cognition": 196.7, "eval/coco_cider": 49.8,
+               "eval/pope_random_accuracy": 51.7}
+    tuned = {"eval/mme_perception": 941.7, "eval/mme_cognition": 196.7, "eval/coco_cider": 103.6,
+             "eval/pope_random_accuracy": 66.0}
+    text, ok = judge(tuned, untuned, chance)
+    assert ok and "on MME-P, COCO (no chance level), POPE-ran acc; it does not on MME-C" in text, text
+    text, ok = judge({**tuned, "eval/pope_random_accuracy": 49.0}, untuned, chance)
+    assert not ok and text.startswith("WARNING") and "does not on MME-C, POPE-ran acc" in text, text
