@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "similarity":
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_config(args.config, args.overrides, require=("model", "data"))
             out = Path(args.out) if args.out else default_out(args.ckpt)
             check_out(out)
             print(json.dumps(similarity(cfg, args.ckpt, out, args.device), indent=1))

@@ -27,6 +27,20 @@ class Model:
         self.runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
                              num_workers=0, seed=cfg.eval.seed)
 
+    def check_image(self, image: Optional[ImageLike]) -> None:
+        """Raise `ImageTooLargeError` (a ValueError naming the image and the `data.` limit) when the
+        image's size, read from its header without decoding it, exceeds the config's limits."""
+        from PIL import Image
+
+        check = getattr(self.runner.image_processor, "check", None)
+        if image is None or check is None:
+            return
+        if isinstance(image, Image.Image):
+            check(image.size)
+            return
+        with Image.open(image) as im:  # the header only: nothing is decoded here
+            check(im.size, str(image))
+
     def ask(self, image: Union[ImageLike, Sequence[ImageLike], None],
             question: Union[str, Sequence[str]]) -> Union[str, list[str]]:
         """One answer for one (image, question); a list of answers for lists (one image for all
@@ -44,6 +58,7 @@ class Model:
         for im in images:
             if isinstance(im, (str, Path)) and not Path(im).is_file():
                 raise FileNotFoundError(f"image not found: {im}")
+            self.check_image(im)
         queries = [Query([human(("<image>\n" if im is not None else "") + q)],
                          im if im is None or isinstance(im, Image.Image) else Path(im))
                    for im, q in zip(images, questions)]
@@ -59,8 +74,15 @@ def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None,
     from mmln.config import load_config
     from mmln.evaluate import load_model
 
-    cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides))
+    cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides), require=("model",))
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or checkpoints/last.ckpt)")
+    from mmln.families import native_family
+
+    if native_family(cfg.model) is not None:  # a native VLM: its own processor, template and generate
+        from mmln.build import build_model
+        from mmln.model.families.answer import FamilyAnswerer
+
+        return FamilyAnswerer(cfg, build_model(cfg, ckpt))
     return Model(cfg, *load_model(cfg, ckpt))

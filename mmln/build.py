@@ -22,16 +22,24 @@ def build_model(cfg: Any, ckpt: Optional[str] = None):
     from mmln.config import ConfigError
     from mmln.model import build_mllm
     from mmln.model.checkpoint import load_trainable, read_trainable
+    from mmln.formats.trust import UntrustedWeightsError, check_checkpoint_file, check_loaded
     from mmln.tuning import apply_strategy
 
+    from mmln.families import native_family, refusal
+
+    family = native_family(cfg.model)
+    if family is not None and cfg.data.batching == "packed" and refusal(family, "packing"):
+        raise ConfigError(f"data.batching=packed: {refusal(family, 'packing')}")
     torch.manual_seed(cfg.train.seed)
     mllm = build_mllm(cfg.model)
     apply_strategy(mllm, cfg.tune)
     mllm.pack_samples = cfg.data.batching == "packed"  # training micro-batches share rows (MLLM.pack)
     if ckpt:
         try:
+            check_checkpoint_file(ckpt, "--ckpt")  # a bounded header check before safetensors maps the file
             state = read_trainable(ckpt)
-        except FileNotFoundError:
+            check_loaded(state, "--ckpt", ckpt)  # no integer / bool / NaN / Inf tensors
+        except (FileNotFoundError, UntrustedWeightsError):  # already one line naming the file and tensor
             raise
         except Exception as e:  # not a safetensors file / not a Lightning checkpoint of this project
             first = str(e).splitlines()[0][:200] if str(e) else "-"

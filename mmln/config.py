@@ -8,7 +8,6 @@ that names the key and the closest valid ones.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +16,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mmln.eval.profiles import PROFILES
+from mmln.config_rules import RULES, missing_paths, problems, written_problem
+from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER_LRS = [2e-3, 1e-3, 6e-4, 3e-4, 1e-4, 5e-5, 2e-5, 1e-5, 6e-6, 1e-6, 1e-7]
@@ -123,6 +123,7 @@ class TuneConfig:
     train_embeddings: Optional[bool] = None
     train_head: Optional[bool] = None
     final_norm: bool = True  # layernorm strategies: also tune the final norm
+    vision_norms: bool = False  # also tune the vision tower's norms (any strategy; group "vision_norms")
     exclude_norms: list[str] = field(default_factory=list)  # norm module names left frozen, e.g. [q_norm, k_norm]
     lora: LoraConfig = field(default_factory=LoraConfig)  # lora, dora, layernorm_lora
     ia3: IA3TuneConfig = field(default_factory=IA3TuneConfig)
@@ -151,6 +152,12 @@ class DataConfig:
     num_workers: int = 2
     batching: str = "length_grouped"  # training micro-batches: length_grouped (similar lengths, little padding) | random
     megabatch: int = 8  # length_grouped: global batches sorted by length together (more = less padding)
+    # what one image may cost, checked from its header before it is decoded (a larger one is a bad sample
+    # `image_too_large`, or one error line in predict / ask): width x height, long side / short side, and the
+    # pad-to-square canvas (image_aspect=pad)
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_image_aspect: float = MAX_IMAGE_ASPECT
+    max_padded_pixels: int = MAX_PADDED_PIXELS
 
 
 # --------------------------------------------------------------------------------------- train
@@ -164,6 +171,7 @@ class GroupLRConfig:
     head: Optional[float] = None
     adapters: Optional[float] = None
     other: Optional[float] = None  # LLM weights and biases outside the groups above
+    vision_norms: Optional[float] = None  # the vision tower's norms (tune.vision_norms=true)
 
 
 @dataclass
@@ -237,8 +245,7 @@ class EvalConfig:
 @dataclass
 class DebugConfig:
     fail_at_step: Optional[int] = None  # raise after this optimizer step (tests: kill/resume, FAILED runs)
-    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps,
-    # after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
+    pause_at_steps: list[int] = field(default_factory=list)  # sleep once when a batch starts at these steps, after writing <run dir>/paused-<step> (tests: a real kill -9 at a chosen moment)
 
 
 @dataclass
@@ -257,23 +264,6 @@ class RunConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
-
-
-CHOICES = {
-    "stage": ("pretrain", "instruct"),
-    "model.vision.backend": ("hf_clip", "timm"),
-    "model.vision.select_feature": ("patch", "cls_patch"),
-    "model.vision.preprocess": ("clip", "timm"),
-    "model.connector.type": ("linear", "mlp2x_gelu"),
-    "model.dtype": ("auto", "float32", "bfloat16"),
-    "data.template": ("plain", "vicuna_v1", "llava_llama_2", "chat_template"),
-    "data.image_aspect": ("square", "pad"),
-    "data.on_bad_sample": ("skip", "error"),
-    "train.nonfinite": ("stop", "skip_step"),
-    "data.batching": ("length_grouped", "random", "packed"),
-    "eval.profile": PROFILES,
-    "eval.yes_no": ("generate", "logits"),
-}
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -297,31 +287,36 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {where}.{hint}")
 
 
-def _walk_keys(node: Any, prefix: str = ""):
+def _walk_items(node: Any, prefix: str = ""):
+    """(dotted key, value) of every key of a nested mapping, parents first; not below a schema leaf."""
     if isinstance(node, dict):
         for k, v in node.items():
             key = f"{prefix}{k}"
-            yield key
-            yield from _walk_keys(v, key + ".")
+            yield key, v
+            if key not in RULES:
+                yield from _walk_items(v, key + ".")
 
 
 def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     raw = OmegaConf.to_container(other) if isinstance(other, DictConfig) else other
     allowed = set(valid_keys())
-    for key in _walk_keys(raw):
-        generic = ".".join(p for p in key.split("."))
-        if generic not in allowed and not _inside_free_value(generic):
+    for key, value in _walk_items(raw):
+        if key not in allowed:
             raise _unknown_key_error(key, where)
+        if key not in RULES and not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} in {where} is not allowed: {key} is a group of keys "
+                              f"(set {key}.<name>=..., e.g. {next(k for k in RULES if k.startswith(key + '.'))})")
+        problem = written_problem(key, value)
+        if problem:
+            raise ConfigError(f"{problem} (in {where})")
     try:
         return OmegaConf.merge(base, other)
     except (ValidationError, ConfigKeyError, OmegaConfBaseException) as e:
         key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"bad value for '{key}' in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
-
-
-def _inside_free_value(key: str) -> bool:
-    """Keys below a free-form value (e.g. train.devices: {..}) are not schema keys."""
-    return key.startswith("train.devices.")
+        why = str(getattr(e, "msg", None) or e).strip().splitlines()[0]  # OmegaConf appends full_key, types: cut
+        rule = RULES.get(key)
+        raise ConfigError(f"{key} in {where} is not allowed: {why}" +
+                          (f"; allowed: {rule.allowed}" if rule else "")) from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Any, str]]:
@@ -353,8 +348,11 @@ def parse_overrides(overrides: list[str]) -> Any:
     return OmegaConf.from_dotlist(list(overrides))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Schema defaults <- YAML (with its `inherit:` chain) <- `key=value` overrides, then validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                require: tuple[str, ...] = ()) -> DictConfig:
+    """Schema defaults <- YAML (with its `inherit:` chain) <- `key=value` overrides, then validated:
+    every key against `mmln.config_rules.RULES`, and the paths of the `require`d groups of
+    `mmln.config_rules.PATHS` ("model", "data", "resume": what the calling command reads) must exist."""
     cfg = OmegaConf.structured(RunConfig)
     if path is not None:
         for raw, where in _read_yaml(Path(path).resolve()):
@@ -364,12 +362,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if cfg.model.init_from:
         _apply_init_from(cfg)
     validate(cfg)
+    if missing := list(missing_paths(flatten(cfg), require)):  # every missing path in the one line
+        raise ConfigError("; ".join(missing))
     return cfg
 
 
 def _apply_init_from(cfg: DictConfig) -> None:
     """The architecture fields a `model.init_from` checkpoint implies override the config's."""
-    from mmln.formats.init_from import model_fields
+    from mmln.checkpoint_config import model_fields
     from mmln.model.errors import MissingWeightsError
 
     try:
@@ -382,10 +382,9 @@ def _apply_init_from(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    """Every key against `mmln.config_rules.RULES`, then the relations between keys."""
+    for problem in problems(flatten(cfg)):
+        raise ConfigError(problem)
     from mmln.tuning import strategy_problem  # light: the registry imports no torch
 
     problem = strategy_problem(cfg.tune.strategy, cfg.stage)
@@ -399,20 +398,12 @@ def validate(cfg: DictConfig) -> None:
         t.group_lr.connector = t.connector_lr
     elif t.group_lr.connector is not None:
         t.connector_lr = t.group_lr.connector
-    if t.micro_batch_size < 1 or t.global_batch_size < 1:
-        raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
-    for key in ("lr", "connector_lr"):
-        value = t[key]
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"train.{key}={value} must be a finite number > 0")
-    if t.max_steps == 0 or t.max_steps < -1:
-        raise ConfigError(f"train.max_steps={t.max_steps} trains no step: use -1 (train.epochs decides) or >= 1")
-    if t.epochs < 1 and not (t.epochs == -1 and t.max_steps >= 1):
-        raise ConfigError(f"train.epochs={t.epochs} trains no step: use >= 1 (or -1 with train.max_steps >= 1)")
-    if t.nonfinite_limit < 0:
-        raise ConfigError(f"train.nonfinite_limit={t.nonfinite_limit} must be >= 0")
-    if not 0 <= t.warmup_ratio < 1:
-        raise ConfigError(f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    if t.epochs == -1 and t.max_steps == -1:
+        raise ConfigError("train.epochs=-1 trains no step without train.max_steps >= 1")
+    extra = set(cfg.tune.ia3.feedforward_modules) - set(cfg.tune.ia3.target_modules)
+    if extra:
+        raise ConfigError(f"tune.ia3.feedforward_modules={list(cfg.tune.ia3.feedforward_modules)} is not allowed: "
+                          f"a subset of tune.ia3.target_modules ({sorted(extra)} are not in it)")
     if cfg.data.batching == "packed" and (cfg.model.loss_chunk <= 0 or cfg.model.attn_implementation != "sdpa"):
         raise ConfigError("data.batching=packed needs model.loss_chunk > 0 and model.attn_implementation=sdpa "
                           f"(got {cfg.model.loss_chunk}, {cfg.model.attn_implementation})")

@@ -38,3 +38,16 @@ def pack_rows(lengths, capacity: int) -> list[list[int]]:
 # LLaVA-1.5's answer-format suffixes, appended to a question (training data and evaluation prompts alike)
 YES_NO_SUFFIX = " Please answer yes or no."
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+
+# What one image may cost, checked from its header before decoding (mmln.data.images.ImageLimits;
+# the defaults of data.max_image_pixels, data.max_image_aspect and data.max_padded_pixels):
+# 64M pixels is an 8000x8000 photo, 192 MB as RGB; an aspect ratio of 100 (far beyond any panorama) bounds
+# the shortest-side resize to image_size^2 x 100 pixels (34 MB as RGB at 336 px).
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_ASPECT = 100.0
+MAX_PADDED_PIXELS = 64_000_000
+
+# Evaluation profiles (mmln.eval.profiles says what each means; eval.profile allows these)
+PROFILES: tuple[str, ...] = ("official", "paper")
+# LLaVA-Instruct's conversation types (mmln.data.records labels them; data.*.types allows these)
+CONVERSATION_TYPES: tuple[str, ...] = ("conversation", "detail", "complex_reasoning")

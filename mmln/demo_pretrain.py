@@ -58,7 +58,7 @@ def grounded_chats(n: int, seed: int = 0, yes_no: float = 0.0) -> list[list[tupl
     """
     import random
 
-    from mmln.data.synth import YES_NO_QA, _short, caption, pick_qa, qa_turns, sample_scene, sentence
+    from mmln.data.synth import YES_NO_QA, short_qa, caption, pick_qa, qa_turns, sample_scene, sentence
 
     out = []
     for i in range(n):
@@ -69,7 +69,7 @@ def grounded_chats(n: int, seed: int = 0, yes_no: float = 0.0) -> list[list[tupl
             qas.insert(0, pick_qa(YES_NO_QA, scene, rnd))
         turns = []
         for k, qa in enumerate(qas or qa_turns(scene, rnd, 1)):
-            q, a = _short(qa, rnd)
+            q, a = short_qa(qa, rnd)
             turns += [("human", (rnd.choice((caption, sentence))(scene, rnd) + "\n" if k == 0 else "") + q), ("gpt", a)]
         out.append(turns)
     return out
@@ -81,13 +81,13 @@ def grounded_texts(n: int, seed: int = 0) -> list[str]:
     answer from context (questions without context would teach it to guess from priors)."""
     import random
 
-    from mmln.data.synth import _short, caption, describe, qa_turns, sample_scene, sentence
+    from mmln.data.synth import short_qa, caption, describe, qa_turns, sample_scene, sentence
 
     out = []
     for i in range(n):
         rnd = random.Random(f"{seed}-text-{i}")
         scene = sample_scene(rnd)
-        qas = [" ".join(_short(qa, rnd)) for qa in qa_turns(scene, rnd, rnd.randint(2, 8))]
+        qas = [" ".join(short_qa(qa, rnd)) for qa in qa_turns(scene, rnd, rnd.randint(2, 8))]
         out.append(" ".join([rnd.choice((caption, sentence, describe))(scene, rnd), *qas]))
     return out
 
@@ -111,14 +111,14 @@ def pretrain_vision_encoder(root: Path, quick: bool, seed: int = 0) -> None:
     from mmln.config import load_config
     from mmln.data.images import build_image_processor
     from mmln.data.synth import BACKGROUNDS, COLORS, SHAPES, draw, sample_scene
-    from mmln.model.vision import VisionEncoder, _hf_clip_config
+    from mmln.model.vision import VisionEncoder, hf_clip_config
 
     out = root / "vision"
     if (out / "config.json").is_file():
         return say(f"vision encoder: cached in {out}")
     torch.manual_seed(seed)
     vcfg = load_config(CONF / "base.yaml", ["model.vision.path=null"]).model.vision
-    backbone = CLIPVisionModel(_hf_clip_config(vcfg))
+    backbone = CLIPVisionModel(hf_clip_config(vcfg))
     encoder, process = VisionEncoder(vcfg, backbone), build_image_processor(vcfg)
     colors, shapes, backgrounds = list(COLORS), list(SHAPES), list(BACKGROUNDS)
     n_images, steps, batch = (4000, 800, 64) if quick else (8000, 2000, 64)

@@ -55,14 +55,15 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     import torch
 
     from mmln.build import build_model
-    from mmln.data.images import build_image_processor
+    from mmln.data.images import ImageLimits, build_image_processor
     from mmln.model.llm import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.llm)
     mllm = build_model(cfg, ckpt)
     mllm.requires_grad_(False).eval()
     mllm.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (init_distributed)
-    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect)
+    return mllm, tokenizer, build_image_processor(cfg.model.vision, cfg.data.image_aspect,
+                                                                   ImageLimits.of(cfg.data))
 
 
 def init_distributed() -> int:
@@ -310,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.limit=100 eval.mme_dir=...")
     args = ap.parse_args(argv)
     from mmln.eval.caption import JavaNotFoundError
-    from mmln.model.errors import MissingWeightsError
+    from mmln.io import as_disk_full
+    from mmln.model.errors import CheckpointError, MissingWeightsError
+    from mmln.outputs import OutputError, claim_eval
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model",))
         benches = [b.strip() for b in args.bench.split(",") if b.strip()]
         unknown = [b for b in benches if b not in BENCHES]
         if unknown or not benches:
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"--ckpt {ckpt}: no such file (a run's trainable.safetensors or "
                                     "checkpoints/last.ckpt; 'none' for the untuned model)")
-        out = Path(args.out) if args.out else default_out_dir(cfg, ckpt)
+        out = claim_eval(args.out) if args.out else default_out_dir(cfg, ckpt)  # --out: refused if not mmln's
         try:
             scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id, out_given=bool(args.out))
         finally:
@@ -330,8 +333,21 @@ def main(argv: list[str] | None = None) -> int:
 
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-    except (ConfigError, MissingWeightsError, FileNotFoundError, FileExistsError, JavaNotFoundError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, FileExistsError, JavaNotFoundError, CheckpointError,
+            OutputError) as e:
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # an image over the data.max_image_* limits (its class lives with torch: imported now)
+        from mmln.data.images import ImageTooLargeError
+
+        if not isinstance(e, ImageTooLargeError):
+            raise
+        print(f"mmln.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if (full := as_disk_full(e)) is None:
+            raise
+        print(f"mmln.evaluate: error: {full}", file=sys.stderr)
         return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
         print(format_table(scores["metrics"]))

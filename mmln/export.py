@@ -9,9 +9,17 @@ needs no merge). Formats:
   head written in place) with its tokenizer, the vision encoder in `vision/`, the connector in
   LLaVA's `mm_projector.bin`, and `config.yaml`, a run config pointing at those files, so
   `python -m mmln.evaluate --config DIR/config.yaml --ckpt none ...` evaluates it as it is.
+- `hf`: the model family's own transformers class directory (a native VLM: Qwen2.5-VL, SmolVLM,
+  LLaVA-OneVision, Gemma-3, see `mmln.families`; the llava family: `hf-llava`), with its
+  processor, tokenizer and chat template, loadable by `AutoModelForImageTextToText` / `AutoProcessor`.
 - `hf-llava`: one transformers `LlavaForConditionalGeneration` directory (config, safetensors,
   tokenizer with the run's chat template, image processor) that `from_pretrained`,
   `AutoProcessor.from_pretrained`, lmms-eval's `llava_hf` model and vLLM load as they are.
+
+`--out` must be new, empty, or an earlier mmln export of the same format (checked before the model
+is built; anything else is refused, exit 2). The export is built beside `--out` and swapped in
+whole, with `mmln-manifest.json` written last (`mmln.outputs`): a kill at any moment leaves the
+old complete export or the new one, and loaders refuse an export whose files do not match it.
 """
 from __future__ import annotations
 
@@ -22,11 +30,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config, to_yaml
-from mmln.io import write_text
+from mmln.io import as_disk_full, write_text
 from mmln.model.errors import MissingWeightsError
+from mmln.outputs import claim, replacing
 
 
-FORMATS = ("llava", "hf-llava")
+FORMATS = ("llava", "hf-llava", "hf")
 
 
 def merge_lora(llm) -> int:
@@ -52,22 +61,38 @@ def merged_model(cfg, ckpt: str | None):
 def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    from mmln.families import native_family
+
+    native = native_family(cfg.model)
+    if native and fmt != "hf":
+        raise ConfigError(f"--format {fmt}: model family {native.name!r} exports only as --format hf "
+                          "(its own transformers class directory)")
+    fmt = "hf-llava" if fmt == "hf" and not native else fmt  # the llava family's own class: LlavaForConditionalGeneration
+    out = claim(out, fmt)  # before the model is built: a folder that is not ours is never touched
     mllm = merged_model(cfg, ckpt)
+    if native:
+        from mmln.formats.native_hf import save_native_hf
+
+        return save_native_hf(mllm, cfg, out)
     if fmt == "hf-llava":
         from mmln.formats.llava_hf import save_llava_hf
 
         return save_llava_hf(mllm, cfg, out)
-    return _export_llava(mllm, cfg, Path(out), ckpt)
+    with replacing(out, fmt) as tmp:
+        _export_llava(mllm, cfg, out, ckpt, tmp)
+    return out
 
 
-def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
+def _export_llava(mllm, cfg, out: Path, ckpt: str | None, dest: Path) -> None:
+    """Write the `llava` format into `dest`, its config.yaml pointing at the files' final place `out`."""
     from mmln.evaluate import run_dir_of
     from mmln.formats.llava_hf import save_tokenizer
+    from mmln.io import atomic_path
     from mmln.model import save_mm_projector
     from mmln.model.llm import load_tokenizer
 
-    mllm.llm.save_pretrained(out / "llm")
-    save_tokenizer(load_tokenizer(cfg.model.llm), out / "llm")
+    mllm.llm.save_pretrained(dest / "llm")
+    save_tokenizer(load_tokenizer(cfg.model.llm), dest / "llm")
     overrides = {"model": {"llm": {"path": str((out / "llm").resolve()), "tokenizer": None},
                            "connector": {"path": str((out / "mm_projector.bin").resolve())}},
                  "stage": "instruct", "tune": {"strategy": "layernorm"},  # merged: nothing left to load on top
@@ -75,20 +100,17 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None) -> Path:
                  "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
     if ckpt and (run_dir_of(ckpt) / "mlflow_run_id").is_file():  # a run's checkpoint: outputs/<experiment>/<run>/
         overrides["tracking"] = {"experiment": run_dir_of(ckpt).parent.name}  # its evaluations go beside the run
-    save_mm_projector(mllm.connector, out / "mm_projector.bin")
+    save_mm_projector(mllm.connector, dest / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
-        mllm.vision.backbone.save_pretrained(out / "vision")
-        overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
+        mllm.vision.backbone.save_pretrained(dest / "vision")
     else:
         from safetensors.torch import save_file
 
-        (out / "vision").mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "vision" / "model.safetensors") as tmp:
+        (dest / "vision").mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest / "vision" / "model.safetensors") as tmp:
             save_file(mllm.vision.backbone.state_dict(), str(tmp))
-        overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
-    merged = OmegaConf.merge(cfg, overrides)
-    write_text(out / "config.yaml", to_yaml(merged))
-    return out
+    overrides["model"]["vision"] = {"path": str((out / "vision").resolve())}
+    write_text(dest / "config.yaml", to_yaml(OmegaConf.merge(cfg, overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,19 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder to write the export into (its layout: --format)")
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
-                         "hf-llava: one LlavaForConditionalGeneration directory")
+                         "hf-llava: one LlavaForConditionalGeneration directory; "
+                         "hf: the model family's own transformers class directory")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. model.dtype=bf16")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model",))
         path = export(cfg, None if args.ckpt == "none" else args.ckpt, args.out, args.format)
     except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if (full := as_disk_full(e)) is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)  # the half-built export beside --out is already removed
+        return 2
     if args.format == "llava":
         print(f"exported to {path} (evaluate with: python -m mmln.evaluate --config {path}/config.yaml --ckpt none)")
     else:
-        print(f"exported to {path} (load with: LlavaForConditionalGeneration.from_pretrained('{path}'))")
+        print(f"exported to {path} (load with: AutoModelForImageTextToText.from_pretrained('{path}'))")
     return 0
 
 

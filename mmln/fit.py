@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
-from mmln.io import write_text
+from mmln.io import OutputError, as_disk_full, write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
+from mmln.lit.trainer import (fail_at, lightning_strategy, pause_at, precision, step_checkpoint,  # noqa: F401 (API)
+                               world_size)
+from mmln.resume import is_rank0, prior_run_id, resolve_resume
 from mmln.progress import quiet_third_party
 from mmln.tracking import SweepContext
 
@@ -44,35 +47,6 @@ class RunResult:
     metrics: dict
     total_steps: int = 0  # the run's full schedule (optimizer steps)
     paused_at: Optional[int] = None  # `stop_at` paused it there (checkpoints/last.ckpt continues it)
-
-
-def fail_at(step: int):
-    """debug.fail_at_step: a callback that raises after that optimizer step, as a killed or crashing
-    run would (built on use: importing this module must not import Lightning)."""
-    from lightning.pytorch import Callback
-
-    class FailAt(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step >= step:
-                raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
-
-    return FailAt()
-
-
-def pause_at(steps, run_dir: Path):
-    """debug.pause_at_steps: a callback that, at the first batch starting at one of those optimizer
-    steps, writes `<run dir>/paused-<step>` and sleeps, so that a test can kill the process there
-    (once per step: a resumed run passes it)."""
-    from lightning.pytorch import Callback
-
-    class PauseAt(Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            marker = run_dir / f"paused-{trainer.global_step}"
-            if trainer.global_step in set(steps) and not marker.exists():
-                write_text(marker, str(os.getpid()))
-                time.sleep(600)
-
-    return PauseAt()
 
 
 def preflight(cfg) -> None:
@@ -121,66 +95,6 @@ def run_tags(cfg, experiment: str, sweep_id: str = "") -> dict[str, str]:
     return {Tags.MODEL: cfg.model.name, Tags.STRATEGY: cfg.tune.strategy, Tags.STAGE: cfg.stage,
             Tags.LR: f"{cfg.train.lr:g}", Tags.DATA_SUBSET: f"{types}:{cfg.data.train.limit or 'all'}",
             Tags.CONFIG_FAMILY: experiment, Tags.SWEEP_ID: sweep_id}
-
-
-def world_size(cfg) -> int:
-    import torch
-
-    t = cfg.train
-    if t.strategy in ("auto", "single") and (t.devices == "auto"):
-        return 1
-    if isinstance(t.devices, int):
-        n = t.devices
-    elif t.devices == "auto":
-        n = torch.cuda.device_count() if (t.accelerator != "cpu" and torch.cuda.is_available()) else 1
-    else:
-        n = len(t.devices) if not isinstance(t.devices, str) else len(t.devices.split(","))
-    return n * t.num_nodes
-
-
-def precision(cfg) -> str:
-    import torch
-
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "bf16-mixed" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "32-true"
-
-
-def lightning_strategy(cfg):
-    s = cfg.train.strategy
-    if s.endswith(".json"):
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        return DeepSpeedStrategy(config=s)
-    if s.startswith("deepspeed"):
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        stage = int(s.split("_")[2])
-        return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=True)
-    if s == "fsdp2":  # FSDP2 through Lightning's ModelParallelStrategy (mmln.lit.fsdp2)
-        from mmln.lit.fsdp2 import FSDP2Strategy
-
-        return FSDP2Strategy(world_size(cfg))
-    if s == "ddp" and cfg.train.accelerator == "cpu":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(process_group_backend="gloo")
-    return s
-
-
-def step_checkpoint(**kwargs):
-    """A ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation
-    window. Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after
-    a resume, that the restored step was saved, and would save again after the next micro-batch: a
-    checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class StepCheckpoint(ModelCheckpoint):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
-                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    return StepCheckpoint(**kwargs)
 
 
 @dataclass
@@ -281,7 +195,7 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
         raise ConfigError(problem)  # before any model is built, not from the first batch
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
-    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=mllm.vision.num_patches)
+    dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=getattr(mllm.vision, "num_patches", None))
     dm.setup("fit", world_size=world_size(cfg))
     if dm.steps_per_epoch == 0:
         raise ConfigError(f"{dm.num_train} training samples make no full global batch of "
@@ -294,17 +208,13 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
     return RunParts(counts, dm, module, total, pause)
 
 
-def is_rank0() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
 def open_tracking(cfg, plan: RunPlan, parts: RunParts, sweep: Optional[SweepContext]):
     """Step 3a: the run's MLflow logger (continuing the folder's earlier run when it resumes) and its
     Tracker; the run folder's config.yaml, params.json and mlflow_run_id; runs of this folder that a
     kill left RUNNING are closed."""
     from mmln.tracking import Tags, Tracker, make_logger
 
-    prior = _prior_run_id(plan.run_dir) if plan.resume else None
+    prior = prior_run_id(plan.run_dir) if plan.resume else None
     sweep_tags = dict(sweep.tags) if sweep else {}
     tags = {**run_tags(cfg, plan.experiment, sweep.sweep_id if sweep else ""), Tags.RUN_DIR: str(plan.run_dir.resolve())}
     logger = make_logger(plan.experiment, plan.name, plan.uri, {**tags, **sweep_tags}, run_id=prior)
@@ -407,6 +317,7 @@ def execute(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, effic
         if isinstance(e, RunInterrupted):
             raise e from None
         raise
+    tracker.clear_failure(logger.run_id)  # a resumed attempt that finished: the failed one's error tags go
     logger.end("FINISHED")
     return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, metrics, parts.total)
 
@@ -432,84 +343,15 @@ def write_outputs(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker,
     return metrics
 
 
-def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
-    """The checkpoint to continue from (checked now, before anything heavy), or None to start fresh.
-
-    `auto`: `checkpoints/last.ckpt` when present. `never`: old checkpoints are moved aside to
-    `checkpoints.old-<time>/` (so a later `auto` cannot pick up a stale run). A path or an
-    http(s) URL (downloaded into the run folder): that checkpoint. Leftover temp files of a killed
-    run are removed first."""
-    from mmln.lit.safety import read_resume_checkpoint
-
-    ckpt_dir = run_dir / "checkpoints"
-    rank0 = is_rank0()
-    if rank0 and ckpt_dir.is_dir():
-        for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.io.atomic_path's temp files
-            tmp.unlink(missing_ok=True)
-    resume: Optional[str] = None
-    if cfg.resume == "auto":
-        resume = str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None
-    elif cfg.resume == "never":
-        if rank0 and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-            aside = ckpt_dir.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            ckpt_dir.rename(aside)
-            print(f"resume=never: moved the old checkpoints aside to {aside}", file=sys.stderr)
-    elif cfg.resume.startswith(("http://", "https://")):
-        import torch
-
-        local = run_dir / "resume_download.ckpt"
-        if rank0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(cfg.resume, str(local), progress=False)
-        resume = str(local)
-    else:
-        resume = cfg.resume
-    if resume is not None:
-        read_resume_checkpoint(resume)  # weights_only; damaged or foreign files end here, naming the file
-        check_same_config(cfg, Path(resume))
-    return resume
-
-
-# settings that may change between a run and its resumption: where and how it is run and logged,
-# not what it computes (data.num_workers included: train iterators draw from their own generator)
-RESUME_VOLATILE = ("resume", "resume_changed_config", "quiet", "output_dir", "debug.", "data.num_workers",
-                   "tracking.", "eval.", "train.log_every_n_steps", "train.save_every_n_steps")
-
-
-def check_same_config(cfg, ckpt: Path) -> None:
-    """The checkpoint's run (its folder's config.yaml) must have been configured as this one."""
-    from omegaconf import OmegaConf
-
-    saved = ckpt.parent.parent / "config.yaml" if ckpt.parent.name == "checkpoints" else ckpt.parent / "config.yaml"
-    if not saved.is_file():
-        return
-    old, new = flatten(OmegaConf.load(saved)), flatten(cfg)
-    changed = sorted(k for k in old.keys() & new.keys()  # a key newer than the checkpoint is its default
-                     if old.get(k) != new.get(k) and not k.startswith(RESUME_VOLATILE))
-    if changed and not cfg.resume_changed_config:
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise ConfigError(f"resume: {ckpt} was trained with other settings ({diff}{', ...' if len(changed) > 8 else ''}"
-                          f"; from {saved}): use them, or resume=never to start over, or "
-                          "resume_changed_config=true to continue anyway")
-    if changed:
-        print(f"warning: resume_changed_config=true: continuing {ckpt} with changed {', '.join(changed)}",
-              file=sys.stderr)
-
-
-def _prior_run_id(run_dir: Path) -> Optional[str]:
-    f = run_dir / "mlflow_run_id"
-    return f.read_text().strip() if f.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.strategy=lora train.lr=1e-4")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, require=("model", "data", "resume"))
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
         return 2
     except Exception as e:  # these errors live with torch-importing modules: imported only now
@@ -517,13 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         from mmln.data.records import DataError
         from mmln.lit.safety import NonFiniteError
         from mmln.tracking import TrackingUnreachable
-
         if isinstance(e, (NonFiniteError, TrackingUnreachable)):
             print(f"error: {e}", file=sys.stderr)
             return 1
-        if not isinstance(e, (DataError, BadSampleError)):
+        if (full := as_disk_full(e)) is None and not isinstance(e, (DataError, BadSampleError)):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {full or e}", file=sys.stderr)  # a full disk: the run is FAILED with it, and resumable
         return 2
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted

@@ -56,8 +56,7 @@ from typing import Any, Callable, Optional
 
 from mmln.eval.columns import TABLE1_COLUMNS
 from mmln.io import atomic_path, save_figure, write_text
-
-DEFAULT_METRIC = "eval/flickr30k_cider"
+from mmln.selection import DEFAULT_METRIC
 BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
@@ -211,12 +210,13 @@ def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
     """(a run of the best learning rate, True) or (the newest run, False) when none has `metric`.
     The best lr is `mmln.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
     mmln.sweep uses; of that lr's seeds, the best-scoring run."""
-    from mmln.selection import best_lr
+    from mmln.selection import best_lr, higher_is_better
 
     scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
-    lr = best_lr({r.lr: [x.metrics[metric] for x in scored if x.lr == r.lr] for r in scored})
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    lr = best_lr({r.lr: [x.metrics[metric] for x in scored if x.lr == r.lr] for r in scored}, sign > 0)
     if lr is not None:
-        return max((r for r in scored if r.lr == lr), key=lambda r: (r.metrics[metric], r.start)), True
+        return max((r for r in scored if r.lr == lr), key=lambda r: (sign * r.metrics[metric], r.start)), True
     return max(runs, key=lambda r: r.start), False
 
 
@@ -688,11 +688,10 @@ def main(argv: list[str] | None = None) -> int:
                          "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
-    from mmln.tracking import Tracker, tracking_uri
-
     from mmln.config import ConfigError, load_config
     from mmln.fit import experiment_name
-
+    from mmln.outputs import DiskFullError, OutputError, replacing
+    from mmln.tracking import Tracker, tracking_uri
     experiments = [e for x in args.experiment for e in x.split(",") if e]
     tables = [t for t in args.tables.split(",") if t]
     if set(tables) - set(TABLES):
@@ -710,9 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri(args.tracking_uri)
     client = Tracker(uri)
     try:
-        built, files = report(client, experiments, out, args.select_metric, tables, references)
-    except LookupError as e:
-        print(f"mmln.report: error: {e.args[0]}", file=sys.stderr)
+        with replacing(out, "report") as tmp:  # built beside --out (refused if not mmln's), manifest last, swapped in
+            built, files = report(client, experiments, tmp, args.select_metric, tables, references)
+    except (LookupError, OutputError, DiskFullError) as e:  # no such experiment; --out not mmln's; a full disk
+        print(f"mmln.report: error: {e.args[0] if isinstance(e, LookupError) else e}", file=sys.stderr)
         return 2
     for t in built.values():
         print(markdown(t, bold_max=t.key == "tableA1"))

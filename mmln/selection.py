@@ -2,7 +2,7 @@
 the statistics over training seeds.
 
 A learning rate's score is the mean of its seeds' scores (NaN and missing scores left out); the
-best learning rate has the highest mean, and a tie goes to the higher learning rate (the paper's
+best learning rate has the best mean (the highest; the lowest for a loss, `higher_is_better`), and a tie goes to the higher learning rate (the paper's
 sweeps favour the cheaper-to-converge end). `mean_ci` gives the mean and the half-width of its
 two-sided Student-t confidence interval (SciPy), NaN with fewer than two seeds. `paired_bootstrap`
 compares two evaluations on the same benchmark items (SciPy's paired bootstrap).
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from typing import Iterable, Mapping, Optional
+
+DEFAULT_METRIC = "eval/flickr30k_cider"  # what picks a strategy's learning rate unless told otherwise
 
 
 def finite(values: Iterable[Optional[float]]) -> list[float]:
@@ -31,13 +33,19 @@ def mean_ci(values: Iterable[Optional[float]], confidence: float = 0.95) -> tupl
     return float(x.mean()), half, int(x.size)
 
 
-def best_lr(scores: Mapping[float, Iterable[Optional[float]]]) -> Optional[float]:
-    """The learning rate with the highest mean score over its seeds (tie: the higher lr); None when
-    no learning rate has a score."""
-    means = {lr: mean_ci(v)[0] for lr, v in scores.items()}
-    scored = [(m, lr) for lr, m in means.items() if not math.isnan(m)]
-    return max(scored)[1] if scored else None
+def higher_is_better(metric: str) -> bool:
+    """Every evaluation score is better higher; a loss (`train/loss`, `val/loss`: a last name part
+    that names a loss) is better lower. The one place the direction of a selection metric is decided."""
+    return "loss" not in metric.rsplit("/", 1)[-1]
 
+
+def best_lr(scores: Mapping[float, Iterable[Optional[float]]], maximize: bool = True) -> Optional[float]:
+    """The learning rate with the best mean score over its seeds (the highest, or the lowest when not
+    `maximize`; tie: the higher lr); None when no learning rate has a score."""
+    sign = 1.0 if maximize else -1.0
+    means = {lr: mean_ci(v)[0] for lr, v in scores.items()}
+    scored = [(sign * m, lr) for lr, m in means.items() if not math.isnan(m)]
+    return max(scored)[1] if scored else None
 
 
 def paired_bootstrap(a, b, confidence: float = 0.95, n_resamples: int = 4000, seed: int = 0

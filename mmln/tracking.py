@@ -19,7 +19,10 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import math
 import os
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from mmln.io import write_text
 from mmln.progress import quiet_third_party
 
 SQLITE = "sqlite:///"
@@ -54,8 +58,6 @@ def relocate_artifacts(uri: str) -> int:
     db = Path(uri[len(SQLITE):])
     if not db.is_file():
         return 0
-    import sqlite3
-
     new = artifact_root(uri)
     moved = 0
     with sqlite3.connect(db, timeout=60) as con:
@@ -340,10 +342,7 @@ class Tracker(RetryingClient):
     def log_metric_rows(self, run_id: str, rows: list[tuple[int, int, Mapping[str, float]]]) -> None:
         """(step, timestamp ms, metrics) rows, e.g. a callback's buffered history: one log_batch per
         1000 values (non-finite values are skipped: MLflow stores them, plots cannot)."""
-        import math
-
         from mlflow.entities import Metric
-
         values = [Metric(k, float(v), ts, step) for step, ts, m in rows for k, v in m.items() if math.isfinite(v)]
         for i in range(0, len(values), self.BATCH):
             self.log_batch(run_id, metrics=values[i:i + self.BATCH])
@@ -361,6 +360,10 @@ class Tracker(RetryingClient):
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), self.PARAM_BATCH):
             self.log_batch(run_id, tags=items[i:i + self.PARAM_BATCH])
+
+    def clear_failure(self, run_id: str) -> None:  # a resumed run that finished: the failed attempt's tags go
+        for k in {Tags.ERROR, Tags.FAILED_STEP, Tags.FAILURE_REASON} & set(self.get_run(run_id).data.tags):
+            self.delete_tag(run_id, k)
 
     # -------------------------------------------------------------------------------- artifacts
     def log_file_or_reference(self, run_id: str, path: Path, max_bytes: int) -> str:
@@ -454,8 +457,8 @@ def log_file_or_reference(client, run_id: str, path: Path, max_bytes: int) -> st
         return path.name
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / f"{path.name}.ref.json"
-        ref.write_text(json.dumps({"path": str(path.resolve()), "bytes": size,
-                                   "note": f"not copied: larger than tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
+        write_text(ref, json.dumps({"path": str(path.resolve()), "bytes": size, "note": "not copied: larger than "
+                                    f"tracking.artifact_max_mb={max_bytes / 2**20:g}"}, indent=1))
         client.log_artifact(run_id, str(ref))
     return ref.name
 
@@ -474,8 +477,6 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1", log=None):
     """Start `mlflow server` for this store on host:port (a subprocess in its own process group; the caller
     waits or stops it): one worker, no job runner (its 7 huey workers serve GenAI jobs); output to `log`."""
-    import subprocess
-
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host",
                              host, "--port", str(port), "--workers", "1"], start_new_session=True, env=env, stdout=log, stderr=log)

@@ -67,3 +67,28 @@ def test_predict_cli_prints_the_api_answers(trained, capsys, tmp_path):
     assert main(["--config", str(TINY), "--ckpt", str(tmp_path / "nope.safetensors"), "--image", str(a),
                  "--question", "?", *trained["ovr"]]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_oversized_image_is_one_error_line_before_anything_is_decoded(trained, capsys, tmp_path):
+    from PIL import Image
+
+    from mmln.data.images import ImageTooLargeError
+    from mmln.predict import main
+
+    wide, pad = tmp_path / "wide.png", tmp_path / "pad.png"
+    Image.new("RGB", (600_000, 1), (200, 10, 10)).save(wide, optimize=True)  # 1.8 KB
+    Image.new("RGB", (20_000, 1), (200, 10, 10)).save(pad, optimize=True)  # 143 bytes
+    a = trained["images"][0]
+    argv = ["--config", str(TINY), "--ckpt", str(trained["ckpt"]), "--question", "?"]
+    assert main([*argv, "--image", str(wide), *trained["ovr"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(wide) in err and "600000x1" in err and "data.max_image_aspect=100" in err
+    # the pad-to-square canvas alone (aspect limit lifted): 20000^2 pixels asked for, refused
+    assert main([*argv, "--image", str(pad), *trained["ovr"], "data.image_aspect=pad", "data.max_image_aspect=1e9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "20000x1 padded to square" in err and "data.max_padded_pixels" in err
+    model = mmln.load(str(TINY), trained["ckpt"], trained["ovr"] + ["data.max_image_pixels=1000"])
+    with pytest.raises(ImageTooLargeError, match="data.max_image_pixels=1000"):
+        model.ask([a, Image.new("RGB", (50, 50))], ["?", "?"])  # a decoded image is checked too
+    assert model.ask(Image.new("RGB", (30, 30)), "?")  # within the limits: answered

@@ -100,12 +100,13 @@ def test_bad_samples_through_dataloader_workers(synth_data, toks, expected):
     assert True in flags  # a batch made only of bad records comes through, flagged empty
     # error policy: raised in a worker, re-raised in the main process with file, id and reason
     ds = dataset([r for r in ds.records if r.id == "bad_missing_image"], toks[True], on_bad_sample="error")
-    with pytest.raises(BadSampleError, match=r"bad_instruct.json: record id 'bad_missing_image'.*missing_image"):
+    with pytest.raises(BadSampleError, match=r"bad_instruct.json: record id 'bad_missing_image'.*missing_image") as e:
         it = iter(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=Collator(0)))
         try:
             next(it)
         finally:  # torch takes ~5 s per worker to reap them when the iterator dies with an exception
             it._shutdown_workers()
+    assert str(e.value).startswith("bad sample in ") and "\n" not in str(e.value)  # one line, no worker traceback
 
 
 def test_empty_batch_flag():

@@ -10,6 +10,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from test_data_helpers import tok_dirs, toks  # noqa: F401  (fixtures)
+
 from mmln.config import load_config
 from mmln.data.images import (
     CLIP_MEAN,
@@ -17,6 +19,8 @@ from mmln.data.images import (
     PAD_COLOR,
     ClipPreprocess,
     TimmPreprocess,
+    ImageLimits,
+    ImageTooLargeError,
     build_image_processor,
     expand2square,
     load_image,
@@ -168,3 +172,113 @@ def test_a_lab_image_is_refused_not_garbled(tmp_path):
     _original().convert("LAB").save(tmp_path / "lab.tiff")
     with pytest.raises(ValueError, match="mode LAB"):
         load_image(tmp_path / "lab.tiff")
+
+
+# ------------------------------------------------------------------------------------ bounded cost
+def _extreme_pngs(folder) -> dict:
+    """Tiny real PNG files whose headers promise expensive images: 600000x1 (its shortest-side resize to
+    224 px is 134400000x224, ~90 GB) and 20000x1 (a 20000x20000 canvas padded to square, 1.2 GB)."""
+    out = {}
+    for name, size in (("wide", (600_000, 1)), ("pad", (20_000, 1))):
+        out[name] = folder / f"{name}.png"
+        Image.new("RGB", size, (200, 10, 10)).save(out[name], optimize=True)
+        assert out[name].stat().st_size < 2000, out[name].stat().st_size
+    return out
+
+
+# A fresh interpreter: its address space is capped a little above what it holds once imports are done, so
+# an image decoded or resized at its header's size fails with MemoryError instead of exhausting the machine;
+# it prints the growth of its peak RSS (kB) and, per file, the error the image path raised.
+_BOUNDED = """
+import json, resource, sys
+from PIL import Image
+from mmln.data.images import ClipPreprocess, ImageLimits, load_image
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (768 << 20), resource.RLIM_INFINITY))
+rss0, out = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, []
+for path, pad, aspect in json.loads(sys.argv[1]):
+    proc = ClipPreprocess(224, pad=pad, limits=ImageLimits(max_aspect=aspect))
+    try:
+        proc(load_image(path, proc.limits, proc.pad))
+        out.append("decoded")
+    except Exception as e:
+        out.append(type(e).__name__ + ": " + str(e))
+print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0, "out": out}))
+"""
+
+
+def test_extreme_images_are_refused_from_the_header_with_memory_bounded(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    f = _extreme_pngs(tmp_path)
+    cases = [(str(f["wide"]), False, 100.0), (str(f["pad"]), True, 100.0),
+             (str(f["pad"]), True, 1e9)]  # aspect unbounded: the pad canvas limit alone refuses it
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", _BOUNDED, json.dumps(cases)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    wide, pad, canvas = got["out"]
+    assert wide.startswith("ImageTooLargeError") and "600000x1" in wide and "data.max_image_aspect=100" in wide
+    assert pad.startswith("ImageTooLargeError") and "20000x1" in pad and "data.max_image_aspect" in pad
+    assert canvas.startswith("ImageTooLargeError") and "padded to square is 400000000 pixels" in canvas
+    assert "data.max_padded_pixels=64000000" in canvas
+    assert got["rss_kb"] < 20_000, got  # nothing near the image's decoded size (1.8 MB) was ever allocated
+
+
+def test_image_limits_each_refuse_what_they_bound_and_nothing_else(tmp_path):
+    limits = ImageLimits(max_pixels=1000, max_aspect=4, max_padded_pixels=900)
+    limits.check((40, 25))  # 1000 pixels, aspect 1.6: within every limit
+    limits.check((40, 10))  # aspect 4 exactly; the canvas is not asked for without pad
+    with pytest.raises(ImageTooLargeError, match="data.max_image_pixels=1000"):
+        limits.check((41, 25))
+    with pytest.raises(ImageTooLargeError, match="data.max_image_aspect=4"):
+        limits.check((41, 10))
+    with pytest.raises(ImageTooLargeError, match="data.max_padded_pixels=900"):
+        limits.check((31, 30), pad=True)
+    limits.check((30, 30), pad=True)
+    # defaults: an ordinary photo and LLaVA's square crops go through unchanged
+    Image.new("RGB", (640, 480)).save(tmp_path / "ok.png")
+    assert load_image(tmp_path / "ok.png").size == (640, 480)
+    img = photo(640, 480)
+    assert torch.equal(ClipPreprocess(224)(img), ClipPreprocess(224, limits=ImageLimits())(img))
+    # an image handed in already decoded is checked before it is resized or padded
+    with pytest.raises(ImageTooLargeError, match="data.max_image_aspect"):
+        ClipPreprocess(64)(Image.new("RGB", (6000, 2)))
+    cfg = load_config(None, ["data.max_image_aspect=3", "data.image_aspect=pad", "model.vision.image_size=64"])
+    p = build_image_processor(cfg.model.vision, cfg.data.image_aspect, ImageLimits.of(cfg.data))
+    with pytest.raises(ImageTooLargeError, match="data.max_image_aspect=3"):
+        p(photo(90, 20))
+
+
+def test_an_oversized_image_is_a_counted_bad_sample(tmp_path, toks):
+    import json
+
+    from mmln.data.dataset import BadSampleError, BadSampleLog, Collator, LlavaDataset
+    from mmln.data.records import read_records
+
+    f = _extreme_pngs(tmp_path)
+    photo(80, 60).save(tmp_path / "ok.png")
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A shape."}]
+    recs = [{"id": name, "image": f"{name}.png", "conversations": conv} for name in ("ok", "wide", "pad")]
+    (tmp_path / "recs.json").write_text(json.dumps(recs))
+    records = read_records([tmp_path / "recs.json"], tmp_path)
+    tok = toks[True]
+    ds = LlavaDataset(records, tok, template="vicuna_v1", num_image_tokens=16,
+                      image_processor=ClipPreprocess(64, pad=True))
+    samples = [ds[i] for i in range(len(ds))]
+    assert [s.get("bad") for s in samples] == [None, "image_too_large", "image_too_large"]
+    assert "600000x1" in samples[1]["detail"] and "20000x1" in samples[2]["detail"]
+    log = BadSampleLog()
+    log.update(Collator(0)(samples))
+    assert log.as_dict() == {"image_too_large": 2} and "wide, pad" in log.summary()
+    assert ds.check(1)[0] == "image_too_large"
+    strict = LlavaDataset(records[1:], tok, template="vicuna_v1", num_image_tokens=16,
+                          image_processor=ClipPreprocess(64), on_bad_sample="error")
+    with pytest.raises(BadSampleError, match=r"record id 'wide'.*image_too_large"):
+        strict[0]

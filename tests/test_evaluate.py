@@ -418,3 +418,14 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_exit_2(synth, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"mmln.evaluate: error: --ckpt {bad}: not a checkpoint")
+
+
+def test_a_benchmark_image_over_the_size_limits_is_one_line_exit_2(synth, tmp_path, capsys):
+    from mmln.evaluate import main
+
+    rc = main(["--config", str(TINY), "--ckpt", "none", "--bench", "vqav2", "--out", str(tmp_path / "e"),
+               *eval_overrides(synth, "eval.limit=2", "data.max_image_pixels=1000", "data.num_workers=1")])  # 64x64 images; in a worker
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error" in x.lower()]  # MLflow's own INFO lines aside
+    assert rc == 2 and "Traceback" not in err, err
+    assert "64x64 is 4096 pixels, over data.max_image_pixels=1000" in line and ".jpg: " in line

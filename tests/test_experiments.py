@@ -27,13 +27,13 @@ def stand_in_demo_dir(root: Path) -> Path:
     from mmln.config import load_config
     from mmln.data.synth import synthesize, text_corpus
     from mmln.data.tokenizer import train_tiny_tokenizer
-    from mmln.model.vision import _hf_clip_config
+    from mmln.model.vision import hf_clip_config
 
     synthesize(root / "data", image_size=64, n_pretrain=8, n_instruct=16, n_mme_per_subtask=1, n_pope_images=2,
                n_vqa_images=2, n_caption_images=6, seed=0)
     (root / "data" / ".done").write_text("ok\n")
     vcfg = load_config(ROOT / "conf" / "demo" / "base.yaml", ["model.vision.path=null"]).model.vision
-    CLIPVisionModel(_hf_clip_config(vcfg)).save_pretrained(root / "vision")
+    CLIPVisionModel(hf_clip_config(vcfg)).save_pretrained(root / "vision")
     tok = train_tiny_tokenizer(text_corpus(800, seed=0), root / "base_lm", vocab_size=400)
     from transformers import AutoTokenizer
 

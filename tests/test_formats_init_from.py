@@ -116,7 +116,7 @@ def test_loud_loading_names_path_key_and_kind(tmp_path):
         build_model(tiny_config(f"model.llm.path={tmp_path / 'llava'}"))
     base = build_model(tiny_config())
     base.llm.save_pretrained(tmp_path / "llm")
-    with pytest.raises(ConfigError, match=r"model.init_from=.*expected a llava-hf or an original LLaVA.*'llama'"):
+    with pytest.raises(ConfigError, match=r"model.init_from=.*supported model family.*llava_llama.*'llama'"):
         tiny_config(f"model.init_from={tmp_path / 'llm'}")
     state = load_file(str(tmp_path / "llm" / "model.safetensors"))
     del state["model.layers.1.mlp.up_proj.weight"]

@@ -54,7 +54,8 @@ def test_vicuna7b_counts_match_the_paper_accounting(capsys):
         assert r["total"] == clip + llama7b + linear + adapters, name  # adapters join the total
         assert r["trainable"] == adapters + trio + (norms if name == "layernorm_lora" else 0), name
     assert rows["layernorm"]["groups"] == {"norms": norms, "connector": linear, "embeddings": 32000 * 4096,
-                                           "head": 32000 * 4096, "adapters": 0, "other": 0}
+                                           "head": 32000 * 4096, "adapters": 0, "vision_norms": 0,
+                                           "other": 0}
     assert rows["layernorm_simple"]["groups"]["norms"] == rows["layernorm_simple"]["trainable"]
     assert "no bias parameters" in rows["bitfit"]["refused"]
 

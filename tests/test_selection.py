@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from mmln import report, sweep
-from mmln.selection import best_lr, mean_ci
+from mmln.selection import best_lr, higher_is_better, mean_ci
 from tests.conftest import TINY
 
 
@@ -34,7 +34,7 @@ def test_seeds_multiply_the_grid_and_the_best_lr_uses_the_mean():
     assert [p.name for p in sweep.plan(str(TINY), ["layernorm"], [1e-3], [])] == ["layernorm-lr0.001"]  # one seed: as before
     for p, v in zip(points, [1.0, 3.0, 2.5, 2.5]):
         p.value = v
-    best = sweep.pick_best(points)
+    best = sweep.pick_best(points, "m")
     assert best["layernorm"].lr == 1e-4
     assert "lr=0.0001 (m=2.5 +- 0 (95% CI, 2 seeds)" in sweep.report_text(points, best, "m", "h")
     assert sweep.parse_args(["--config", "c", "--seeds", "3"]).seeds == 3
@@ -73,3 +73,20 @@ def test_lr_curves_mark_the_pruned_learning_rates(tmp_path):
     assert a.size != b.size or a.tobytes() != b.tobytes()  # the crosses (and their ticks and legend entry) are drawn
     only_pruned = report.lr_curves([], "m", tmp_path, {("tiny", "lora"): {1e-3}})  # a strategy with no score yet
     assert [p.name for p in only_pruned] == ["lr_curves_tiny.png"]
+
+
+def test_a_loss_selects_its_lowest_learning_rate_everywhere_a_best_lr_is_picked():
+    """`--select-metric val/loss` picked the highest loss (the worst lr) as best: the rule always maximized."""
+    assert not higher_is_better("val/loss") and not higher_is_better("train/loss") and higher_is_better("eval/pope_f1")
+    assert best_lr({1e-3: [2.0], 1e-4: [1.0]}, maximize=False) == 1e-4
+    assert best_lr({1e-3: [1.0], 1e-4: [1.0]}, maximize=False) == 1e-3  # tie: the higher lr, either way
+    points = sweep.plan(str(TINY), ["layernorm"], [1e-3, 1e-4], ["train.max_steps=2"], seeds=[0, 1])
+    for p, v in zip(points, [3.0, 2.0, 1.0, 1.5]):
+        p.value = v
+    best = sweep.pick_best(points, "val/loss")
+    assert (best["layernorm"].lr, best["layernorm"].value) == (1e-4, 1.0)
+
+    def run(lr, value, i):
+        return report.Run(f"r{i}", "tiny", "layernorm", lr, "", "all", "CLIP (hf_clip)", i, {"val/loss": value}, "0")
+
+    assert report.best([run(1e-3, 3.0, 0), run(1e-4, 1.0, 1)], "val/loss")[0].lr == 1e-4

@@ -81,11 +81,11 @@ def check_qa(scene: Scene, q: str, a: str) -> bool | None:
         objs = [o for o in scene.objects if o.color == m[1] and m[2] in (None, synth.where(o))]
         return len(objs) == 1 and a.rstrip(".").split()[-1] == objs[0].shape
     if m := re.fullmatch(r"How many (\w+) are there in the image\?", q):
-        k = len(scene.objects) if m[1] == "objects" else sum(synth._pl(o.shape) == m[1] for o in scene.objects)
+        k = len(scene.objects) if m[1] == "objects" else sum(synth.plural(o.shape) == m[1] for o in scene.objects)
         return a == str(k) or a.startswith(f"there {'is' if k == 1 else 'are'} {synth.NUM[k]} ")
     if m := re.fullmatch(r"Where is the (\w+ \w+) in the image\?", q):
         o = _obj(scene, m[1])
-        return a in (synth._spot(o), f"the {m[1]} is {synth.where(o)} of the image.")
+        return a in (synth.spot_name(o), f"the {m[1]} is {synth.where(o)} of the image.")
     if m := re.fullmatch(r"Is the (\w+ \w+) (?:to the )?(left|right|above|below) (?:of )?the (\w+ \w+)\?", q):
         o, b = _obj(scene, m[1]), _obj(scene, m[3])
         truth = {"left": o.col < b.col, "right": o.col > b.col, "above": o.row < b.row, "below": o.row > b.row}
@@ -96,15 +96,15 @@ def check_qa(scene: Scene, q: str, a: str) -> bool | None:
 def test_checker_can_fail() -> None:
     s = synth.sample_scene(random.Random(3), 2)
     absent = next(lab for lab in LABELS if lab not in s.labels)
-    assert check_qa(s, f"Is there {synth._a(absent)} in the image?", "Yes") is False
-    assert check_qa(s, f"Is there {synth._a(s.labels[0])} in the image?", "Yes") is True
+    assert check_qa(s, f"Is there {synth.article(absent)} in the image?", "Yes") is False
+    assert check_qa(s, f"Is there {synth.article(s.labels[0])} in the image?", "Yes") is True
     assert check_qa(s, "How many objects are there in the image?", "7") is False
     assert check_qa(s, "What color is the background?", "The background is purple.") is False
     other_bg = next(b for b in synth.BACKGROUNDS if b != s.background)
     assert check_qa(s, f"Is the background of this image {other_bg}?", "Yes") is False
     assert check_qa(s, f"Is the background color {s.background}?", "Yes") is True
     assert check_qa(s, f"Are there {synth.NUM[len(s.objects) + 1]} objects in the image?", "Yes") is False
-    assert check_qa(s, f"Does the image contain {synth._a(absent)}?", "No") is True
+    assert check_qa(s, f"Does the image contain {synth.article(absent)}?", "No") is True
 
 
 # --------------------------------------------------------------------------- formats

@@ -147,6 +147,14 @@ def layer_similarity(mllm, batches: Iterable[dict], device: Optional[torch.devic
             if batch["input_ids"].shape[0] == 0:
                 continue
             pixels = batch.get("pixel_values")
+            if hasattr(mllm, "hidden_states"):  # a native family (mmln.model.families): its own forward runs
+                with forward_context(), block_outputs(layers) as outs:
+                    mask, image_mask = mllm.hidden_states(batch["input_ids"].to(device),
+                                                          batch["attention_mask"].to(device), pixels)
+                if len(outs) != len(layers):
+                    raise RuntimeError(f"captured {len(outs)} block outputs for {len(layers)} decoder blocks")
+                acc.add(outs, mask, image_mask)
+                continue
             with forward_context():
                 s = mllm.embed_batch(batch["input_ids"].to(device), batch["attention_mask"].to(device), None,
                                      pixels.to(device) if pixels is not None and pixels.numel() else None)

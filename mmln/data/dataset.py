@@ -16,7 +16,9 @@ Reasons: missing_image, image_outside_folder (an `image` path that leaves the im
 `../` or as an absolute path), corrupt_image, truncated_image, malformed, no_assistant,
 missing_image_token, repeated_image_token, mask_mismatch, no_supervised_tokens (nothing
 supervised left once the model cuts the sequence to `max_length` after image expansion),
-template_error (`data.template=chat_template`: the tokenizer's template refused the conversation).
+template_error (`data.template=chat_template`: the tokenizer's template refused the conversation),
+image_too_large (the image header's size exceeds `data.max_image_pixels`, `data.max_image_aspect` or,
+padded to square, `data.max_padded_pixels`: refused before a pixel is decoded).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-from .images import ImageProcessor, load_image
+from .images import ImageProcessor, ImageTooLargeError, load_image
 from .records import Record
 from .templates import ConversationError, tokenize_conversation
 
@@ -49,12 +51,20 @@ REASONS = (
     "mask_mismatch",
     "no_supervised_tokens",
     "template_error",
+    "image_too_large",
+    "image_truncated",
 )
 
 
 class BadSampleError(RuntimeError):
     """A bad sample under `data.on_bad_sample=error`. Built from one message string so that a
-    DataLoader worker can re-raise it in the main process; the message names file, id, reason."""
+    DataLoader worker can re-raise it in the main process; the message names file, id, reason (torch
+    re-raises it with the worker's traceback as the message: kept to the one line it had)."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # torch's ExceptionWrapper.reraise
+            message = message.rstrip().rsplit("\n", 1)[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
     @classmethod
     def of(cls, file: str, record_id: str, reason: str, detail: str = "", index: Optional[int] = None) -> "BadSampleError":
@@ -68,6 +78,9 @@ class _Bad(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
+
+
+BadSample = _Bad  # raised by dataset variants (mmln.data.processor) for a bad record
 
 
 def truncate(
@@ -157,10 +170,13 @@ class LlavaDataset(torch.utils.data.Dataset):
         folder = os.path.abspath(rec.image_folder)  # lexical (abspath normalises): symlinked folders stay fine
         if os.path.commonpath([folder, os.path.abspath(path)]) != folder:
             raise _Bad("image_outside_folder", f"{rec.raw['image']!r} resolves outside the image folder {folder}")
+        proc = self.image_processor  # its cost limits and pad-to-square, checked from the header
         try:
-            return load_image(path)
+            return load_image(path, getattr(proc, "limits", None), getattr(proc, "pad", False))
         except FileNotFoundError:
             raise _Bad("missing_image", str(path)) from None
+        except ImageTooLargeError as e:
+            raise _Bad("image_too_large", str(e)) from None
         except UnidentifiedImageError as e:
             raise _Bad("corrupt_image", f"{path}: {e}") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -307,14 +323,14 @@ def build_datasets(cfg: Any, tokenizer: Any, num_image_tokens: int) -> tuple[Lla
     """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
     `cfg.model` (vision preprocessing, max_length). `num_image_tokens`: positions one image takes,
     from the vision encoder (`mllm.vision.num_patches`, or `mmln.constants.image_positions`)."""
-    from .images import build_image_processor
+    from .images import ImageLimits, build_image_processor
     from .records import load_train_val
 
     train, val = load_train_val(cfg.data)
     vision = cfg.model.vision
     kw = dict(
         template=cfg.data.template,
-        image_processor=build_image_processor(vision, cfg.data.image_aspect),
+        image_processor=build_image_processor(vision, cfg.data.image_aspect, ImageLimits.of(cfg.data)),
         num_image_tokens=num_image_tokens,
         max_length=cfg.model.max_length,
         on_bad_sample=cfg.data.on_bad_sample,

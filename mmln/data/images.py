@@ -15,21 +15,74 @@
   canvas of the CLIP mean colour (122, 116, 104), the image centred.
 - `TimmPreprocess`: `timm.data.resolve_data_config` + `create_transform` from the timm model
   name's pretrained config (no weights are loaded), eval mode.
+- `ImageLimits` (`data.max_image_pixels`, `data.max_image_aspect`, `data.max_padded_pixels`): an
+  image's cost is bounded before it is decoded. PIL reads only the header on open, so `load_image`
+  checks the size there and raises `ImageTooLargeError` before a pixel is decoded; the processors
+  check again (an image handed in already decoded) before they resize or pad. Without the check a
+  1.8 KB 600000x1 PNG asks the shortest-side resize for a 134400000x224 image (about 90 GB), and a
+  143-byte 20000x1 one with pad-to-square for a 20000x20000 canvas (1.2 GB).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from PIL import Image
+
+from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = (122, 116, 104)  # tuple(int(x * 255) for x in CLIP_MEAN), LLaVA's background
 
 ImageProcessor = Callable[[Image.Image], torch.Tensor]
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose size (from its header) exceeds `ImageLimits`; the message names the limit's key.
+    Raised in a DataLoader worker, torch re-raises it with its traceback as the message: kept to the
+    one line it had."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:  # torch's ExceptionWrapper.reraise
+            message = message.rstrip().rsplit("\n", 1)[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost, checked from its size alone (defaults: `mmln.constants`).
+
+    max_pixels: width x height of the decoded image.
+    max_aspect: long side / short side.
+    max_padded_pixels: the pad-to-square canvas, long side squared (`data.image_aspect=pad` only).
+    """
+
+    max_pixels: int = MAX_IMAGE_PIXELS
+    max_aspect: float = MAX_IMAGE_ASPECT
+    max_padded_pixels: int = MAX_PADDED_PIXELS
+
+    @classmethod
+    def of(cls, data: Any) -> "ImageLimits":
+        """From `cfg.data`."""
+        return cls(int(data.max_image_pixels), float(data.max_image_aspect), int(data.max_padded_pixels))
+
+    def check(self, size: tuple[int, int], pad: bool = False, where: str = "image") -> None:
+        """Raise `ImageTooLargeError` naming `where`, the size and the key of the limit it exceeds."""
+        w, h = size
+        if w * h > self.max_pixels:
+            raise ImageTooLargeError(f"{where}: {w}x{h} is {w * h} pixels, over data.max_image_pixels="
+                                     f"{self.max_pixels}; shrink the image or raise the limit")
+        if max(w, h) > self.max_aspect * max(min(w, h), 1):
+            raise ImageTooLargeError(f"{where}: {w}x{h} has aspect ratio {max(w, h) / max(min(w, h), 1):.4g}, over "
+                                     f"data.max_image_aspect={self.max_aspect:g}; crop the image or raise the limit")
+        if pad and max(w, h) ** 2 > self.max_padded_pixels:
+            raise ImageTooLargeError(f"{where}: {w}x{h} padded to square is {max(w, h) ** 2} pixels, over "
+                                     f"data.max_padded_pixels={self.max_padded_pixels}; shrink the image or raise "
+                                     "the limit")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -57,10 +110,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB. Raises FileNotFoundError, PIL.UnidentifiedImageError
-    (not an image) or OSError (e.g. "image file is truncated")."""
+def load_image(path: str | Path, limits: Optional[ImageLimits] = None, pad: bool = False) -> Image.Image:
+    """Open, check the header's size against `limits` (default `ImageLimits()`; `pad`: the image will
+    be padded to square), then fully decode as RGB. Raises FileNotFoundError,
+    PIL.UnidentifiedImageError (not an image), ImageTooLargeError (before decoding) or OSError
+    (e.g. "image file is truncated")."""
     with Image.open(path) as im:
+        (limits or ImageLimits()).check(im.size, pad, str(path))
         im.load()
         return to_rgb(im)
 
@@ -85,16 +141,23 @@ class ClipPreprocess:
         mean: tuple[float, ...] = CLIP_MEAN,
         std: tuple[float, ...] = CLIP_STD,
         pad: bool = False,
+        limits: Optional[ImageLimits] = None,
     ):
         self.size = image_size
         self.pad = pad
+        self.limits = limits or ImageLimits()
         # uint8 -> normalized value lookup, per channel, computed exactly as CLIPImageProcessorPil
         # does it (rescale in float64, cast to float32, normalize in float32)
         levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
         m, sd = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
         self.lut = np.stack([(levels - m[c]) / sd[c] for c in range(3)])  # (3, 256) float32
 
+    def check(self, size: tuple[int, int], where: str = "image") -> None:
+        """`ImageTooLargeError` when an image of `size` would cost more than `limits` allow."""
+        self.limits.check(size, self.pad, where)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        self.check(image.size)
         image = to_rgb(image)
         if self.pad:
             image = expand2square(image)
@@ -114,7 +177,8 @@ class TimmPreprocess:
     """timm's eval transform for `name` (from its pretrained config, no download), optionally at
     another `image_size` and after LLaVA's pad-to-square."""
 
-    def __init__(self, name: str, image_size: int | None = None, pad: bool = False):
+    def __init__(self, name: str, image_size: int | None = None, pad: bool = False,
+                 limits: Optional[ImageLimits] = None):
         import timm.data
         from timm.models import get_pretrained_cfg
 
@@ -127,21 +191,27 @@ class TimmPreprocess:
         self.data_cfg = data_cfg
         self.transform = timm.data.create_transform(**data_cfg, is_training=False)
         self.pad = pad
+        self.limits = limits or ImageLimits()
         mean = tuple(int(round(m * 255)) for m in data_cfg["mean"])
         self.fill = mean if len(mean) == 3 else PAD_COLOR
 
+    check = ClipPreprocess.check
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        self.check(image.size)
         image = to_rgb(image)
         if self.pad:
             image = expand2square(image, self.fill)
         return self.transform(image)
 
 
-def build_image_processor(vision: Any, image_aspect: str = "square") -> ImageProcessor:
-    """From `cfg.model.vision` (preprocess, name, image_size) and `cfg.data.image_aspect`."""
+def build_image_processor(vision: Any, image_aspect: str = "square", limits: Optional[ImageLimits] = None
+                          ) -> ImageProcessor:
+    """From `cfg.model.vision` (preprocess, name, image_size), `cfg.data.image_aspect` and
+    `ImageLimits.of(cfg.data)` (default: `ImageLimits()`)."""
     pad = image_aspect == "pad"
     if vision.preprocess == "timm":
-        return TimmPreprocess(vision.name, vision.image_size, pad=pad)
+        return TimmPreprocess(vision.name, vision.image_size, pad=pad, limits=limits)
     if vision.preprocess == "clip":
-        return ClipPreprocess(vision.image_size, pad=pad)
+        return ClipPreprocess(vision.image_size, pad=pad, limits=limits)
     raise ValueError(f"model.vision.preprocess={vision.preprocess!r} is not one of clip, timm")

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from mmln.constants import CONVERSATION_TYPES
+
 log = logging.getLogger("mmln.data")
 
-TYPES = ("conversation", "detail", "complex_reasoning")
+TYPES = CONVERSATION_TYPES
 TYPE_FILES = {
     "conversation": "conversation_58k.json",
     "detail": "detail_23k.json",

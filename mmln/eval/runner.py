@@ -230,7 +230,9 @@ class Collate:
 
     def __call__(self, batch: list[tuple[list[int], Optional[Path]]]) -> dict[str, Any]:
         input_ids, mask, _ = pad_right([ids for ids, _ in batch], self.pad_id)
-        images = [self.image_processor(p if isinstance(p, Image.Image) else load_image(p))  # a path, or a PIL image
+        proc = self.image_processor  # a path is checked against its cost limits before decoding
+        images = [proc(p if isinstance(p, Image.Image) else load_image(p, getattr(proc, "limits", None),
+                                                                        getattr(proc, "pad", False)))
                   for _, p in batch if p is not None]
         return {"input_ids": input_ids, "attention_mask": mask,
                 "pixel_values": torch.stack(images) if images else None}

@@ -8,83 +8,16 @@
   (a local CLIP directory; LLaVA names it only by hub id in `mm_vision_tower`), or from the
   checkpoint itself when it holds `model.vision_tower.vision_tower.*`.
 
-`model_fields(dir)` (JSON only, no torch; applied when the config loads) gives the `model.*`
-fields the checkpoint implies: image size, patch, feature layer and selection, connector type,
-LLM shape, and the tokenizer directory. `build_parts(cfg)` builds the modules from the
+`mmln.checkpoint_config.model_fields(dir)` (JSON only, no torch; applied when the config loads)
+gives the `model.*` fields the checkpoint implies. `build_parts(cfg)` builds the modules from the
 checkpoint's own configs and fills every weight strictly (`mmln.formats.strict`).
 A llava-hf projector with activation `linear` (how mmln exports LLaVA v1's single linear
 connector) is folded back into one `nn.Linear` (W2 W1, W2 b1 + b2).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
-from mmln.formats.strict import WeightsMismatchError, describe_dir, load_strict, model_type, read_weights
-
-KEY = "model.init_from"
-
-
-def _config(path: str | Path) -> dict:
-    f = Path(path) / "config.json"
-    if not f.is_file():
-        raise WeightsMismatchError(f"{KEY}={path}: no config.json there ({describe_dir(path)})", KEY, str(path))
-    return json.loads(f.read_text())
-
-
-def model_fields(path: str | Path, vision_path: str | None = None) -> dict[str, Any]:
-    """Nested `model.*` overrides for a config whose `model.init_from` is `path`."""
-    c = _config(path)
-    kind = c.get("model_type")
-    if kind == "llava":
-        v, t = c.get("vision_config") or {}, c.get("text_config") or {}
-        act = c.get("projector_hidden_act", "gelu")
-        if act not in ("gelu", "linear"):
-            raise WeightsMismatchError(f"{KEY}={path}: projector_hidden_act={act!r}; mmln's connectors are "
-                                       "mlp2x_gelu (gelu) and linear", KEY, str(path))
-        layer = c.get("vision_feature_layer", -2)
-        if not isinstance(layer, int):
-            raise WeightsMismatchError(f"{KEY}={path}: vision_feature_layer={layer} (several layers) is not "
-                                       "supported; mmln selects one layer", KEY, str(path))
-        vision = {"backend": "hf_clip", "path": None, "select_layer": layer,  # the tower is in the checkpoint
-                  "select_feature": "patch" if c.get("vision_feature_select_strategy", "default") == "default"
-                  else "cls_patch", **_vision_fields(v)}
-        llm = {"arch": t.get("model_type", "llama"), **_llm_fields(t)}
-        connector = {"type": "mlp2x_gelu" if act == "gelu" else "linear", "path": None}
-    elif kind == "llava_llama":
-        vision = {"backend": "hf_clip", "select_layer": c.get("mm_vision_select_layer", -2),
-                  "select_feature": c.get("mm_vision_select_feature", "patch")}
-        if vision_path and (Path(vision_path) / "config.json").is_file():
-            vc = json.loads((Path(vision_path) / "config.json").read_text())
-            vision |= _vision_fields(vc.get("vision_config", vc))
-        ptype = c.get("mm_projector_type", "linear")
-        if ptype not in ("linear", "mlp2x_gelu"):
-            raise WeightsMismatchError(f"{KEY}={path}: mm_projector_type={ptype!r}; mmln has linear and mlp2x_gelu",
-                                       KEY, str(path))
-        llm = {"arch": "llama", **_llm_fields(c)}
-        connector = {"type": ptype, "path": None}
-    else:
-        raise WeightsMismatchError(f"{KEY}={path}: expected a llava-hf or an original LLaVA checkpoint, but "
-                                   f"{describe_dir(path)}", KEY, str(path))
-    llm |= {"path": None}
-    return {"vision": vision, "connector": connector, "llm": llm}
-
-
-def _vision_fields(v: dict) -> dict:
-    names = {"image_size": "image_size", "patch_size": "patch_size", "hidden_size": "hidden_size",
-             "intermediate_size": "intermediate_size", "num_hidden_layers": "num_layers",
-             "num_attention_heads": "num_heads"}
-    return {ours: v[theirs] for theirs, ours in names.items() if theirs in v}
-
-
-def _llm_fields(t: dict) -> dict:
-    names = {"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-             "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
-             "num_key_value_heads": "num_kv_heads", "vocab_size": "vocab_size",
-             "max_position_embeddings": "max_position_embeddings", "rms_norm_eps": "rms_norm_eps",
-             "tie_word_embeddings": "tie_word_embeddings"}
-    return {ours: t[theirs] for theirs, ours in names.items() if theirs in t}
+from mmln.checkpoint_config import KEY, model_fields, read_config
+from mmln.formats.strict import WeightsMismatchError, load_strict, model_type, read_weights
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -142,7 +75,7 @@ def _llava_orig_parts(cfg, dtype):
     from mmln.model.vision import build_vision
 
     path = str(cfg.init_from)
-    raw = {k: v for k, v in _config(path).items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
+    raw = {k: v for k, v in read_config(path).items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
     llm = AutoModelForCausalLM.from_config(LlamaConfig(**raw), dtype=dtype, attn_implementation=cfg.attn_implementation)
     state = read_weights(path, KEY)
     tower = {k[len("model.vision_tower.vision_tower."):]: state.pop(k) for k in list(state)

@@ -118,9 +118,10 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     import torch
     from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmln.io import atomic_dir
     from mmln.model.llm import load_tokenizer
+    from mmln.outputs import claim, replacing
 
+    claim(out, "hf-llava")  # before anything is computed: a folder that is not mmln's is never touched
     if cfg.model.vision.backend != "hf_clip":
         raise ValueError("hf-llava export needs model.vision.backend=hf_clip (transformers' LLaVA holds a CLIP tower)")
     tokenizer = load_tokenizer(cfg.model.llm)
@@ -158,7 +159,7 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
         image_token=IMAGE_TOKEN, num_additional_image_tokens=1,
     )
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with replacing(out, "hf-llava") as tmp:  # built beside `out`, manifest last, swapped in whole
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)

@@ -28,14 +28,19 @@ def _trio_modules(llm) -> list[str]:
     return out
 
 
-def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None) -> Path:
-    """Write the LLM part of a tuned `mllm` as a PEFT adapter directory `out`; returns it."""
+def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None, connector: bool = False) -> Path:
+    """Write the LLM part of a tuned `mllm` as a PEFT adapter directory `out` (with the connector as
+    `mm_projector.bin` when `connector`); returns it. `out` must be new, empty or an earlier adapter
+    mmln wrote: the new one is built beside it and swapped in, its manifest last (`mmln.outputs`)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from mmln.io import atomic_dir
+    from mmln.model import save_mm_projector
+    from mmln.outputs import claim, replacing
     from mmln.tuning import get_strategy
+
+    claim(out, "peft-adapter", "the adapter folder")
 
     strategy = get_strategy(tune.strategy)
     if strategy.peft_config is None:
@@ -68,8 +73,10 @@ def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None)
                          f"e.g. {left[:4]}: the strategy's PEFT config misses them")
     pm.load_state_dict(state, strict=False, assign=True)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with replacing(out, "peft-adapter", "the adapter folder") as tmp:
         pm.save_pretrained(tmp)
+        if connector:
+            save_mm_projector(mllm.connector, tmp / "mm_projector.bin")
     return out
 
 
@@ -81,14 +88,11 @@ def adapter_dir_name(config) -> str:
 def export_peft_adapter(mllm, cfg, run_dir: str | Path) -> Path | None:
     """`<run_dir>/<type>_adapter/` for a strategy with a PEFT form (else None), with the connector
     beside the adapter weights as LLaVA's `mm_projector.bin` when the run trained it."""
-    from mmln.model import save_mm_projector
     from mmln.tuning import get_strategy
 
     strategy = get_strategy(cfg.tune.strategy)
     if strategy.peft_config is None:
         return None
     out = Path(run_dir) / (strategy.adapter_dir or adapter_dir_name(strategy.peft_config(mllm, cfg.tune)))
-    save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path)
-    if any(p.requires_grad for p in mllm.connector.parameters()):
-        save_mm_projector(mllm.connector, out / "mm_projector.bin")
-    return out
+    return save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path,
+                             connector=any(p.requires_grad for p in mllm.connector.parameters()))

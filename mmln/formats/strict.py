@@ -2,50 +2,11 @@
 given, is an error naming the path, the config key, a few keys, and what the directory looks like."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from mmln.model.errors import MissingWeightsError
-
-# config.json model_type -> (what it is, the key that loads it)
-KINDS = {
-    "llava": ("a llava-hf checkpoint (LlavaForConditionalGeneration)", "model.init_from"),
-    "llava_llama": ("an original LLaVA checkpoint (LlavaLlamaForCausalLM)", "model.init_from"),
-    "clip": ("a CLIP model (text + vision)", "model.vision.path"),
-    "clip_vision_model": ("a CLIP vision tower", "model.vision.path"),
-}
-
-
-class WeightsMismatchError(MissingWeightsError):
-    """The weights at a configured path do not fill the model that was built (or were not all used)."""
-
-    def __init__(self, message: str, key: str, path: str | None):
-        FileNotFoundError.__init__(self, message)
-        self.key, self.path = key, path
-
-
-def model_type(path: str | Path) -> str | None:
-    f = Path(path) / "config.json"
-    try:
-        return json.loads(f.read_text()).get("model_type") if f.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
-def describe_dir(path: str | Path) -> str:
-    """What a weights directory looks like, e.g. "this is a llava-hf checkpoint ...: use model.init_from"."""
-    p = Path(path)
-    if not p.exists():
-        return f"'{p}' does not exist"
-    kind = model_type(p)
-    if kind in KINDS:
-        what, key = KINDS[kind]
-        return f"this is {what}: use {key}={p}"
-    if kind:
-        return f"this is a '{kind}' checkpoint (config.json model_type)"
-    files = sorted(x.name for x in p.iterdir())[:8] if p.is_dir() else [p.name]
-    return f"it holds {files}"
+from mmln.checkpoint_config import KINDS, describe_dir, model_type  # noqa: F401  (re-exported: loaders use them)
+from mmln.model.errors import MissingWeightsError, WeightsMismatchError
 
 
 def check_kind(path: str | Path, key: str, allowed: Iterable[str]) -> None:

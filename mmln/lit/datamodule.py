@@ -70,6 +70,8 @@ class MMLNDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None, world_size: Optional[int] = None) -> None:
         if world_size is not None:
             self.world_size = world_size
+        if self.train_set is None and self.cfg.model.init_from:
+            self.train_set, self.val_set = self._processor_datasets() or (None, None)
         if self.train_set is None:
             if self.num_image_tokens is None:
                 from mmln.constants import image_positions
@@ -82,6 +84,25 @@ class MMLNDataModule(L.LightningDataModule):
                 f"train.global_batch_size={t.global_batch_size} is not a multiple of train.micro_batch_size="
                 f"{t.micro_batch_size} x {self._world()} devices"
             )
+
+    def _processor_datasets(self):
+        """A native family's data: records through its own processor and chat template (mmln.data.processor);
+        None for the LLaVA assembly."""
+        from transformers import AutoProcessor
+
+        from mmln.data.processor import ProcessorCollator, ProcessorDataset
+        from mmln.data.records import load_train_val
+        from mmln.families import native_family
+
+        family = native_family(self.cfg.model)
+        if family is None:
+            return None
+        processor = AutoProcessor.from_pretrained(self.cfg.model.init_from)
+        self.collate = ProcessorCollator(pad_token_id(processor.tokenizer), family.text_aligned)
+        kw = dict(text_aligned=family.text_aligned, max_length=self.cfg.model.max_length,
+                  on_bad_sample=self.cfg.data.on_bad_sample)
+        train, val = load_train_val(self.cfg.data)
+        return ProcessorDataset(train, processor, **kw), (ProcessorDataset(val, processor, **kw) if val else None)
 
     def _world(self) -> int:
         if self.world_size is not None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mmln.io import atomic_path
 from mmln.model import save_mm_projector
 from mmln.model.checkpoint import save_trainable
 from mmln.model.mllm import HostBatch
@@ -91,6 +90,8 @@ class MLLMModule(L.LightningModule):
         return out.loss
 
     def _image_tokens(self, batch) -> int:
+        if isinstance(batch.get("pixel_values"), dict) or not hasattr(self.mllm.vision, "num_patches"):
+            return 0  # a native family's processor already expanded the image tokens in input_ids
         n_images = batch["pixel_values"].shape[0] if batch.get("pixel_values") is not None else 0
         return n_images * (self.mllm.vision.num_patches - 1)  # each placeholder id becomes num_patches rows
 
@@ -160,6 +161,8 @@ class InstructFinetune(MLLMModule):
         from mmln.formats.peft_adapter import export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
+        if hasattr(self.mllm, "family"):
+            return paths  # a native family (mmln.model.families): out through `mmln.export --format hf`; no PEFT adapter yet
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
         if out is not None:
             return paths + [out]
@@ -170,14 +173,15 @@ class InstructFinetune(MLLMModule):
             from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
 
+            from mmln.outputs import replacing
+
             out = run_dir / f"{self.cfg.tune.strategy}_adapter"
-            out.mkdir(exist_ok=True)
-            dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(out)
-            # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
-            state = get_peft_model_state_dict(self.mllm.llm)
-            with atomic_path(out / "adapter_model.safetensors") as tmp:
+            with replacing(out, "peft-adapter", "the adapter folder") as tmp:  # swapped in whole, manifest last
+                dataclasses.replace(peft_config["default"], task_type="CAUSAL_LM").save_pretrained(tmp)
+                # PeftModel.from_pretrained(base, out) reads keys as PeftModel names them: "base_model.model." + name
+                state = get_peft_model_state_dict(self.mllm.llm)
                 save_file({f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in state.items()},
-                          str(tmp))
+                          str(tmp / "adapter_model.safetensors"))
             paths.append(out)
         return paths
 

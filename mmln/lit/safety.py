@@ -28,7 +28,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mmln.io import atomic_path
-from mmln.model.checkpoint import _damaged, torch_load
+from mmln.model.checkpoint import damaged_checkpoint, torch_load
 
 
 class NonFiniteError(RuntimeError):
@@ -82,7 +82,7 @@ def read_resume_checkpoint(path) -> dict[str, Any]:
     ckpt = torch_load(path, "resume checkpoint")
     missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)
     if missing:
-        raise _damaged(path, "resume checkpoint", f"not a Lightning training checkpoint: no {', '.join(missing)}")
+        raise damaged_checkpoint(path, "resume checkpoint", f"not a Lightning training checkpoint: no {', '.join(missing)}")
     return ckpt
 
 

@@ -42,7 +42,7 @@ def frozen_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
+def build_mllm(cfg: ModelConfig, *, load_weights: bool = True):
     """Vision + connector + LLM. Frozen weights in `cfg.dtype`; the connector is built in fp32.
 
     `load_weights=False` builds the architecture only (random init; under `torch.device("meta")`
@@ -55,6 +55,23 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
     from mmln.model.vision import build_vision
 
     dtype = frozen_dtype(cfg.dtype)
+    sources = {"llm": ("model.llm.path", cfg.llm.path), "vision": ("model.vision.path", cfg.vision.path),
+               "connector": ("model.connector.path", cfg.connector.path)}
+    if cfg.init_from:  # the parts without a path of their own come from the one checkpoint
+        sources = {part: (key, path) if path and part != "llm" else ("model.init_from", cfg.init_from)
+                   for part, (key, path) in sources.items()}
+    if load_weights:  # a stranger's weights: no code, no damaged header, no integer weights (one line each)
+        from mmln.formats.trust import check_source
+
+        for key, path in dict(sources.values()).items():
+            check_source(path, key)
+    from mmln.families import native_family
+
+    family = native_family(cfg)
+    if family is not None:  # a native transformers VLM (mmln.model.families)
+        from mmln.model.families.native import build_native
+
+        return build_native(cfg, family, dtype, load_weights=load_weights)
     if cfg.init_from and load_weights:  # one checkpoint holds every part (llava-hf / original LLaVA)
         from mmln.formats.init_from import build_parts
         from mmln.model.vision import VisionEncoder
@@ -72,4 +89,11 @@ def build_mllm(cfg: ModelConfig, *, load_weights: bool = True) -> "MLLM":
         # non-reentrant: with frozen embeddings and connector, reentrant checkpointing drops the norms' grads
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     llm.config.use_cache = False
+    if load_weights:  # NaN / Inf in loaded weights: refused, naming the tensor and where it came from
+        from mmln.formats.trust import check_finite
+
+        for part, module in (("llm", llm), ("vision", vision), ("connector", connector)):
+            key, path = sources[part]
+            if path:
+                check_finite(module.state_dict(), key, path)
     return MLLM(vision, connector, llm, max_length=cfg.max_length, loss_chunk=cfg.loss_chunk)

@@ -16,9 +16,7 @@ from safetensors.torch import load_file, save_file
 from mmln.io import atomic_path
 from mmln.model.errors import CheckpointError
 
-CONVERT_HINT = ("if you trust its source, convert it once to safetensors: python -c \"import torch; "
-                "from safetensors.torch import save_file; save_file(torch.load('{path}', weights_only=False), "
-                "'{stem}.safetensors')\" and point mmln at the .safetensors file")
+CONVERT_HINT = "ask its source for the weights as a .safetensors file (plain tensors, no code)"
 
 
 def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
@@ -33,15 +31,15 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
             raise CheckpointError(
                 f"{what} '{path}' was refused: loading it would run code ({found.group(1)}), which mmln never "
                 "does. " + ("mmln's own checkpoints never need that: resume from another one" if what.startswith("resume")
-                            else CONVERT_HINT.format(path=path, stem=path.with_suffix("")))) from None
-        raise _damaged(path, what, "not a torch checkpoint") from None
+                            else CONVERT_HINT)) from None
+        raise damaged_checkpoint(path, what, "not a torch checkpoint") from None
     except FileNotFoundError:
         raise
     except Exception as e:  # damaged bytes surface as RuntimeError, EOFError, IndexError, KeyError, UnicodeDecodeError, ...
-        raise _damaged(path, what, (str(e).splitlines() or [type(e).__name__])[0][:120] or "empty file") from None
+        raise damaged_checkpoint(path, what, (str(e).splitlines() or [type(e).__name__])[0][:120] or "empty file") from None
 
 
-def _damaged(path: Path, what: str, why: str) -> CheckpointError:
+def damaged_checkpoint(path: Path, what: str, why: str) -> CheckpointError:
     return CheckpointError(f"{what} '{path}' is damaged or not a torch checkpoint ({why}): delete it to start "
                            "over, or point resume= at an older checkpoint")
 
@@ -65,7 +63,7 @@ def read_trainable(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     ckpt = torch_load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise _damaged(path, "checkpoint", "no 'state_dict' in it")
+        raise damaged_checkpoint(path, "checkpoint", "no 'state_dict' in it")
     state = ckpt["state_dict"]
     return {k.removeprefix("mllm."): v for k, v in state.items()}
 

@@ -27,8 +27,8 @@ def build_connector(kind: str, vision_dim: int, llm_dim: int) -> nn.Module:
 def save_mm_projector(connector: nn.Module, path: str | Path) -> Path:
     """Write LLaVA's stage-1 format: {'model.mm_projector.<name>': tensor}; atomic."""
     state = {LLAVA_PREFIX + k: v.detach().cpu().clone() for k, v in connector.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: the same bytes whatever tmp's name
+        torch.save(state, f)
     return Path(path)
 
 

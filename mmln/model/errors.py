@@ -22,5 +22,13 @@ class MissingWeightsError(FileNotFoundError):
         return err
 
 
+class WeightsMismatchError(MissingWeightsError):
+    """The weights at a configured path do not fill the model that was built (or were not all used)."""
+
+    def __init__(self, message: str, key: str, path: str | None):
+        FileNotFoundError.__init__(self, message)
+        self.key, self.path = key, path
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: damaged, of the wrong kind, or needing code to load."""

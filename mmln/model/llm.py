@@ -66,6 +66,9 @@ def load_tokenizer(cfg: LLMConfig):
     if not path or not Path(path).is_dir():
         raise MissingWeightsError("model.llm.tokenizer", path,
                                   "the tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
+    from mmln.formats.trust import check_no_code
+
+    check_no_code(path, "model.llm.tokenizer" if cfg.tokenizer else "model.llm.path")  # no auto_map tokenizer code
     kwargs = {} if cfg.tokenizer_legacy is None else {"legacy": bool(cfg.tokenizer_legacy)}
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
     if tok.pad_token_id is None:

@@ -60,7 +60,7 @@ class VisionEncoder(nn.Module):
         return feats[:, prefix - 1:]  # the (last) CLS token + patches
 
 
-def _hf_clip_config(cfg: VisionConfig):
+def hf_clip_config(cfg: VisionConfig):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
@@ -96,7 +96,7 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
             hf_cfg = CLIPVisionConfig.from_pretrained(cfg.path)
             backbone = CLIPVisionModel(hf_cfg)
         else:
-            backbone = CLIPVisionModel(_hf_clip_config(cfg))
+            backbone = CLIPVisionModel(hf_clip_config(cfg))
     else:
         import timm
 

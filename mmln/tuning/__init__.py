@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 # import order = registry order (what `--strategy all` lists)
 from mmln.tuning import connector, finetune, lora, projections, layernorm  # noqa: F401,I001  (registers the strategies)
 from mmln.tuning import peft_zoo  # noqa: F401,E402  (DoRA, IA3, VeRA, LayerNorm + LoRA, BitFit)
-from mmln.tuning.selectors import GROUPS, param_groups_of
+from mmln.tuning.selectors import GROUPS, param_groups_of, vision_norm_params
 from mmln.tuning.registry import REGISTRY, Strategy, get_strategy, register, strategy_problem
 
 __all__ = ["REGISTRY", "Strategy", "apply_strategy", "count_params", "get_strategy", "register",
@@ -37,9 +37,15 @@ def apply_strategy(mllm, tune) -> list[str]:
         chosen.append(mllm.llm.get_input_embeddings().weight)
     if switch(tune.train_head, strategy.head):
         chosen.append(mllm.llm.get_output_embeddings().weight)
-    for p in chosen:
-        p.requires_grad_(True)
-    mllm.vision.requires_grad_(False)
+    vision = {id(p) for p in mllm.vision.parameters()}
+    allowed = {id(p) for p in mllm.connector.parameters()}  # a connector inside the tower (Qwen's merger)
+    if getattr(tune, "vision_norms", False):
+        tower_norms = vision_norm_params(mllm)
+        chosen += tower_norms
+        allowed |= {id(p) for p in tower_norms}
+    for p in chosen:  # the vision tower stays frozen but for those
+        if id(p) not in vision or id(p) in allowed:
+            p.requires_grad_(True)
     for p in mllm.parameters():
         if p.requires_grad and p.dtype != torch.float32 and p.device.type != "meta":
             p.data = p.data.float()

@@ -62,7 +62,15 @@ def block_linear_params(mllm, names: tuple[str, ...]) -> Iterator[nn.Parameter]:
     )
 
 
-GROUPS = ("norms", "connector", "embeddings", "head", "adapters", "other")  # "other": LLM weights, biases
+def vision_norm_params(mllm) -> list[nn.Parameter]:
+    """The norms of the vision tower, outside the connector (a projector inside the tower, as
+    Qwen's merger, keeps its own role): what `tune.vision_norms=true` adds to any strategy."""
+    skip = {id(p) for p in mllm.connector.parameters()}
+    return [p for m in mllm.vision.modules() if is_norm(m) for p in m.parameters(recurse=False) if id(p) not in skip]
+
+
+# "other": LLM weights, biases; "vision_norms": the tower's norms (tune.vision_norms)
+GROUPS = ("norms", "connector", "embeddings", "head", "adapters", "vision_norms", "other")
 
 
 def param_groups_of(mllm) -> dict[int, str]:
@@ -79,6 +87,7 @@ def param_groups_of(mllm) -> dict[int, str]:
             for name in m.adapter_layer_names:
                 sub = getattr(m, name, None)
                 out.update({id(p): "adapters" for p in (sub.parameters() if sub is not None else ())})
+    out.update({id(p): "vision_norms" for p in vision_norm_params(mllm)})
     out[id(mllm.llm.get_output_embeddings().weight)] = "head"
     out[id(mllm.llm.get_input_embeddings().weight)] = "embeddings"
     out.update({id(p): "connector" for p in mllm.connector.parameters()})

@@ -38,19 +38,19 @@ from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTI
 from mmln.io import write_json  # noqa: F401  (part of this package's API)
 # every name of the former single module mmln/data/synth.py, so `from mmln.data.synth import X` keeps working
 from mmln.data.synth.world import (
-    BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, SIZES, Obj, Scene, draw, _font, _ids, _ink, _jit,
-    _rng, sample_scene,
+    BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, SIZES, Obj, Scene, draw, font_of, seeded_ids, ink_of, jitter,
+    seeded_rng, sample_scene,
 )
 from mmln.data.synth.qa import (
     BRIEF_PROMPTS, CONV_QA, DETAIL_PROMPTS, FRENCH, MME_SUBTASKS, OCR_WORDS, OPEN_QA, QA, SHORT, YES_NO_QA, YN,
-    _a, absent_label, _adversarial_key, _asked, _cap, caption, describe, _join, _mme_item, _n, _phrase, pick_qa,
-    _pl, pope_questions, _qa_background, _qa_background_yn, _qa_color, _qa_color_yn, _qa_count, _qa_count_yn,
-    _qa_exist, _qa_picture_yn, _qa_relation, _qa_shape, _qa_shape_yn, qa_turns, _qa_where, reasoning, sentence,
-    _short, _spot, where, _yn,
+    article, absent_label, adversarial_key, asked_option, capitalize, caption, describe, join_list, mme_item, count_phrase, object_phrase, pick_qa,
+    plural, pope_questions, qa_background, qa_background_yn, qa_color, qa_color_yn, qa_count, qa_count_yn,
+    qa_exist, qa_picture_yn, qa_relation, qa_shape, qa_shape_yn, qa_turns, qa_where, reasoning, sentence,
+    short_qa, spot_name, where, yes_no_qa,
 )
 from mmln.data.synth.writers import (
-    BAD_REASONS, MME_IMAGES_DIR, VQA_INFO, VQA_LICENSE, _Writer, bad_samples, _cc3m, _conv, _instruct,
-    _karpathy, MIX665K_SOURCES, mix665k, _mme, _pope, _record, _short_vqa, synthesize, _vqa, _vqa_answers, _with_image, write_jsonl,
+    BAD_REASONS, MME_IMAGES_DIR, VQA_INFO, VQA_LICENSE, Writer, bad_samples, write_cc3m, conversation_of, write_instruct,
+    write_karpathy, MIX665K_SOURCES, mix665k, write_mme, write_pope, record_of, short_vqa_records, synthesize, write_vqa, vqa_answers, with_image, write_jsonl,
 )
 from mmln.data.synth.corpus import text_corpus
 

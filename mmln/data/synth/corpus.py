@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from mmln.data.synth.qa import (
-    BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, YN, caption, describe, _mme_item, qa_turns, reasoning,
-    sentence, _short,
+    BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, YN, caption, describe, mme_item, qa_turns, reasoning,
+    sentence, short_qa,
 )
-from mmln.data.synth.world import _rng, sample_scene
+from mmln.data.synth.world import seeded_rng, sample_scene
 
 
 def text_corpus(n: int, seed: int = 0) -> list[str]:
@@ -13,14 +13,14 @@ def text_corpus(n: int, seed: int = 0) -> list[str]:
     for training a tiny tokenizer and pretraining a tiny base LM."""
     out: list[str] = []
     for i in range(n):
-        rnd = _rng(seed, "corpus", i)
+        rnd = seeded_rng(seed, "corpus", i)
         s, kind = sample_scene(rnd), rnd.randrange(8)
         if kind == 0:
             out.append(caption(s, rnd))
         elif kind == 1:
             out.append(sentence(s, rnd))
         elif kind in (2, 3):
-            out.append(" ".join(" ".join(_short(qa, rnd)) for qa in qa_turns(s, rnd, rnd.randint(1, 3))))
+            out.append(" ".join(" ".join(short_qa(qa, rnd)) for qa in qa_turns(s, rnd, rnd.randint(1, 3))))
         elif kind == 4:
             out.append(rnd.choice(DETAIL_PROMPTS) + " " + describe(s, rnd))
         elif kind == 5:
@@ -28,6 +28,6 @@ def text_corpus(n: int, seed: int = 0) -> list[str]:
         elif kind == 6:
             out.append(rnd.choice(BRIEF_PROMPTS) + " " + caption(s, rnd))
         else:
-            _, q_yes, q_no = _mme_item(rnd.choice(MME_SUBTASKS), rnd)
+            _, q_yes, q_no = mme_item(rnd.choice(MME_SUBTASKS), rnd)
             out.append(f"{q_yes}{YN} Yes" if rnd.random() < 0.5 else f"{q_no}{YN} No")
     return out

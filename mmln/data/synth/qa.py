@@ -32,19 +32,19 @@ FRENCH = {"red": "ROUGE", "green": "VERT", "blue": "BLEU", "yellow": "JAUNE",
           "purple": "VIOLET", "orange": "ORANGE"}
 
 
-def _a(w: str) -> str:
+def article(w: str) -> str:
     return ("an " if w[0] in "aeiou" else "a ") + w
 
 
-def _pl(w: str) -> str:
+def plural(w: str) -> str:
     return w + ("es" if w.endswith(("ss", "x")) else "s")
 
 
-def _n(k: int, noun: str) -> str:
-    return f"{NUM[k]} {noun if k == 1 else _pl(noun)}"
+def count_phrase(k: int, noun: str) -> str:
+    return f"{NUM[k]} {noun if k == 1 else plural(noun)}"
 
 
-def _cap(s: str) -> str:
+def capitalize(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
@@ -57,35 +57,35 @@ def where(o: Obj) -> str:
     return f"at the {ROWS[o.row]}" + ("" if o.col == 1 else f" {COLS[o.col]}")
 
 
-def _spot(o: Obj) -> str:  # 'left', 'top left', 'center'
+def spot_name(o: Obj) -> str:  # 'left', 'top left', 'center'
     return where(o).split(" ", 2)[2]
 
 
-def _join(parts: list[str], sep: str = ", ") -> str:
+def join_list(parts: list[str], sep: str = ", ") -> str:
     return parts[0] if len(parts) == 1 else sep.join(parts[:-1]) + " and " + parts[-1]
 
 
-def _phrase(o: Obj, rnd: random.Random) -> str:
-    p = _a(f"{o.size} {o.name}" if rnd.random() < 0.3 else o.name)
+def object_phrase(o: Obj, rnd: random.Random) -> str:
+    p = article(f"{o.size} {o.name}" if rnd.random() < 0.3 else o.name)
     return p + (f" {where(o)}" if rnd.random() < 0.6 else "")
 
 
 def caption(scene: Scene, rnd: random.Random) -> str:
     """CC3M-style caption: lowercase, space before punctuation ('a red circle and a blue star .')."""
-    body = _join([_phrase(o, rnd) for o in rnd.sample(scene.objects, len(scene.objects))], " , ")
+    body = join_list([object_phrase(o, rnd) for o in rnd.sample(scene.objects, len(scene.objects))], " , ")
     form, bg, n = rnd.randrange(4), scene.background, len(scene.objects)
     if form == 1:
         body = f"{body} on a {bg} background"
     elif form == 2:
         body = f"{rnd.choice(('an illustration of', 'a picture of', 'a drawing of'))} {body}"
     elif form == 3:
-        body = f"{_n(n, 'shape')} on a {bg} background : {body}"
+        body = f"{count_phrase(n, 'shape')} on a {bg} background : {body}"
     return body + " ."
 
 
 def sentence(scene: Scene, rnd: random.Random) -> str:
     """A COCO-style reference caption ('A red circle on the left and a blue star.')."""
-    return _cap(caption(scene, rnd)[:-2].replace(" , ", ", ").replace(" : ", ": ")) + "."
+    return capitalize(caption(scene, rnd)[:-2].replace(" , ", ", ").replace(" : ", ": ")) + "."
 
 
 def absent_label(scene: Scene, rnd: random.Random, similar: float = 0.5) -> str:
@@ -98,42 +98,42 @@ def absent_label(scene: Scene, rnd: random.Random, similar: float = 0.5) -> str:
 QA = tuple[str, str, str]  # question, full answer, short answer
 
 
-def _qa_color(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_color(s: Scene, rnd: random.Random, o: Obj) -> QA:
     ref = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else "")
-    return f"What color is {ref}?", f"{_cap(ref)} is {o.color}.", o.color
+    return f"What color is {ref}?", f"{capitalize(ref)} is {o.color}.", o.color
 
 
-def _qa_shape(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_shape(s: Scene, rnd: random.Random, o: Obj) -> QA:
     ref = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else "")
-    return f"What shape is {ref}?", f"{_cap(ref)} is {_a(o.shape)}.", o.shape
+    return f"What shape is {ref}?", f"{capitalize(ref)} is {article(o.shape)}.", o.shape
 
 
-def _qa_count(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_count(s: Scene, rnd: random.Random, o: Obj) -> QA:
     noun, k = ("object", len(s.objects)) if rnd.random() < 0.5 else (o.shape, s.count(shape=o.shape))
     if rnd.random() < 0.3:  # a shape that may be absent
         noun = rnd.choice(SHAPES)
         k = s.count(shape=noun)
-    return (f"How many {_pl(noun)} are there in the image?",
-            f"There {'is' if k == 1 else 'are'} {_n(k, noun)} in the image.", str(k))
+    return (f"How many {plural(noun)} are there in the image?",
+            f"There {'is' if k == 1 else 'are'} {count_phrase(k, noun)} in the image.", str(k))
 
 
-def _qa_where(s: Scene, rnd: random.Random, o: Obj) -> QA:
-    return f"Where is the {o.name} in the image?", f"The {o.name} is {where(o)} of the image.", _spot(o)
+def qa_where(s: Scene, rnd: random.Random, o: Obj) -> QA:
+    return f"Where is the {o.name} in the image?", f"The {o.name} is {where(o)} of the image.", spot_name(o)
 
 
-def _qa_exist(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_exist(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Is there {} in the image?", "Is there {} in this image?", "Does the image contain {}?"))
     if rnd.random() < 0.5:
-        return q.format(_a(o.name)), f"Yes, there is {_a(o.name)} {where(o)}.", "yes"
+        return q.format(article(o.name)), f"Yes, there is {article(o.name)} {where(o)}.", "yes"
     lab = absent_label(s, rnd)
-    return q.format(_a(lab)), f"No, there is no {lab} in the image.", "no"
+    return q.format(article(lab)), f"No, there is no {lab} in the image.", "no"
 
 
-def _qa_background(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_background(s: Scene, rnd: random.Random, o: Obj) -> QA:
     return "What color is the background?", f"The background is {s.background}.", s.background
 
 
-def _qa_relation(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
+def qa_relation(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
     others = [b for b in s.objects if b is not o]
     if not others:
         return None
@@ -148,57 +148,57 @@ def _qa_relation(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
     return q, f"{'Yes' if yes else 'No'}, the {o.name} is {rel} the {b.name}.", "yes" if yes else "no"
 
 
-def _yn(yes: bool, question: str, fact: str) -> QA:
+def yes_no_qa(yes: bool, question: str, fact: str) -> QA:
     return question, f"{'Yes' if yes else 'No'}, {fact}.", "yes" if yes else "no"
 
 
-def _asked(true: Any, options: Sequence[Any], rnd: random.Random) -> Any:
+def asked_option(true: Any, options: Sequence[Any], rnd: random.Random) -> Any:
     """The true value or (half the time) another one of ``options``."""
     return true if rnd.random() < 0.5 else rnd.choice([x for x in options if x != true])
 
 
-def _qa_background_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_background_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Is the background {}?", "Is the background of this image {}?", "Is the background color {}?"))
-    bg = _asked(s.background, tuple(BACKGROUNDS), rnd)
-    return _yn(bg == s.background, q.format(bg), f"the background is {s.background}")
+    bg = asked_option(s.background, tuple(BACKGROUNDS), rnd)
+    return yes_no_qa(bg == s.background, q.format(bg), f"the background is {s.background}")
 
 
-def _qa_color_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_color_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Is {} {}?", "Is {} in this image {}?", "Is {} {} in color?"))
     ref = f"the {o.shape}" + (f" {where(o)}" if s.count(shape=o.shape) > 1 else "")
-    color = _asked(o.color, tuple(COLORS), rnd)
-    return _yn(color == o.color, q.format(ref, color), f"{ref} is {o.color}")
+    color = asked_option(o.color, tuple(COLORS), rnd)
+    return yes_no_qa(color == o.color, q.format(ref, color), f"{ref} is {o.color}")
 
 
-def _qa_shape_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_shape_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     ref = f"the {o.color} object" + (f" {where(o)}" if s.count(color=o.color) > 1 else "")
-    shape = _asked(o.shape, SHAPES, rnd)
-    return _yn(shape == o.shape, f"Is {ref} {_a(shape)}?", f"{ref} is {_a(o.shape)}")
+    shape = asked_option(o.shape, SHAPES, rnd)
+    return yes_no_qa(shape == o.shape, f"Is {ref} {article(shape)}?", f"{ref} is {article(o.shape)}")
 
 
-def _qa_picture_yn(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
+def qa_picture_yn(s: Scene, rnd: random.Random, o: Obj) -> QA | None:
     if len(s.objects) > 1:
         return None
     q = rnd.choice(("Is this a picture of {}?", "Is this a photo of {}?", "Is this an image of {}?"))
     if rnd.random() < 0.5:  # ask about a wrong shape or a wrong colour, not both
-        color, shape = o.color, _asked(o.shape, SHAPES, rnd)
+        color, shape = o.color, asked_option(o.shape, SHAPES, rnd)
     else:
-        color, shape = _asked(o.color, tuple(COLORS), rnd), o.shape
-    return _yn(f"{color} {shape}" == o.name, q.format(_a(f"{color} {shape}")), f"it is a picture of {_a(o.name)}")
+        color, shape = asked_option(o.color, tuple(COLORS), rnd), o.shape
+    return yes_no_qa(f"{color} {shape}" == o.name, q.format(article(f"{color} {shape}")), f"it is a picture of {article(o.name)}")
 
 
-def _qa_count_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
+def qa_count_yn(s: Scene, rnd: random.Random, o: Obj) -> QA:
     q = rnd.choice(("Are there {} in the image?", "Is there a total of {} in this image?", "Does the image contain {}?"))
     k = len(s.objects)
-    n = _asked(k, [j for j in (k - 1, k + 1, k + 2) if j >= 1], rnd)
-    fact = f"there {'is' if k == 1 else 'are'} {_n(k, 'object')} in the image"
-    return _yn(n == k, q.format(_n(n, "object")), fact)
+    n = asked_option(k, [j for j in (k - 1, k + 1, k + 2) if j >= 1], rnd)
+    fact = f"there {'is' if k == 1 else 'are'} {count_phrase(k, 'object')} in the image"
+    return yes_no_qa(n == k, q.format(count_phrase(n, "object")), fact)
 
 
 # yes/no questions, as LLaVA's conversations (and MME, POPE) ask them, a few phrasings each
-YES_NO_QA = (_qa_exist, _qa_background_yn, _qa_color_yn, _qa_shape_yn, _qa_picture_yn, _qa_count_yn)
-OPEN_QA = (_qa_color, _qa_shape, _qa_count, _qa_where, _qa_background)
-CONV_QA = (*OPEN_QA, _qa_relation, *YES_NO_QA)
+YES_NO_QA = (qa_exist, qa_background_yn, qa_color_yn, qa_shape_yn, qa_picture_yn, qa_count_yn)
+OPEN_QA = (qa_color, qa_shape, qa_count, qa_where, qa_background)
+CONV_QA = (*OPEN_QA, qa_relation, *YES_NO_QA)
 
 
 def pick_qa(kinds: Sequence[Any], scene: Scene, rnd: random.Random) -> QA:
@@ -220,26 +220,26 @@ def qa_turns(scene: Scene, rnd: random.Random, k: int) -> list[QA]:
     return out
 
 
-def _short(qa: QA, rnd: random.Random) -> tuple[str, str]:
+def short_qa(qa: QA, rnd: random.Random) -> tuple[str, str]:
     """The question with its full answer or (yes/no questions 60%, others 30%) a one-word answer
     asked for with LLaVA-1.5's suffixes (yes/no: " Please answer yes or no." a third of the time)."""
     q, long, short = qa
     yes_no = short in ("yes", "no")
     if rnd.random() >= (0.6 if yes_no else 0.3):
         return q, long
-    return q + (YN if yes_no and rnd.random() < 1 / 3 else SHORT), _cap(short)
+    return q + (YN if yes_no and rnd.random() < 1 / 3 else SHORT), capitalize(short)
 
 
 def describe(scene: Scene, rnd: random.Random) -> str:
     """Detailed paragraph naming every object, its size, colour and position."""
     n = len(scene.objects)
-    out = [f"The image shows {_n(n, 'shape')} on a plain {scene.background} background."]
+    out = [f"The image shows {count_phrase(n, 'shape')} on a plain {scene.background} background."]
     for o in sorted(scene.objects, key=lambda o: (o.row, o.col)):
-        thing = _a(f"{o.size} {o.name}")
-        out.append(rnd.choice((f"{_cap(where(o))}, there is {thing}.", f"There is {thing} {where(o)}.",
-                               f"{_cap(thing)} can be seen {where(o)}.")))
+        thing = article(f"{o.size} {o.name}")
+        out.append(rnd.choice((f"{capitalize(where(o))}, there is {thing}.", f"There is {thing} {where(o)}.",
+                               f"{capitalize(thing)} can be seen {where(o)}.")))
     if n > 1:
-        rel = _qa_relation(scene, rnd, scene.objects[0])
+        rel = qa_relation(scene, rnd, scene.objects[0])
         out.append(rel[1].split(", ", 1)[1].capitalize() if rel else "")
     out.append("There are no other objects in the image.")
     return " ".join(t for t in out if t)
@@ -262,28 +262,28 @@ def reasoning(scene: Scene, rnd: random.Random) -> tuple[str, str]:
                          f"{where(o)} of the image. It is {o.color}.{rest}"))
     large = [o for o in objs if o.size == "large"]
     if n > 1 and len(large) == 1:
-        small = _join([f"the {o.name}" for o in objs if o.size == "small"])
+        small = join_list([f"the {o.name}" for o in objs if o.size == "small"])
         opts.append(("Which object appears to be the largest in the image?",
                      f"The largest object is the {large[0].name} {where(large[0])}. "
                      f"Compared with it, {small} {'is' if n == 2 else 'are'} small."))
     o = rnd.choice(objs)
     left = [f"the {b.name}" for b in objs if b is not o]
     opts.append((f"If the {o.name} were removed, how many objects would remain in the image?",
-                 f"The image contains {_n(n, 'object')}. Removing the {o.name} would leave "
-                 + (f"{_n(n - 1, 'object')}: {_join(left)}." if left else
+                 f"The image contains {count_phrase(n, 'object')}. Removing the {o.name} would leave "
+                 + (f"{count_phrase(n - 1, 'object')}: {join_list(left)}." if left else
                     f"no objects, only the plain {scene.background} background.")))
     if n > 1:
         by = Counter(b.color for b in objs)
         color, k = by.most_common(1)[0]
         same = [b.name for b in objs if b.color == color]
         opts.append(("Do any of the objects in the image share the same color?",
-                     f"Yes. The {_join(same)} are all {color}." if k > 1 else
+                     f"Yes. The {join_list(same)} are all {color}." if k > 1 else
                      "No. Every object has a different color: "
-                     + _join([f"the {b.shape} is {b.color}" for b in objs]) + "."))
+                     + join_list([f"the {b.shape} is {b.color}" for b in objs]) + "."))
     return rnd.choice(opts)
 
 
-def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
+def mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
     """(scene, question whose answer is Yes, question whose answer is No), without the YN suffix."""
     bg = rnd.choice(tuple(BACKGROUNDS))
     if task in ("existence", "count", "color", "position", "celebrity"):
@@ -294,12 +294,12 @@ def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
                 break
         o = rnd.choice(unique if task == "color" else s.objects)
         if task == "existence":
-            return s, f"Is there {_a(o.name)} in this image?", f"Is there {_a(absent_label(s, rnd))} in this image?"
+            return s, f"Is there {article(o.name)} in this image?", f"Is there {article(absent_label(s, rnd))} in this image?"
         if task == "count":
             k = len(s.objects)
             k_wrong = rnd.choice([j for j in (k - 1, k + 1, k + 2) if j >= 1])
             q = "Is there a total of {} in this image?"
-            return s, q.format(_n(k, "object")), q.format(_n(k_wrong, "object"))
+            return s, q.format(count_phrase(k, "object")), q.format(count_phrase(k_wrong, "object"))
         if task == "color":
             other = rnd.choice([c for c in COLORS if c != o.color])
             return s, f"Is the {o.shape} in this image {o.color}?", f"Is the {o.shape} in this image {other}?"
@@ -307,7 +307,7 @@ def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
             s = Scene(s.background, s.objects, box=s.objects.index(o))
             wrong = rnd.choice([b.name for b in s.objects if b is not o])
             q = "Is the object inside the box {}?"
-            return s, q.format(_a(o.name)), q.format(_a(wrong))
+            return s, q.format(article(o.name)), q.format(article(wrong))
         b = rnd.choice([b for b in s.objects if b is not o])
         if o.col != b.col:
             true, false = ("left", "right") if o.col < b.col else ("right", "left")
@@ -321,9 +321,9 @@ def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
         s = Scene(bg, (o,), frame=task == "posters")
         if task == "posters":
             wrong = f"{o.color} {rnd.choice([x for x in SHAPES if x != o.shape])}"
-            return s, f"Is this a poster of {_a(o.name)}?", f"Is this a poster of {_a(wrong)}?"
+            return s, f"Is this a poster of {article(o.name)}?", f"Is this a poster of {article(wrong)}?"
         wrong = f"{rnd.choice([c for c in COLORS if c != o.color])} {o.shape}"
-        return s, f"Is this a photo of {_a(o.name)}?", f"Is this a photo of {_a(wrong)}?"
+        return s, f"Is this a photo of {article(o.name)}?", f"Is this a photo of {article(wrong)}?"
     if task == "scene":
         s = sample_scene(rnd, background=bg)
         other = rnd.choice([b for b in BACKGROUNDS if b != bg])
@@ -333,7 +333,7 @@ def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
         s = sample_scene(rnd, rnd.randint(2, 3), shapes=(shape,), background=bg)
         other = rnd.choice([x for x in SHAPES if x != shape])
         q = "Does this artwork consist only of {}?"
-        return s, q.format(_pl(shape)), q.format(_pl(other))
+        return s, q.format(plural(shape)), q.format(plural(other))
     if task == "OCR":
         word, wrong = rnd.sample(OCR_WORDS, 2)
         return Scene(bg, text=word), f'Is the word in this image "{word}"?', f'Is the word in this image "{wrong}"?'
@@ -360,7 +360,7 @@ def _mme_item(task: str, rnd: random.Random) -> tuple[Scene, str, str]:
     return s, q.format(res), q.format(res + rnd.choice((-2, -1, 1, 3)))
 
 
-def _adversarial_key(lab: str, present: list[str], cooc: Counter[tuple[str, str]]) -> tuple[bool, int, str]:
+def adversarial_key(lab: str, present: list[str], cooc: Counter[tuple[str, str]]) -> tuple[bool, int, str]:
     similar = any(set(lab.split()) & set(p.split()) for p in present)
     return (not similar, -sum(cooc[(p, lab)] for p in present), lab)
 
@@ -379,7 +379,7 @@ def pope_questions(scenes: list[Scene], strategy: str, rnd: random.Random) -> li
         elif strategy == "popular":
             neg = [lab for lab in popular if lab not in s.labels][:3]
         else:  # adversarial: same shape or colour as a present object first, then most co-occurring
-            neg = sorted(absent, key=partial(_adversarial_key, present=s.labels, cooc=cooc))[:3]
+            neg = sorted(absent, key=partial(adversarial_key, present=s.labels, cooc=cooc))[:3]
         pos = rnd.sample(s.labels, 3)
         for p, q in zip(pos, neg, strict=True):
             rows += [(i, p, "yes"), (i, q, "no")]

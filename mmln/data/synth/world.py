@@ -82,28 +82,28 @@ def sample_scene(rnd: random.Random, n: int | None = None, *, max_objects: int =
 
 
 @lru_cache(maxsize=32)
-def _font(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def font_of(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=px)
 
 
-def _jit(rgb: tuple[int, int, int], rng: np.random.Generator, a: int) -> tuple[int, int, int]:
+def jitter(rgb: tuple[int, int, int], rng: np.random.Generator, a: int) -> tuple[int, int, int]:
     return tuple(int(np.clip(v + rng.integers(-a, a + 1), 0, 255)) for v in rgb)  # type: ignore[return-value]
 
 
-def _ink(scene: Scene) -> tuple[int, int, int]:
+def ink_of(scene: Scene) -> tuple[int, int, int]:
     return COLORS[scene.ink] if scene.ink else (15, 15, 15) if scene.background == "white" else (240, 240, 240)
 
 
 def draw(scene: Scene, size: int = 224, rng: np.random.Generator | None = None) -> Image.Image:
     """Render ``scene`` as a ``size`` x ``size`` RGB image (colour jitter + pixel noise from ``rng``)."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    img = Image.new("RGB", (size, size), _jit(BACKGROUNDS[scene.background], rng, 6))
+    img = Image.new("RGB", (size, size), jitter(BACKGROUNDS[scene.background], rng, 6))
     d = ImageDraw.Draw(img)
     line = max(1, size // 45)
     if scene.frame:
-        d.rectangle([0, 0, size - 1, size - 1], outline=_ink(scene), width=2 * line)
+        d.rectangle([0, 0, size - 1, size - 1], outline=ink_of(scene), width=2 * line)
     for o in scene.objects:
-        cx, cy, r, fill = o.x * size, o.y * size, SIZES[o.size] * size, _jit(COLORS[o.color], rng, 12)
+        cx, cy, r, fill = o.x * size, o.y * size, SIZES[o.size] * size, jitter(COLORS[o.color], rng, 12)
         if o.shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif o.shape == "square":
@@ -121,19 +121,19 @@ def draw(scene: Scene, size: int = 224, rng: np.random.Generator | None = None) 
     if scene.box >= 0:
         o, m = scene.objects[scene.box], (SIZES[scene.objects[scene.box].size] + 0.03) * size
         d.rectangle([o.x * size - m, o.y * size - m, o.x * size + m, o.y * size + m],
-                    outline=_ink(scene), width=line)
+                    outline=ink_of(scene), width=line)
     if scene.text:
         longest = max(len(t) for t in scene.text.splitlines())
         px = max(6, int(min(0.3 * size, 1.3 * size / max(longest, 1)) * (0.8 if "\n" in scene.text else 1)))
-        d.multiline_text((size / 2, size / 2), scene.text, fill=_ink(scene), font=_font(px),
+        d.multiline_text((size / 2, size / 2), scene.text, fill=ink_of(scene), font=font_of(px),
                          anchor="mm", align="center")
     arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, (size, size, 3), dtype=np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _rng(seed: int, tag: str, i: int) -> random.Random:
+def seeded_rng(seed: int, tag: str, i: int) -> random.Random:
     return random.Random(f"mmln-synth:{seed}:{tag}:{i}")
 
 
-def _ids(seed: int, tag: str, lo: int, hi: int, n: int) -> list[int]:
+def seeded_ids(seed: int, tag: str, lo: int, hi: int, n: int) -> list[int]:
     return random.Random(f"mmln-synth:{seed}:{tag}:ids").sample(range(lo, hi), n)

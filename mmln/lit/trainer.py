@@ -1,0 +1,99 @@
+"""What a Lightning Trainer of a run is made of, from the config: its device count, precision and
+distributed strategy, the step-exact checkpoint callback, and the debug hooks tests use to fail or
+pause a run at a chosen step. Lightning is imported on use, never at import."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mmln.io import write_text
+
+
+def fail_at(step: int):
+    """debug.fail_at_step: a callback that raises after that optimizer step, as a killed or crashing
+    run would (built on use: importing this module must not import Lightning)."""
+    from lightning.pytorch import Callback
+
+    class FailAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= step:
+                raise RuntimeError(f"debug.fail_at_step={step}: failing on purpose at step {trainer.global_step}")
+
+    return FailAt()
+
+
+def pause_at(steps, run_dir: Path):
+    """debug.pause_at_steps: a callback that, at the first batch starting at one of those optimizer
+    steps, writes `<run dir>/paused-<step>` and sleeps, so that a test can kill the process there
+    (once per step: a resumed run passes it)."""
+    from lightning.pytorch import Callback
+
+    class PauseAt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            marker = run_dir / f"paused-{trainer.global_step}"
+            if trainer.global_step in set(steps) and not marker.exists():
+                write_text(marker, str(os.getpid()))
+                time.sleep(600)
+
+    return PauseAt()
+
+
+def world_size(cfg) -> int:
+    import torch
+
+    t = cfg.train
+    if t.strategy in ("auto", "single") and (t.devices == "auto"):
+        return 1
+    if isinstance(t.devices, int):
+        n = t.devices
+    elif t.devices == "auto":
+        n = torch.cuda.device_count() if (t.accelerator != "cpu" and torch.cuda.is_available()) else 1
+    else:
+        n = len(t.devices) if not isinstance(t.devices, str) else len(t.devices.split(","))
+    return n * t.num_nodes
+
+
+def precision(cfg) -> str:
+    import torch
+
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "32-true"
+
+
+def lightning_strategy(cfg):
+    s = cfg.train.strategy
+    if s.endswith(".json"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(config=s)
+    if s.startswith("deepspeed"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        stage = int(s.split("_")[2])
+        return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=True)
+    if s == "fsdp2":  # FSDP2 through Lightning's ModelParallelStrategy (mmln.lit.fsdp2)
+        from mmln.lit.fsdp2 import FSDP2Strategy
+
+        return FSDP2Strategy(world_size(cfg))
+    if s == "ddp" and cfg.train.accelerator == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend="gloo")
+    return s
+
+
+def step_checkpoint(**kwargs):
+    """A ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation
+    window. Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after
+    a resume, that the restored step was saved, and would save again after the next micro-batch: a
+    checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    return StepCheckpoint(**kwargs)
