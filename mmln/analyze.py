@@ -5,8 +5,9 @@ python -m mmln.analyze compare RUN_A RUN_B [--out DIR]
 tensors of a checkpoint (trainable.safetensors or a .ckpt of this project; none = the base
 model), on the same fixed sample set the training callback uses (`analysis.similarity_samples`
 chosen by `analysis.similarity_seed` from the validation set, else the training set). Writes
-layer_similarity.npz + .png to --out (default: `<run dir of the checkpoint>/analysis`) and prints
-the metrics as JSON. A model part without a weights path (the tiny test model) is rebuilt with
+layer_similarity.npz + .png to --out (default: `<run dir of the checkpoint>/analysis/posthoc-<time>`,
+beside the run's training-time analysis, never over it; an --out already holding an analysis is
+refused) and prints the metrics as JSON, then where the files went. A model part without a weights path (the tiny test model) is rebuilt with
 the run's seed (`train.seed`), as `mmln.fit` builds it.
 
 `compare`: a side-by-side figure of two runs (e.g. finetune vs layernorm): both layer-similarity
@@ -33,9 +34,22 @@ from mmln.analysis.similarity import (
 
 
 def default_out(ckpt: Optional[str]) -> Path:
-    from mmln.evaluate import run_dir_of
+    """`<run dir>/analysis/posthoc-<time>`: beside, never over, the run's training-time analysis files."""
+    import time
 
-    return run_dir_of(ckpt) / "analysis" if ckpt else Path("analysis")
+    stamp = f"posthoc-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not ckpt:
+        return Path("analysis") / stamp
+    parent = Path(ckpt).resolve().parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "analysis" / stamp
+
+
+def check_out(out: Path) -> None:
+    """An --out that already holds a layer-similarity analysis (a run's own, recorded in training, or an
+    earlier one) is refused: nothing is replaced."""
+    if (out / SIMILARITY_FILE).exists():
+        raise FileExistsError(f"--out {out} already holds {SIMILARITY_FILE} (another analysis, maybe the run's "
+                              "training-time one): choose another --out, or leave it out for <run dir>/analysis/posthoc-<time>")
 
 
 def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:
@@ -101,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("similarity", help="layer similarity of a checkpoint")
     s.add_argument("--config", required=True)
     s.add_argument("--ckpt", default=None, help="trainable.safetensors or .ckpt (default: the base model)")
-    s.add_argument("--out", default=None, help="output folder (default: <run dir>/analysis)")
+    s.add_argument("--out", default=None, help="output folder (default: <run dir>/analysis/posthoc-<time>, beside the "
+                   "run's training-time analysis; a folder already holding one is refused)")
     s.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    c = sub.add_parser("compare", help="side-by-side figure of two runs")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
+    c = sub.add_parser("compare", help="side-by-side figure of two runs (run directories or MLflow run ids)",
+                       description="Side-by-side layer-similarity heatmaps and LayerNorm-gradient variance curves of "
+                                   "two runs. Each run is a run directory (outputs/<experiment>/<run>, its analysis/ "
+                                   "files) or an MLflow run id (its analysis/ artifacts, downloaded). Prints the PNG's path.")
+    c.add_argument("run_a", help="run directory or MLflow run id, e.g. outputs/demo_stage2/finetune-lr0.0005")
+    c.add_argument("run_b", help="run directory or MLflow run id")
     c.add_argument("--out", default=".", help="output folder (default: .)")
     c.add_argument("--tracking-uri", default=None, help="MLflow store for run ids (default: as mmln.fit)")
     args = ap.parse_args(argv)
@@ -118,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "similarity":
             cfg = load_config(args.config, args.overrides, require=("model", "data"))
             out = Path(args.out) if args.out else default_out(args.ckpt)
+            check_out(out)
             print(json.dumps(similarity(cfg, args.ckpt, out, args.device), indent=1))
             print(f"wrote {out / SIMILARITY_FILE} and {out / 'layer_similarity.png'}", file=sys.stderr)
         else:
             print(compare(args.run_a, args.run_b, Path(args.out), args.tracking_uri))
-    except (ConfigError, MissingWeightsError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
+HEARTBEAT_S = 30.0  # the longest a demo stage stays silent: a line with step k/n and an ETA at least this often
 
 
 def say(msg: str) -> None:
@@ -30,14 +31,19 @@ def train_loop(params: list, loss_at: Callable[[], Any], steps: int, lr: float, 
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * i / steps)))
-    t0 = time.time()
+    from mmln.progress import eta
+
+    t0 = last = time.time()
     for step in range(steps):
         loss = loss_at()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
-        if step % log_every == 0 or step == steps - 1:
-            say(f"{label}: step {step + 1}/{steps} loss {loss.item():.3f}")
+        now = time.time()
+        if step % log_every == 0 or step == steps - 1 or now - last >= HEARTBEAT_S:
+            say(f"{label}: step {step + 1}/{steps} loss {loss.item():.3f} "
+                f"({now - t0:.0f}s, ETA {eta(step + 1, steps, now - t0)})")
+            last = now
     return time.time() - t0
 
 

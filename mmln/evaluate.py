@@ -35,6 +35,7 @@ from typing import Any, Optional
 from mmln.config import ConfigError, load_config
 from mmln.eval.benchmarks import BENCHES, answer_inputs, check_inputs, run_benchmark, table_metrics
 from mmln.io import write_json
+from mmln.progress import quiet_third_party
 
 DEFAULT_EXPERIMENT = "mmln-eval"
 
@@ -80,14 +81,17 @@ def init_distributed() -> int:
 
 
 def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
-             run_id: Optional[str] = None, log: bool = True) -> dict[str, Any]:
+             run_id: Optional[str] = None, log: bool = True, out_given: bool = False) -> dict[str, Any]:
     """Answer and score `benches`; write `out_dir/<bench>/*` and `out_dir/scores.json`; log the
     `eval/*` metrics to MLflow. Returns the scores.json content:
     `{"metrics": {eval/*: value}, "benches": {bench: scorer result}, "seconds", "questions_per_s",
     "profile", "yes_no", "ckpt", "mlflow_run_id"}`.
     `ckpt` None (or "none") = the untuned model. Under torchrun every rank calls this; ranks > 0
     answer their shards and score into a temporary folder, and neither keep files nor log.
-    `log=False` logs nothing (a sweep's cheap proxy score, which it records itself)."""
+    `log=False` logs nothing (a sweep's cheap proxy score, which it records itself).
+    `out_given` (the user's --out): the files go exactly there, and a folder holding another
+    evaluation's scores.json is refused (FileExistsError); else such a folder gets an
+    `eval-<time>/` subfolder. `scores["out_dir"]` is where they went."""
     from mmln.eval.caption import require_java
 
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
@@ -99,7 +103,7 @@ def evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path,
     if rank > 0:  # the answers are all-gathered, so every rank could write them: only rank 0 does
         with tempfile.TemporaryDirectory() as scratch:
             return _evaluate(cfg, ckpt, benches, Path(scratch), run_id, log=False)
-    return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=log)
+    return _evaluate(cfg, ckpt, benches, Path(out_dir), run_id, log=log, out_given=out_given)
 
 
 def file_sha256(path: str) -> str:
@@ -173,17 +177,17 @@ def _merge_scores(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
-              log: bool) -> dict[str, Any]:
+              log: bool, out_given: bool = False) -> dict[str, Any]:
     from mmln.eval.runner import Runner, decoding_for
 
-    if os.environ.get("MMLN_QUIET") == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    quiet_third_party()
     mllm, tokenizer, image_processor = load_model(cfg, ckpt)  # a bad checkpoint fails before the store is touched
     target, mode, identity = plan_logging(cfg, ckpt, run_id) if log else (None, "new", {})
     old_scores = out_dir / "scores.json"
-    if mode == "child" or (mode == "new" and old_scores.is_file()):  # never overwrite another evaluation's files
+    if out_given and old_scores.is_file() and mode != "merge":  # never overwrite another evaluation's files
+        raise FileExistsError(f"--out {out_dir} holds another evaluation's scores.json: choose another --out "
+                              "(or leave it out: a new eval-<time>/ folder beside it)")
+    if not out_given and (mode == "child" or (mode == "new" and old_scores.is_file())):
         out_dir = out_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         _say(f"another evaluation's results are in {old_scores.parent}: writing this one to {out_dir}")
 
@@ -297,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="run config YAML (the one the checkpoint was trained with)")
     ap.add_argument("--ckpt", required=True, help="trainable.safetensors or checkpoints/last.ckpt of a run; "
                                                   "'none' = the untuned model")
-    ap.add_argument("--bench", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    ap.add_argument("--out", help="folder for answer files and scores.json (default: the checkpoint's run dir)")
+    ap.add_argument("--bench", default=",".join(BENCHES),
+                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all of them)")
+    ap.add_argument("--out", help="folder for answer files and scores.json, used as given; refused if it holds "
+                                  "another evaluation (default: the checkpoint's run dir, or "
+                                  "<output_dir>/eval/<model>-untuned; an eval-<time>/ subfolder there when it "
+                                  "already holds another evaluation)")
     ap.add_argument("--run-id", help="MLflow run to log into (default: the run dir's mlflow_run_id, else a new run)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.limit=100 eval.mme_dir=...")
     args = ap.parse_args(argv)
@@ -319,13 +327,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "checkpoints/last.ckpt; 'none' for the untuned model)")
         out = claim_eval(args.out) if args.out else default_out_dir(cfg, ckpt)  # --out: refused if not mmln's
         try:
-            scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id)
+            scores = evaluate(cfg, ckpt, benches, out, run_id=args.run_id, out_given=bool(args.out))
         finally:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-    except (ConfigError, MissingWeightsError, FileNotFoundError, JavaNotFoundError, CheckpointError, OutputError) as e:
+    except (ConfigError, MissingWeightsError, FileNotFoundError, FileExistsError, JavaNotFoundError, CheckpointError,
+            OutputError) as e:
         print(f"mmln.evaluate: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # an image over the data.max_image_* limits (its class lives with torch: imported now)
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
         print(format_table(scores["metrics"]))
-        print(f"answers and scores.json in {out}; MLflow run {scores['mlflow_run_id']}")
+        print(f"answers and scores.json in {scores['out_dir']}; MLflow run {scores['mlflow_run_id']}")
     return 0
 
 

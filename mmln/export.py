@@ -98,6 +98,8 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None, dest: Path) -> None:
                  "stage": "instruct", "tune": {"strategy": "layernorm"},  # merged: nothing left to load on top
                  # evaluations of the export are named after what was exported, not "untuned"
                  "run_name": f"export-{run_dir_of(ckpt).name if ckpt else 'untuned'}"}
+    if ckpt and (run_dir_of(ckpt) / "mlflow_run_id").is_file():  # a run's checkpoint: outputs/<experiment>/<run>/
+        overrides["tracking"] = {"experiment": run_dir_of(ckpt).parent.name}  # its evaluations go beside the run
     save_mm_projector(mllm.connector, dest / "mm_projector.bin")
     if cfg.model.vision.backend == "hf_clip":
         mllm.vision.backbone.save_pretrained(dest / "vision")
@@ -117,14 +119,14 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.export", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", required=True, help="the run's config YAML (the one the checkpoint was trained with)")
     ap.add_argument("--ckpt", required=True, help="trainable.safetensors or checkpoints/last.ckpt; 'none' = untuned")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="folder to write the export into (its layout: --format)")
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
                          "hf-llava: one LlavaForConditionalGeneration directory; "
                          "hf: the model family's own transformers class directory")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. model.dtype=bf16")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, require=("model",))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -35,6 +34,7 @@ from mmln.model.errors import CheckpointError, MissingWeightsError
 from mmln.lit.trainer import (fail_at, lightning_strategy, pause_at, precision, step_checkpoint,  # noqa: F401 (API)
                                world_size)
 from mmln.resume import is_rank0, prior_run_id, resolve_resume
+from mmln.progress import quiet_third_party
 from mmln.tracking import SweepContext
 
 
@@ -137,12 +137,10 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
 
 def quiet_libraries() -> None:
-    """Lightning's device / tips banner and transformers' progress bars off; warnings still show."""
-    from transformers.utils import logging as hf_logging
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    hf_logging.disable_progress_bar()
+    """Only mmln's own lines (`mmln.progress.quiet_third_party`): Lightning's banner and tips, MLflow's
+    INFO lines and download bars, DeepSpeed's accelerator guess, transformers' bars, known-harmless warnings."""
+    os.environ["MMLN_QUIET"] = "1"  # cfg.quiet too: the run's evaluations and downloads are quiet as well
+    quiet_third_party()
 
 
 def plan_run(cfg, config_path: Optional[str]) -> RunPlan:
@@ -251,9 +249,10 @@ def run_callbacks(cfg, plan: RunPlan, parts: RunParts):
     callbacks = [step_checkpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0,  # last.ckpt only
                                  enable_version_counter=False, every_n_train_steps=every, save_on_exception=False),
                  efficiency, *analysis_callbacks(cfg, plan.run_dir)]
-    if not plan.quiet:
-        from mmln.callbacks.progress import StepBoundedProgressBar  # its total respects train.max_steps
+    from mmln.callbacks.progress import StepBoundedProgressBar, StepCounter  # the bar's total respects max_steps
 
+    callbacks.append(StepCounter(parts.total))  # `step k/n, ETA` for heartbeats (the quiet demo's)
+    if not plan.quiet:
         callbacks.append(StepBoundedProgressBar(refresh_rate=1))
     if cfg.debug.fail_at_step:
         callbacks.append(fail_at(cfg.debug.fail_at_step))

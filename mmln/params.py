@@ -41,6 +41,20 @@ def report(cfg, strategies: list[str]) -> list[dict]:
     return rows
 
 
+def fallbacks(cfg) -> list[str]:
+    """One line per model part whose `path` is set but holds no config.json (e.g. the demo's base LM
+    before `python -m mmln.demo --prepare-only` made it): that part is counted from the config's preset
+    fields instead, which may be another model than the one the path will hold."""
+    from pathlib import Path
+
+    out = []
+    for key, part in (("model.llm", cfg.model.llm), ("model.vision", cfg.model.vision)):
+        if getattr(part, "path", None) and not (Path(part.path) / "config.json").is_file() and not cfg.model.init_from:
+            out.append(f"note: {key}.path={part.path} has no config.json (not made yet?): counting the shape of the "
+                       f"config's {key}.* fields instead, which may differ from the model that path will hold")
+    return out
+
+
 def format_table(rows: list[dict], title: str = "") -> str:
     """One line per strategy: total, trainable, percent, and the trainable count of each group."""
     groups = next((list(r["groups"]) for r in rows if "groups" in r), [])
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in fallbacks(cfg):
+        print(line, file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -10,8 +10,65 @@ import sys
 from typing import Any, Iterable, Optional
 
 
+# The training run in progress in this process, `{"done": optimizer steps, "total": steps, "t0": time}`:
+# written by mmln.callbacks.progress.StepCounter, read by heartbeats (the quiet demo's `step k/n, ETA`).
+STEPS: dict = {}
+
+
+def steps_line() -> str:
+    """`step k/n, ETA 3m 2s` of the training run in progress, or "" when none is."""
+    import time
+
+    done, total, t0 = STEPS.get("done"), STEPS.get("total"), STEPS.get("t0")
+    if done is None or not total:
+        return ""
+    start = STEPS.get("start", 0)  # a resumed run's first step: the ETA counts this process's steps
+    return f"step {done}/{total}, ETA {eta(done - start, total - start, time.time() - t0)}"
+
+
 def quiet() -> bool:
     return os.environ.get("MMLN_QUIET") == "1"
+
+
+# Known, harmless third-party warnings a quiet run drops (each explained where it comes from):
+QUIET_WARNINGS = (
+    ".*overridden `on_before_batch_transfer`.*",  # Lightning: mmln's module hook is used, as intended
+    ".*Unsupported layer type .*RMSNorm.*",  # PEFT's LNTuning on LLaMA's RMSNorm (mmln's norm strategies test it)
+    ".*`is_gradient_checkpointing` is deprecated.*",  # transformers 5, called from inside PEFT
+    ".*smaller than the logging interval.*",  # Lightning, on a run shorter than train.log_every_n_steps
+)
+
+
+def quiet_third_party() -> None:
+    """Under MMLN_QUIET=1 only mmln's own lines reach the terminal: Lightning's banners and tips,
+    MLflow's INFO lines and artifact-download bars, DeepSpeed's accelerator guess, transformers'
+    progress bars and the harmless warnings in `QUIET_WARNINGS` are silenced (errors still show).
+    Safe to call more than once, before or after those libraries are imported."""
+    if not quiet():
+        return
+    import logging
+    import warnings
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # read at each download
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # DeepSpeed resets its logger's level on import: a filter survives that
+    ds = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _ErrorsOnly) for f in ds.filters):
+        ds.addFilter(_ErrorsOnly())
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+class _ErrorsOnly:
+    def filter(self, record) -> bool:
+        return record.levelno >= 40  # logging.ERROR
 
 
 def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: str = "", unit: str = "it") -> Any:

@@ -31,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m mmln.score", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m mmln.score", description=__doc__.split("\n\n")[0],
+                epilog="examples:\n" + __doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--profile", default="official", choices=PROFILES,
                    help="official: benchmark authors' tools; paper: the paper's harness (default official)")

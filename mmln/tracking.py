@@ -21,6 +21,8 @@ import functools
 import json
 import math
 import os
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from mmln.io import write_text
+from mmln.progress import quiet_third_party
 
 SQLITE = "sqlite:///"
 
@@ -55,8 +58,6 @@ def relocate_artifacts(uri: str) -> int:
     db = Path(uri[len(SQLITE):])
     if not db.is_file():
         return 0
-    import sqlite3
-
     new = artifact_root(uri)
     moved = 0
     with sqlite3.connect(db, timeout=60) as con:
@@ -237,6 +238,7 @@ class Tracker(RetryingClient):
     PARAM_BATCH = 100  # and of params, and of tags
 
     def __init__(self, uri: Optional[str] = None):
+        quiet_third_party()  # MMLN_QUIET=1: no MLflow INFO lines or download bars from any command
         from mlflow import MlflowClient
 
         self.uri = tracking_uri(uri)
@@ -373,8 +375,6 @@ class Tracker(RetryingClient):
     def read_json(self, run_id: str, path: str) -> Optional[Any]:
         """A JSON artifact of the run (e.g. `eval/scores.json`), or None when it has none or it does
         not parse."""
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 return json.loads(self.download(run_id, path, tmp).read_text())
@@ -470,13 +470,13 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
 
     exp = json.dumps([str(experiment_id)], separators=(",", ":"))
     runs = json.dumps(list(run_ids), separators=(",", ":"))
-    return {"experiment": f"{base}/#/experiments/{experiment_id}",
+    return {"experiment": f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning",
             "compare": f"{base}/#/compare-runs?runs={quote(runs)}&experiments={quote(exp)}"}
 
 
-def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1"):
-    """Start `mlflow server` for this store on host:port (a subprocess; the caller waits or stops it)."""
-    import subprocess
-    mlflow = Path(sys.executable).parent / "mlflow"
-    return subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-                             "--workers", "1"], start_new_session=True)
+def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1", log=None):
+    """Start `mlflow server` for this store on host:port (a subprocess in its own process group; the caller
+    waits or stops it): one worker, no job runner (its 7 huey workers serve GenAI jobs); output to `log`."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host",
+                             host, "--port", str(port), "--workers", "1"], start_new_session=True, env=env, stdout=log, stderr=log)

@@ -302,6 +302,19 @@ def test_fit_logs_analysis_metrics_and_figures_to_mlflow(tiny_world, tmp_path, c
     for name, m in trained.items():
         np.testing.assert_allclose(standalone[name], m, atol=1e-5, err_msg=name)
 
+    # the CLI without --out writes beside the run's training-time analysis, never over it, and says where
+    before = (result.run_dir / "analysis" / "layer_similarity.npz").read_bytes()
+    args = ["similarity", "--config", str(result.run_dir / "config.yaml"), "--ckpt",
+            str(result.run_dir / "trainable.safetensors"), "--device", "cpu"]
+    assert analyze.main(args) == 0
+    assert (result.run_dir / "analysis" / "layer_similarity.npz").read_bytes() == before
+    posthoc = list((result.run_dir / "analysis").glob("posthoc-*/layer_similarity.npz"))
+    assert len(posthoc) == 1, sorted((result.run_dir / "analysis").iterdir())
+    assert str(posthoc[0].parent) in capsys.readouterr().err.strip().splitlines()[-1]
+    assert analyze.main([*args, "--out", str(result.run_dir / "analysis")]) == 2  # holds the run's own: refused
+    assert "already holds layer_similarity.npz" in capsys.readouterr().err
+    assert (result.run_dir / "analysis" / "layer_similarity.npz").read_bytes() == before
+
     # compare: a run directory against an MLflow run id
     assert analyze.main(["compare", str(result.run_dir), result.run_id, "--out", str(tmp_path / "cmp")]) == 0
     png = Path(capsys.readouterr().out.strip().splitlines()[-1])

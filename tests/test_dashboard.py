@@ -63,3 +63,73 @@ def test_headless_chromium_finds_the_runs_and_their_mme_score(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_make_ui_says_make_demo_on_an_empty_store_and_creates_nothing(tmp_path):
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run([sys.executable, "-m", "mmln.ui", "--tracking-uri", f"sqlite:///{db}", "--port", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "run `make demo`" in proc.stderr, proc.stderr
+    assert not db.exists()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make install / .ci/run install it)")
+def test_make_ui_prints_when_ready_a_link_to_the_newest_experiment_and_starts_two_processes(tmp_path):
+    """`python -m mmln.ui` (make ui): PORT honoured, a ready line with the experiment's link, which
+    headless Chromium opens onto the runs; the server is `mlflow server` + one uvicorn worker, no job runner."""
+    import os
+    import signal
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(uri)
+    get_or_create_experiment(c, "older", uri)
+    exp = get_or_create_experiment(c, "ui_ln", uri)
+    for name in ("layernorm-lr0.003", "finetune-lr2e-05"):
+        run = c.create_run(exp, run_name=name).info.run_id
+        c.log_batch(run, metrics=[Metric("eval/mme_perception", 900.5, 0, 0)])
+        c.set_terminated(run, "FINISHED")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "mmln.ui", "--tracking-uri", uri, "--port", str(port)],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in ui.stdout:
+            lines.append(line)
+            if line.startswith("mmln.ui: ready"):
+                break
+        link = lines[-1].split(": ", 2)[-1].split()[0]
+        assert link == f"http://127.0.0.1:{port}/#/experiments/{exp}/runs?workflowType=machine_learning", lines
+        group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == _pgid_of_server(ui.pid)]
+        assert len(group) == 2, [open(f"/proc/{p}/cmdline").read() for p in group]
+        page = dom(link, tmp_path / "profile")
+        assert "layernorm-lr0.003" in page and "finetune-lr2e-05" in page, page[-2000:]  # the training layout's rows
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+
+
+def _pgid(pid: str) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _pgid_of_server(ui_pid: int) -> int:
+    """The process group of the `mlflow server` the ui process started (its child)."""
+    import os
+
+    kids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == ui_pid]
+    return _pgid(kids[0]) if kids else -2
+
+
+def _ppid(pid: str) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1

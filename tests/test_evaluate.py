@@ -391,6 +391,22 @@ def test_an_evaluation_never_replaces_a_result(synth, tmp_path, capsys):
     assert len(children) == 2 and any("-eval-ckpt-" in r.info.run_name for r in children)
     assert client.get_run(run_id).data.metrics["eval/vqav2"] == merged.metrics["eval/vqav2"]
 
+    # the last line names the folder written: for a child evaluation, an eval-<time>/ subfolder of the run dir
+    capsys.readouterr()
+    assert main([*ev, "--bench", "vqav2", *overrides, "eval.limit=1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    written = Path(last.split(" in ", 1)[1].split(";")[0])
+    assert written.parent == run_dir and written.name.startswith("eval-") and (written / "scores.json").is_file(), last
+    # an explicit --out is used as given (no eval-<time>/ in it); one holding another evaluation is refused
+    given = tmp_path / "given"
+    assert main([*ev, "--bench", "vqav2", *overrides, "eval.limit=1", "--out", str(given)]) == 0
+    assert (given / "scores.json").is_file() and not list(given.glob("eval-*"))
+    assert f"in {given};" in capsys.readouterr().out
+    before = (given / "scores.json").read_bytes()
+    assert main([*ev, "--bench", "vqav2", *overrides, "eval.limit=2", "--out", str(given)]) == 2
+    assert "holds another evaluation's scores.json" in capsys.readouterr().err
+    assert (given / "scores.json").read_bytes() == before
+
 
 def test_a_file_that_is_not_a_checkpoint_is_one_line_exit_2(synth, tmp_path, capsys):
     from mmln.evaluate import main

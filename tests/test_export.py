@@ -25,14 +25,18 @@ def test_merged_lora_export_gives_the_same_outputs(tmp_path):
         for n, p in m.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    save_trainable(m, tmp_path / "trainable.safetensors")
-    out = export(cfg, str(tmp_path / "trainable.safetensors"), tmp_path / "export")
+    run_dir = tmp_path / "outputs" / "tiny_ln" / "lora-lr0.001"  # a run's layout: outputs/<experiment>/<run>/
+    run_dir.mkdir(parents=True)
+    (run_dir / "mlflow_run_id").write_text("0123")
+    save_trainable(m, run_dir / "trainable.safetensors")
+    out = export(cfg, str(run_dir / "trainable.safetensors"), tmp_path / "export")
 
     again = load_config(out / "config.yaml")
     from mmln.evaluate import eval_identity, new_run_name
 
-    assert again.run_name == f"export-{tmp_path.name}"  # evaluations of it are named after the source run
-    assert new_run_name(again, None, eval_identity(again, None)) == f"eval-tiny-export-{tmp_path.name}"
+    assert again.run_name == "export-lora-lr0.001"  # evaluations of it are named after the source run
+    assert new_run_name(again, None, eval_identity(again, None)) == "eval-tiny-export-lora-lr0.001"
+    assert again.tracking.experiment == "tiny_ln"  # and logged into the source run's experiment
     e = build_mllm(again.model).eval()
     assert not any("lora" in n for n, _ in e.named_parameters())
     ids = torch.tensor([[1, -200, 5, 6, 7]])
@@ -42,5 +46,5 @@ def test_merged_lora_export_gives_the_same_outputs(tmp_path):
     # the trainable-only file also reloads strictly into a fresh model of the same strategy
     fresh = build_mllm(cfg.model)
     apply_strategy(fresh, cfg.tune)
-    load_trainable(fresh, read_trainable(tmp_path / "trainable.safetensors"))
+    load_trainable(fresh, read_trainable(run_dir / "trainable.safetensors"))
     assert torch.equal(fresh.connector.weight, m.connector.weight)

@@ -65,3 +65,20 @@ def test_params_cli_text_and_errors(capsys):
     assert "layernorm" in capsys.readouterr().out
     assert main(["--config", str(TINY), "tune.strategi=lora"]) == 2
     assert "tune.strategy" in capsys.readouterr().err
+
+
+def test_params_says_when_it_counts_a_presets_shape_instead_of_the_models(tmp_path, capsys, monkeypatch):
+    """The demo's base LM before --prepare-only made it: counted from the preset fields, and said so."""
+    from mmln.model.llm import build_llm
+
+    monkeypatch.setenv("MMLN_DEMO_DIR", str(tmp_path / "not-made"))
+    assert main(["--config", "conf/demo/stage2.yaml", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"model.llm.path={tmp_path / 'not-made'}/base_lm has no config.json" in err
+    assert "model.vision.path=" in err
+    # once the path holds a model, its config.json is counted and nothing is said
+    cfg = tiny_config()
+    lm = tmp_path / "lm"
+    build_llm(cfg.model.llm, load_weights=False).save_pretrained(lm)
+    assert main(["--config", str(TINY), f"model.llm.path={lm}"]) == 0
+    assert "no config.json" not in capsys.readouterr().err

@@ -71,3 +71,47 @@ def test_heartbeat_prints_while_the_block_runs_and_stops_after(capsys):
     assert 1 <= len(beats) <= 7, beats  # about 6; fewer on a loaded machine
     time.sleep(0.2)
     assert "still running" not in capsys.readouterr().out  # the thread ended with the block
+
+
+def test_heartbeat_names_the_training_step_and_an_eta_during_a_real_lightning_fit(capsys):
+    """StepCounter (added by mmln.fit to every run) publishes step k/n; the demo's heartbeat prints it."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmln import progress
+    from mmln.callbacks.progress import StepCounter
+    from mmln.demo import heartbeat
+
+    seen = []
+
+    class Slow(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.append(progress.steps_line())
+            time.sleep(0.03)
+
+    trainer = L.Trainer(max_steps=12, callbacks=[StepCounter(12), Slow()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    with heartbeat("stage 2", every=0.05):
+        trainer.fit(BoringModel())
+    assert seen[0].startswith("step 1/12, ETA ") and seen[-1] == "step 12/12, ETA -", seen
+    beats = [line for line in capsys.readouterr().out.splitlines() if "stage 2: step " in line]
+    assert beats and all("/12, ETA" in b for b in beats), beats
+    assert progress.steps_line() == ""  # cleared when training ended
+
+
+def test_a_demo_pretraining_loop_says_step_k_of_n_and_eta_when_steps_are_slow(monkeypatch, capsys):
+    import torch
+
+    from mmln import demo_pretrain
+
+    monkeypatch.setattr(demo_pretrain, "HEARTBEAT_S", 0.05)
+    w = torch.nn.Parameter(torch.ones(3))
+
+    def loss_at():
+        time.sleep(0.03)
+        return (w ** 2).sum()
+
+    demo_pretrain.train_loop([w], loss_at, steps=10, lr=1e-3, label="vision encoder", log_every=500)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "vision encoder: step" in line]
+    # step 1 and step 10 by log_every, and at least one more in between by time
+    assert len(lines) >= 3 and any("ETA" in line and "step 1/" not in line and "10/10" not in line for line in lines), lines

@@ -1,10 +1,33 @@
-"""Lightning's TQDM bar with a total that respects `train.max_steps` (Lightning's own counts the
+"""`StepCounter` publishes a run's step k/n for heartbeats (`mmln.progress.STEPS`); Lightning's TQDM bar with a total that respects `train.max_steps` (Lightning's own counts the
 whole epoch unless max_epochs is -1, e.g. "8/882" for an 8-step run)."""
 from __future__ import annotations
 
 from typing import Union
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from mmln import progress
+
+
+class StepCounter(Callback):
+    """Keeps `mmln.progress.STEPS` at this run's optimizer steps done of `total` (cleared at the end)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = int(total)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import time
+
+        progress.STEPS.update(done=trainer.global_step, total=self.total, t0=time.time(), start=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        progress.STEPS["done"] = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        progress.STEPS.clear()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        progress.STEPS.clear()
 
 
 class StepBoundedProgressBar(TQDMProgressBar):
