@@ -271,3 +271,16 @@ def test_a_run_of_another_config_is_never_moved_aside_silently(world, tmp_path, 
     warn = err.index("WARNING: 1 run dir(s) hold runs of another config")
     assert warn < err.index("layernorm-lr0.001: training") and "finished run feedc0de" in err
     assert (Path(f"{p.run_dir}.replaced-01234567") / "trainable.safetensors").read_bytes() == b"old"
+
+
+def test_keys_added_to_the_schema_keep_a_finished_sweeps_hashes():
+    """An upgrade that adds config keys must not retrain a finished sweep: at their old-behaviour value
+    the new keys stay out of the hash (the values were computed by mmln at 6b001a6, before the image
+    limits and tune.vision_norms existed); any other value is a new point."""
+    from mmln.config import load_config
+    from mmln.sweeps.plan import config_hash
+
+    base = ["tune.strategy=layernorm", "train.lr=0.001"]
+    assert config_hash(load_config(TINY, base)) == "5f3069121b31e781"
+    for changed in ("data.max_image_aspect=20", "tune.vision_norms=true", "train.group_lr.vision_norms=1e-4"):
+        assert config_hash(load_config(TINY, [*base, changed])) != "5f3069121b31e781", changed

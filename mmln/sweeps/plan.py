@@ -13,9 +13,14 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config
+from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
 from mmln.selection import DEFAULT_METRIC
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
+# keys added to the schema after sweeps were first hashed, at the value that computes what runs did
+# before them: left out of the hash at that value, so an upgrade does not retrain a finished sweep
+ADDED_LATER = {"data.max_image_pixels": MAX_IMAGE_PIXELS, "data.max_image_aspect": MAX_IMAGE_ASPECT,
+               "data.max_padded_pixels": MAX_PADDED_PIXELS, "tune.vision_norms": False, "train.group_lr.vision_norms": None}
 DEFAULT_BENCH = ["flickr30k"]
 
 
@@ -38,14 +43,16 @@ class Point:
 
 
 def config_hash(cfg) -> str:
-    """SHA-256 (16 hex) of the resolved config without the `VOLATILE` keys."""
+    """SHA-256 (16 hex) of the resolved config without the `VOLATILE` keys (and the `ADDED_LATER`
+    ones at their old-behaviour value)."""
     data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    for key in VOLATILE:
+    for key in (*VOLATILE, *ADDED_LATER):
         *parents, leaf = key.split(".")
         node = data
         for p in parents:
             node = node.get(p) or {}
-        node.pop(leaf, None)
+        if key in VOLATILE or (leaf in node and node[leaf] == ADDED_LATER[key]):
+            node.pop(leaf, None)
     text = OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(data, sort_keys=True, default=str))))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
