@@ -39,7 +39,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from functools import reduce
 from pathlib import Path
 
@@ -48,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MMLN_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_halving import sweep  # noqa: E402 (the one way a benchmark runs mmln.sweep)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 METRIC = "val/loss"
@@ -71,17 +72,6 @@ def world(root: Path, n_train: int, n_val: int, epochs: int, val_every: int) -> 
             f"train.val_every_n_steps={val_every}", "train.warmup_ratio=0.1", "train.save_every_n_steps=1000",
             "train.log_every_n_steps=10", "analysis.grad_every_n_steps=0", "analysis.similarity=false",
             f"eval.batch_size={BATCH}"]  # the halving proxy's val/loss batches as the Trainer's validation
-
-
-def sweep(args: list[str]) -> float:
-    from mmln import sweep as sweep_cli
-
-    t0 = time.time()
-    with contextlib.redirect_stdout(sys.stderr):  # its report text: stdout is for the JSON lines
-        rc = sweep_cli.main(args)
-    if rc != 0:
-        raise SystemExit(f"mmln.sweep {' '.join(args[:8])} ... exited {rc}")
-    return time.time() - t0
 
 
 def curves(client, experiment: str) -> dict:

@@ -49,15 +49,10 @@ class Model:
 
         from mmln.eval.runner import Query, human
 
-        single = isinstance(question, str)
-        questions = [question] if single else list(question)
-        one = image is None or isinstance(image, (str, Path, Image.Image))
-        images = [image] * len(questions) if one else list(image)
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images for {len(questions)} questions: give one image, or one per question")
+        from mmln.data.images import pair_questions
+
+        single, images, questions = pair_questions(image, question)
         for im in images:
-            if isinstance(im, (str, Path)) and not Path(im).is_file():
-                raise FileNotFoundError(f"image not found: {im}")
             self.check_image(im)
         queries = [Query([human(("<image>\n" if im is not None else "") + q)],
                          im if im is None or isinstance(im, Image.Image) else Path(im))

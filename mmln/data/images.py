@@ -215,3 +215,17 @@ def build_image_processor(vision: Any, image_aspect: str = "square", limits: Opt
     if vision.preprocess == "clip":
         return ClipPreprocess(vision.image_size, pad=pad, limits=limits)
     raise ValueError(f"model.vision.preprocess={vision.preprocess!r} is not one of clip, timm")
+
+
+def pair_questions(image, question) -> tuple[bool, list, list[str]]:
+    """`ask`'s arguments as (single, images, questions): one image (a path, a PIL image or None) for
+    every question, or one per question; every image path must exist."""
+    single = isinstance(question, str)
+    questions = [question] if single else list(question)
+    images = [image] * len(questions) if image is None or not isinstance(image, (list, tuple)) else list(image)
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions: give one image, or one per question")
+    for im in images:
+        if isinstance(im, (str, Path)) and not Path(im).is_file():
+            raise FileNotFoundError(f"image not found: {im}")
+    return single, images, questions

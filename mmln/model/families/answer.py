@@ -5,7 +5,6 @@ yet: a batch would need the processor's left padding of mixed image / text-only 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 
@@ -61,14 +60,8 @@ class FamilyAnswerer:
         return tok.decode(out[0], skip_special_tokens=True).strip()
 
     def ask(self, image: Union[Any, Sequence[Any], None], question: Union[str, Sequence[str]]):
-        single = isinstance(question, str)
-        questions = [question] if single else list(question)
-        one = image is None or not isinstance(image, (list, tuple))
-        images = [image] * len(questions) if one else list(image)
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images for {len(questions)} questions: give one image, or one per question")
-        for im in images:
-            if isinstance(im, (str, Path)) and not Path(im).is_file():
-                raise FileNotFoundError(f"image not found: {im}")
+        from mmln.data.images import pair_questions
+
+        single, images, questions = pair_questions(image, question)
         answers = [self.answer(im, q) for im, q in zip(images, questions)]
         return answers[0] if single else answers
