@@ -54,7 +54,6 @@ def parent_run(client, exp_id: str, sweep_id: str, create: bool, params: dict[st
                             {Tags.KIND: "sweep", Tags.SWEEP_ID: sweep_id, **tags}, params)
 
 
-
 def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tuple[str, Any]:
     """skip | evaluate | train, and the FINISHED run when there is one."""
     run = client.finished_run(exp_id, p.hash)
@@ -68,7 +67,6 @@ def decide(p: Point, client, exp_id: str, benches: list[str], metric: str) -> tu
     if same_dir and (p.run_dir / "trainable.safetensors").is_file():
         return "evaluate", run
     return "train", None
-
 
 
 def displaced(p: Point) -> Optional[str]:
@@ -85,10 +83,8 @@ def displaced(p: Point) -> Optional[str]:
     return f"{p.run_dir} ({done} run {run}, config {old[:8]}) -> {aside_dir(p, old)}"
 
 
-
 def aside_dir(p: Point, old_hash: str) -> Path:
     return p.run_dir.with_name(f"{p.run_dir.name}.replaced-{old_hash[:8]}")
-
 
 
 def prepare_run_dir(p: Point, client=None) -> None:
@@ -112,13 +108,11 @@ def prepare_run_dir(p: Point, client=None) -> None:
     write_text(f, p.hash + "\n")
 
 
-
 def point_tags(p: Point, parent_id: Optional[str]) -> dict[str, str]:
     """What the sweep adds to fit's tags (model, strategy, stage, lr, data_subset, sweep_id, ...)."""
     tags = {Tags.CONFIG_HASH: p.hash, Tags.SWEEP_POINT: str(p.index)}
     tags |= {Tags.VARIANT: p.variant} if p.variant else {}
     return tags | ({Tags.PARENT: parent_id} if parent_id else {})
-
 
 
 def adopt(client, run_id: str, parent_id: Optional[str], sweep_id: str) -> None:
