@@ -128,9 +128,10 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def mlflow_server(uri: str, folder: Path, timeout: float = 180) -> Iterator[str]:
+def mlflow_server(uri: str, folder: Path, *options: str, timeout: float = 180) -> Iterator[str]:
     """`mlflow server --backend-store-uri URI` with its artifacts in `folder/artifacts`, on a free
-    loopback port, until the block ends (SIGTERM to its process group, SIGKILL if it lingers).
+    loopback port, with further `options`, until the block ends (SIGTERM to its process group,
+    SIGKILL if it lingers).
     Yields its http URL once `/health` answers; its log is `folder/mlflow-server.log`."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def mlflow_server(uri: str, folder: Path, timeout: float = 180) -> Iterator[str]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
            "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+           "--workers", "1", *options]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
