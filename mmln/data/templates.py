@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmln.data.token_ids import (  # noqa: F401  (re-exported: the tokenization layer below the templates)
     DEFAULT_IMAGE_TOKEN, ConversationError, sentencepiece_spaces, special_tokens, tokenize_segments,
     tokenizer_image_token,

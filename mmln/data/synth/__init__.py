@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION, MMERow, read_mme  # noqa: F401
-from mmln.io import write_json  # noqa: F401  (part of this package's API)
+from mmln.base.io import write_json  # noqa: F401  (part of this package's API)
 # every name of the former single module mmln/data/synth.py, so `from mmln.data.synth import X` keeps working
 from mmln.data.synth.world import (
     BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, SIZES, Obj, Scene, draw, font_of, seeded_ids, ink_of, jitter,

@@ -7,7 +7,7 @@ from collections import Counter
 from functools import partial
 from typing import Any, Sequence
 
-from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
+from mmln.base.constants import SHORT_ANSWER, YES_NO_SUFFIX
 from mmln.data.synth.world import BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, Obj, Scene, sample_scene
 from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION
 
