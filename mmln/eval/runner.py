@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
 from mmln.base.constants import IMAGE_TOKEN_INDEX
+from mmln.data.chat_template import chat_answer_token
 from mmln.data.dataset import pad_right
 from mmln.data.images import load_image
-from mmln.data.templates import chat_answer_token, encode_prompt, get_template, stop_strings, stop_token_ids
+from mmln.data.templates import encode_prompt, get_template, stop_strings, stop_token_ids
 
 
 @dataclass

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmln.data.synth.bench_items import mme_item, pope_questions
 from mmln.data.synth.qa import (
     BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, OPEN_QA, SHORT, YES_NO_QA, YN, article, absent_label, capitalize, caption,
-    describe, mme_item, pick_qa, plural, pope_questions, qa_color, qa_exist, qa_turns, reasoning, sentence,
+    describe, pick_qa, plural, qa_color, qa_exist, qa_turns, reasoning, sentence,
     short_qa,
 )
 from mmln.data.synth.world import NUM, SHAPES, Scene, draw, seeded_ids, seeded_rng, sample_scene
