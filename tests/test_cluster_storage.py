@@ -4,7 +4,6 @@ as workers on other nodes would. The same tiny sweeps as tests/test_sweep.py and
 checked against what they give on local sqlite files. Skipped where no PostgreSQL server starts."""
 from __future__ import annotations
 
-import psycopg
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -24,11 +23,13 @@ def world(tmp_path_factory):
 
 
 def rows(url: str, sql: str) -> list[tuple]:
+    import psycopg
+
     with psycopg.connect(url) as conn:
         return conn.execute(sql).fetchall()
 
 
-def test_a_grid_sweep_tracked_by_an_mlflow_server_on_postgresql(world, pg_url, tmp_path):
+def test_a_grid_sweep_tracked_by_an_mlflow_server_on_postgresql(pg_url, world, tmp_path):
     """2 lrs x 3 steps + POPE, tracked by `mlflow server --backend-store-uri postgresql://...`: the
     runs, each step's loss once, the parent FINISHED, the weights as artifacts, all in PostgreSQL's
     tables (not a local fallback store)."""
@@ -65,7 +66,7 @@ def study_record(storage: str) -> dict:
 
 
 @pytest.mark.slow
-def test_halving_on_postgresql_and_an_mlflow_server_picks_the_sqlite_survivors(world, postgres, tmp_path):
+def test_halving_on_postgresql_and_an_mlflow_server_picks_the_sqlite_survivors(postgres, world, tmp_path):
     """test_halving's 5-lr sweep (rungs at 1, 3, 9 steps), once on sqlite files and once as a cluster
     runs it (study in PostgreSQL, tracking through an MLflow server on PostgreSQL): the same
     decisions and proxy values at every rung, the same best lr, the survivor's weights torch.equal,
