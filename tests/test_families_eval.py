@@ -184,3 +184,28 @@ def test_predict_and_load_ask_answer_on_a_family(root, dirs, tmp_path):
                           "model.dtype=float32", "eval.max_new_tokens=5"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == [both[0]]
+
+
+def test_load_a_checkpoint_directory_and_its_hf_export_then_ask(root, dirs, tmp_path):
+    """`mmln.load(DIR)`: a family's checkpoint directory is the model (no config file); an export
+    (`--format hf`) of a tuned run loads the same way and answers as the run does."""
+    import mmln
+    from mmln.build import build_model
+    from mmln.export import export
+    from mmln.model.checkpoint import save_trainable
+
+    d, img = dirs["qwen2_5_vl"], root / "img" / "0.png"
+    ovr = ["model.dtype=float32", "eval.max_new_tokens=5"]
+    assert mmln.load(str(d), overrides=ovr).ask(img, "What is it?") == mmln.load(cfg_of(d)).ask(img, "What is it?")
+    cfg = cfg_of(d, "tune.strategy=layernorm")
+    mllm = build_model(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in mllm.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    ckpt = save_trainable(mllm, tmp_path / "run" / "trainable.safetensors")
+    out = export(cfg, str(ckpt), tmp_path / "hf", "hf")
+    tuned = mmln.load(cfg, ckpt).ask([img, None], ["What is it?", "Is it red?"])
+    assert mmln.load(out, overrides=ovr).ask([img, None], ["What is it?", "Is it red?"]) == tuned
+    assert tuned != mmln.load(cfg_of(d)).ask([img, None], ["What is it?", "Is it red?"])  # the tuning shows
