@@ -56,7 +56,9 @@ def inputs(d, image):
 
 @pytest.mark.parametrize("family,strategy", [("qwen2_5_vl", "layernorm"), ("qwen2_5_vl", "lora"),
                                              ("gemma3", "layernorm"), ("gemma3", "lora"),
-                                             ("idefics3", "layernorm_simple"), ("idefics3", "lora")])
+                                             ("idefics3", "layernorm_simple"), ("idefics3", "lora"),
+                                             ("qwen2_5_vl", "layernorm_lora"), ("qwen2_5_vl", "dora"),
+                                             ("qwen2_5_vl", "ia3"), ("qwen2_5_vl", "vera")])
 def test_peft_adapter_round_trips_through_peft_onto_the_family_class(base, tmp_path, family, strategy):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -69,7 +71,8 @@ def test_peft_adapter_round_trips_through_peft_onto_the_family_class(base, tmp_p
     cfg, ckpt = tuned(dirs[family], tmp_path, strategy)
     out = export(cfg, str(ckpt), tmp_path / "adapter", "peft")
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
-    assert adapter_cfg["peft_type"] == ("LORA" if strategy == "lora" else "LN_TUNING")
+    assert adapter_cfg["peft_type"] == {"lora": "LORA", "layernorm_lora": "LORA", "dora": "LORA", "ia3": "IA3",
+                                        "vera": "VERA"}.get(strategy, "LN_TUNING")
     # targets only inside the language model: no vision-tower projection got an adapter
     lm = {"qwen2_5_vl": "model.language_model.", "gemma3": "model.language_model.",
           "idefics3": "model.text_model."}[family]
@@ -110,3 +113,32 @@ def write_yaml(tmp_path, dirs):
     p = tmp_path / "ov.yaml"
     p.write_text(f"model:\n  init_from: {dirs['llava_onevision']}\ntune:\n  strategy: layernorm\n")
     return p
+
+
+def test_fit_writes_the_family_adapter_peft_loads(tmp_path):
+    """Stage 2 of a family with `layernorm` writes `ln_tuning_adapter/` beside trainable.safetensors, as
+    LLaVA runs do; PEFT loads it onto the family's class with the run's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mmln.build import build_model
+    from tests.test_families_fit import fit_family, records
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for i in range(6):
+        Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(root / "img" / f"{i}.png")
+    (root / "data.json").write_text(json.dumps(records()))
+    cfg, base_dir, run = fit_family("qwen2_5_vl", root, tmp_path, "train.max_steps=2", "analysis.grad_every_n_steps=0",
+                                    "analysis.similarity=false")
+    adapter = run.run_dir / "ln_tuning_adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    ours = build_model(cfg, str(run.run_dir / "trainable.safetensors")).eval()
+    ours.loss_chunk = 0
+    ref = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_dir), str(adapter)).eval()
+    enc = inputs(base_dir, root / "img" / "0.png")
+    ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+    with torch.no_grad():
+        diff = (ours(ids, mask, None, enc).logits - ref(input_ids=ids, attention_mask=mask, **enc).logits).abs().max()
+    assert diff.item() <= 1e-5
