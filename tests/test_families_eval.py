@@ -94,7 +94,7 @@ def test_batched_generation_equals_the_family_generate(root, dirs, family):
     assert runner.generate(qs) == [want[i] for i in range(len(qs))]
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3", "llava_onevision"])
 def test_yes_no_logits_agree_with_greedy_first_token(root, dirs, family):
     """Logits mode picks between the template's first tokens of "Yes" and "No": when greedy's first
     token is one of them, both modes agree (the LM head is rewritten so that it always is)."""

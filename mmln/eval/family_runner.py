@@ -41,14 +41,20 @@ def end_of_turn_ids(processor) -> list[int]:
 
 
 def answer_token(processor, word: str) -> int:
-    """The first token of `word` written as the assistant's answer, after the generation prompt."""
+    """The first token of `word` written as the assistant's answer, after the generation prompt (as
+    the template writes a finished answer; a template whose finished turn does not start with its
+    generation prompt, e.g. LLaVA-OneVision's "assistant \\n" vs "assistant\\n": the word right after
+    the prompt, with the space the template puts before it)."""
     tok = processor.tokenizer
     user = [{"role": "user", "content": [{"type": "text", "text": "Question"}]}]
     prefix = processor.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
     full = processor.apply_chat_template(user + [{"role": "assistant", "content": [{"type": "text", "text": word}]}],
                                          tokenize=False)
+    if not full.startswith(prefix):
+        k = full.rfind(word)
+        full = prefix + (" " if k > 0 and full[k - 1] == " " and not prefix[-1:].isspace() else "") + word
     a, b = (tok(t, add_special_tokens=False)["input_ids"] for t in (prefix, full))
-    if not full.startswith(prefix) or b[: len(a)] != a or len(b) == len(a):
+    if b[: len(a)] != a or len(b) == len(a):
         raise ValueError(f"cannot find the token of {word!r} after the chat template's generation prompt: "
                          "use eval.yes_no=generate")
     return b[len(a)]
