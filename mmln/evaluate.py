@@ -72,7 +72,7 @@ def make_runner(cfg: Any, ckpt: Optional[str]):
     from mmln.families import native_family
 
     if native_family(cfg.model) is not None:
-        from mmln.build import build_model
+        from mmln.run.build import build_model
         from mmln.model.families.answer import family_runner
 
         return family_runner(cfg, build_model(cfg, ckpt))

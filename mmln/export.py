@@ -92,7 +92,7 @@ def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
 def export_peft(cfg, ckpt: str | None, out: str | Path, native) -> Path:
     """`--format peft`: the run's strategy as a PEFT adapter directory (not merged): over the family's
     transformers class for a native family, over the LLM (connector beside it) for mmln's LLaVA."""
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.formats.peft_adapter import save_family_peft_adapter, save_peft_adapter
 
     if ckpt is None:

@@ -62,7 +62,7 @@ def test_batched_generation_equals_the_family_generate(root, dirs, family):
     `AutoModelForImageTextToText.generate` on them, greedy; answers come back in the input order."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.model.families.answer import end_of_turn_ids, family_runner
 
     runner = family_runner(cfg_of(dirs[family]), build_model(cfg_of(dirs[family])))
@@ -98,7 +98,7 @@ def test_batched_generation_equals_the_family_generate(root, dirs, family):
 def test_yes_no_logits_agree_with_greedy_first_token(root, dirs, family):
     """Logits mode picks between the template's first tokens of "Yes" and "No": when greedy's first
     token is one of them, both modes agree (the LM head is rewritten so that it always is)."""
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.eval.family_runner import answer_token
     from mmln.model.families.answer import family_runner
 
@@ -190,7 +190,7 @@ def test_load_a_checkpoint_directory_and_its_hf_export_then_ask(root, dirs, tmp_
     """`mmln.load(DIR)`: a family's checkpoint directory is the model (no config file); an export
     (`--format hf`) of a tuned run loads the same way and answers as the run does."""
     import mmln
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.export import export
     from mmln.model.checkpoint import save_trainable
 

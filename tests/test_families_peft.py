@@ -30,7 +30,7 @@ def base(tmp_path_factory):
 def tuned(d, tmp_path, strategy, *extra):
     """(cfg, ckpt): the model of `strategy` with every trainable tensor moved at random, saved as a run's
     trainable.safetensors."""
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.model.checkpoint import save_trainable
 
     cfg = load_config(None, [f"model.init_from={d}", "model.dtype=float32", f"tune.strategy={strategy}",
@@ -64,7 +64,7 @@ def test_peft_adapter_round_trips_through_peft_onto_the_family_class(base, tmp_p
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.export import export
 
     root, dirs = base
@@ -121,7 +121,7 @@ def test_fit_writes_the_family_adapter_peft_loads(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from tests.test_families_fit import fit_family, records
 
     root = tmp_path / "data"

@@ -109,7 +109,7 @@ class FamilyRunner:
 
         if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
             return batches
-        from mmln.progress import bar
+        from mmln.base.progress import bar
 
         return bar(batches, total=len(batches), desc=self.desc, unit="batch")
 

@@ -159,12 +159,12 @@ def save_family_peft_adapter(mllm, cfg, out: str | Path) -> Path:
     """A native family's tuned model as a PEFT adapter directory over its transformers class:
     `PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(init_from), out)` is the
     tuned model. Every trained tensor must land in the adapter and every adapter tensor come from
-    the run (else a ValueError naming them); built beside `out` and swapped in (`mmln.outputs`)."""
+    the run (else a ValueError naming them); built beside `out` and swapped in (`mmln.base.outputs`)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from mmln.outputs import claim, replacing
+    from mmln.base.outputs import claim, replacing
 
     claim(out, "peft-adapter", "the adapter folder")
     trained = {n: p for n, p in mllm.model.named_parameters(remove_duplicate=False) if p.requires_grad}

@@ -32,7 +32,7 @@ def val_data(cfg, ckpt: str):
     if native_family(cfg.model) is not None:  # a native family: its processor's datasets (mmln.lit.datamodule)
         from transformers import AutoTokenizer
 
-        from mmln.build import build_model
+        from mmln.run.build import build_model
         from mmln.lit.datamodule import MMLNDataModule
 
         import torch
