@@ -28,7 +28,8 @@ whose runs has that metric shows its newest run, marked `*`. With several seeds 
 `mean ± half-width of its 95% Student-t CI` (the CSVs hold the means); the LR curves draw the same
 intervals as error bars.
 
-- Table 1: strategies x benchmarks at each strategy's best learning rate (reference runs: no variant).
+- Table 1: strategies x benchmarks at each strategy's best learning rate (reference runs: no variant),
+  then per model the untuned model (its `mmln.evaluate --ckpt none` run, tag `ckpt=none`) and chance.
 - Table 2: trainable parameters (% of the whole MLLM) and peak memory per strategy.
 - Table 3: data types: one row per `data_subset` (runs with the reference vision encoder).
 - Table 4: connector ablation: layernorm / connector / layernorm_no_connector.
@@ -42,6 +43,11 @@ intervals as error bars.
   difference whose interval excludes 0. With several seeds an item's terms are averaged over
   the seeds of the chosen lr first (the interval covers item sampling, not training noise).
   `paired.csv` holds one line per (pair, column).
+
+Every result says what it is (`mmln.report.scale`): report.md, each table and each figure's caption
+give the scale of their runs (optimizer steps, samples seen, `eval.limit`) and, below the
+`--smoke-*` thresholds, "smoke scale: not evidence"; Fig. 3 / Fig. 4 captions say where their data
+contradict the paper.
 """
 from __future__ import annotations
 

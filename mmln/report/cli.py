@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from mmln.report.rows import load_runs, reference, reference_params, strategy_key
+from mmln.report.scale import Evidence
 from mmln.report.write import TABLES, log_report, markdown, report
 from mmln.selection import DEFAULT_METRIC
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mmln.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", action="append", default=[],
                     help="MLflow experiment name(s), comma-separated or repeated (default: --config's experiment)")
@@ -29,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="then serve the MLflow UI on 127.0.0.1:--port and print links to the experiment and to its "
                          "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
+    ev = Evidence()
+    ap.add_argument("--smoke-steps", type=int, default=ev.min_steps, metavar="N",
+                    help="runs of fewer optimizer steps are smoke scale: every table and figure they are in says "
+                         "'smoke scale: not evidence' (default: %(default)s)")
+    ap.add_argument("--smoke-samples", type=int, default=ev.min_samples, metavar="N",
+                    help="the same for fewer samples seen in training (default: %(default)s)")
+    ap.add_argument("--smoke-eval-limit", type=int, default=ev.min_eval_limit, metavar="N",
+                    help="the same for an evaluation limited to fewer items per benchmark (eval.limit; "
+                         "default: %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     from mmln.config import ConfigError, load_config
     from mmln.fit import experiment_name
@@ -52,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     client = Tracker(uri)
     try:
         with replacing(out, "report") as tmp:  # built beside --out (refused if not mmln's), manifest last, swapped in
-            built, files = report(client, experiments, tmp, args.select_metric, tables, references)
+            built, files = report(client, experiments, tmp, args.select_metric, tables, references,
+                                  Evidence(args.smoke_steps, args.smoke_samples, args.smoke_eval_limit))
     except (LookupError, OutputError, DiskFullError) as e:  # no such experiment; --out not mmln's; a full disk
         print(f"mmln.report: error: {e.args[0] if isinstance(e, LookupError) else e}", file=sys.stderr)
         return 2

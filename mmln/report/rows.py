@@ -32,6 +32,14 @@ class Run:
     name: str = ""
     limited: bool = False  # evaluated with eval.limit (a subset of every benchmark)
     mismatch: list[str] = field(default_factory=list)  # config keys that differ from the reference config
+    steps: Optional[float] = None  # optimizer steps trained (`mmln.report.scale`)
+    samples: Optional[float] = None  # samples seen in them
+    eval_limit: str = "none"  # tag eval_limit: items per benchmark, "none" = all
+    baseline: bool = False  # the untuned model's evaluation (no training)
+
+    @property
+    def metrics_evaluated(self) -> bool:
+        return any(k.startswith("eval/") for k in self.metrics)
 
     @property
     def label(self) -> str:
@@ -102,6 +110,37 @@ def reference_params(configs: list[tuple[str, list[str]]]) -> dict[str, dict[str
     return out
 
 
+def run_scale(metrics: dict[str, float], params: dict[str, str]) -> tuple[Optional[float], Optional[float]]:
+    """(optimizer steps, samples seen): fit's `train/steps` / `train/samples_seen`, else from the params
+    (`train.max_steps` when set, times `train.global_batch_size`); None when neither says."""
+    steps = metrics.get("train/steps")
+    if steps is None and (p := params.get("train.max_steps", "")).lstrip("-").isdigit() and int(p) > 0:
+        steps = float(p)
+    samples = metrics.get("train/samples_seen")
+    batch = params.get("train.global_batch_size", "")
+    if samples is None and steps is not None and batch.isdigit():
+        samples = steps * int(batch)
+    return steps, samples
+
+
+def load_untuned(client, experiment_ids: list[str]) -> list[Run]:
+    """Per model, the FINISHED evaluation of the untuned model (`mmln.evaluate --ckpt none`: tag
+    `ckpt=none`): a full evaluation over a limited one, then the newest."""
+    out: dict[str, Run] = {}
+    for r in client.runs(experiment_ids, "attributes.status = 'FINISHED' and tags.ckpt = 'none'",
+                         order_by=["attributes.start_time DESC"]):
+        t = r.data.tags
+        if t.get("kind") or not any(k.startswith("eval/") for k in r.data.metrics):
+            continue
+        limit = t.get("eval_limit", "none")
+        run = Run(r.info.run_id, t.get("model", "?"), "untuned", math.nan, "", "", "", r.info.start_time,
+                  dict(r.data.metrics), name=r.info.run_name or "", limited=limit not in ("", "none"),
+                  eval_limit=limit or "none", baseline=True, steps=0.0, samples=0.0)
+        if run.model not in out or out[run.model].rank() < run.rank():
+            out[run.model] = run
+    return list(out.values())
+
+
 def load_runs(client, experiment_ids: list[str], references: Optional[dict[str, dict[str, str]]] = None) -> list[Run]:
     """FINISHED stage-2 runs, one per (model, strategy, lr, variant, data, vision), chosen by `Run.rank`:
     a run of the reference config (when `references` gives one for its model) over one of another
@@ -118,7 +157,9 @@ def load_runs(client, experiment_ids: list[str], references: Optional[dict[str, 
                   data_label(t.get("data_subset", "all:all")), vision_label(p), r.info.start_time, dict(r.data.metrics),
                   seed=p.get("train.seed", ""), name=r.info.run_name or "",
                   limited=t.get("eval_limit", "none") not in ("", "none"),
-                  mismatch=mismatch(p, (references or {}).get(model), variant))
+                  mismatch=mismatch(p, (references or {}).get(model), variant),
+                  eval_limit=t.get("eval_limit", "none") or "none")
+        run.steps, run.samples = run_scale(run.metrics, p)
         key = (run.model, run.strategy, run.lr, run.variant, run.data, run.vision, run.seed)
         if key not in out or out[key].rank() < run.rank():
             out[key] = run

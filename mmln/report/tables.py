@@ -23,6 +23,7 @@ class Table:
     empty: str = ""  # the one line shown when the table has no data
     no_data: bool = False  # rows exist but do not make this table (e.g. one vision encoder only)
     runs: list[str] = field(default_factory=list)  # per row: the run it came from (an extra last column)
+    scale: str = ""  # what the rows are: their runs' scale, and "smoke scale: not evidence" below the threshold
 
 
 def bench_table(key: str, title: str, runs: list[Run], metric: str, extra: Optional[tuple[str, str]] = None,
@@ -114,6 +115,27 @@ def tableA1(runs, metric):
 
 BUILDERS = {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
             "table6": table6, "tableA1": tableA1}
+
+
+def add_baselines(t: Table, untuned: list[Run]) -> None:
+    """Table 1's reference rows under each model's strategies: the untuned model's evaluation (when the
+    experiment has one: `mmln.evaluate --ckpt none`) and chance (`mmln.report.scale.CHANCE`)."""
+    from mmln.report.scale import CHANCE, CHANCE_RULE
+
+    if not has_data(t):
+        return
+    models = list(dict.fromkeys([row[0] for row in t.rows] + [r.model for r in untuned]))
+    rows, runs = [], []
+    for model in models:
+        mine = [i for i, row in enumerate(t.rows) if row[0] == model]
+        rows += [t.rows[i] for i in mine]
+        runs += [t.runs[i] for i in mine]
+        for r in (r for r in untuned if r.model == model):
+            rows.append([model, "untuned", "-"] + [r.metrics.get(m) for _, m in BENCH_COLS])
+            runs.append(r.label)
+        rows.append([model, "chance", "-"] + [CHANCE.get(m) for _, m in BENCH_COLS])
+        runs.append(CHANCE_RULE)
+    t.rows, t.runs = rows, runs
 
 
 def has_data(t: Table) -> bool:

@@ -11,8 +11,9 @@ from typing import Any, Optional
 from mmln.io import atomic_path, write_text
 from mmln.report.figures import analysis_figures, data_type_bars, lr_curves, paper_figures
 from mmln.report.paired import Diff, paired_tables
-from mmln.report.rows import Stat, load_runs, pruned_points
-from mmln.report.tables import BUILDERS, Table, has_data
+from mmln.report.rows import Run, Stat, load_runs, load_untuned, pruned_points
+from mmln.report.scale import Evidence, scale_note
+from mmln.report.tables import BUILDERS, Table, add_baselines, has_data
 from mmln.selection import DEFAULT_METRIC
 
 
@@ -39,7 +40,8 @@ def markdown(t: Table, bold_max: bool = False) -> str:
     if not has_data(t):
         return f"### {t.title}\n\nNo data: {t.empty or 'no matching runs'}.\n"
     header = t.header + (["run"] if t.runs else [])
-    lines = [f"### {t.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"### {t.title}", ""] + ([f"_{t.scale}._", ""] if t.scale else []) + [
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for n, row in enumerate(t.rows):
         cells = [fmt(v) for v in row]
         values = [v for v in row[t.n_keys:] if isinstance(v, float) and not math.isnan(v)]
@@ -63,11 +65,20 @@ ROW_RULE = ("each row's run: among FINISHED runs of the same model, strategy, lr
             "then the newest; the `run` column names it (`[eval.limit]` / `[other config: ...]` mark the exceptions)")
 
 
+def table_scales(built: dict[str, Table], runs: list[Run], untuned: list[Run], evidence: Evidence) -> None:
+    """Each table's `scale`: the scale of the runs its rows came from (all reference runs for Table A1)."""
+    by_label = {r.label: r for r in runs + untuned}
+    for t in built.values():
+        used = [by_label[x] for label in t.runs for x in label.split(" vs ") if x in by_label]
+        t.scale = scale_note(used or [r for r in runs if not r.variant], evidence)
+
+
 def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METRIC,
-           tables: list[str] = TABLES, references: Optional[dict[str, dict[str, str]]] = None
-           ) -> tuple[dict[str, Table], list[Path]]:
+           tables: list[str] = TABLES, references: Optional[dict[str, dict[str, str]]] = None,
+           evidence: Evidence = Evidence()) -> tuple[dict[str, Table], list[Path]]:
     """Build the tables (and figures) and write them into `out`; (tables by key, files written).
-    `references`: model name -> flattened reference config (`reference_params`), for `Run.rank`."""
+    `references`: model name -> flattened reference config (`reference_params`), for `Run.rank`;
+    `evidence`: below it, tables and figures say "smoke scale: not evidence"."""
     out = Path(out).resolve()  # MLflow hands back absolute paths; a relative `out` could not name them
     ids = []
     for name in experiments:
@@ -76,29 +87,35 @@ def report(client, experiments: list[str], out: Path, metric: str = DEFAULT_METR
             known = ", ".join(client.experiment_names()) or "none"
             raise LookupError(f"no MLflow experiment '{name}' (experiments: {known})")
         ids.append(exp.experiment_id)
-    runs = load_runs(client, ids, references)
+    runs, untuned = load_runs(client, ids, references), load_untuned(client, ids)
     out.mkdir(parents=True, exist_ok=True)
     built = {k: BUILDERS[k](runs, metric) for k in tables if k in BUILDERS}
-    files = []
+    if "table1" in built:
+        add_baselines(built["table1"], untuned)
     md = [f"# Report: {', '.join(experiments)}", "",
           f"{len(runs)} finished stage-2 runs; best learning rate by {metric} (higher is better); "
           "`*` = no run of the group has that metric (newest run shown); `-` = not measured.", "",
           f"Rows: {ROW_RULE}" + ("" if references else " (no `--config` given: every run counts as the reference's)")
-          + ".", ""]
+          + ".", ""] + ([f"**{scale_note(runs, evidence)}.**", ""] if runs else [])
     long = {}
     if "paired" in tables:
         built["paired"], long["paired"] = paired_tables(client, runs, metric)
+    table_scales(built, runs, untuned, evidence)
+    files = []
     for key, t in built.items():
         md.append(markdown(t, bold_max=key == "tableA1"))
         if has_data(t):
             write_csv(long.get(key, t), out / f"{key}.csv")
             files.append(out / f"{key}.csv")
     if "figures" in tables:
-        figs = lr_curves(runs, metric, out, pruned_points(client, ids)) + paper_figures(client, runs, metric, out) + \
-            analysis_figures(client, runs, metric, out)
+        captions: dict[Path, str] = {}
+        figs = lr_curves(runs, metric, out, pruned_points(client, ids), lambda rs: scale_note(rs, evidence), captions) \
+            + paper_figures(client, runs, metric, out, evidence, captions) \
+            + analysis_figures(client, runs, metric, out, evidence, captions)
         if "table3" in built:
-            figs += data_type_bars(built["table3"], metric, out)
-        md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" for p in figs] or ["No figures (no data)."])
+            figs += data_type_bars(built["table3"], metric, out, captions)
+        md += ["### Figures", ""] + ([f"- `{p.relative_to(out)}`" + (f": {captions[p]}" if captions.get(p) else "")
+                                      for p in figs] or ["No figures (no data)."])
         files += figs
     write_text(out / "report.md", "\n".join(md) + "\n")
     return built, [out / "report.md"] + files
