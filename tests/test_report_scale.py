@@ -4,7 +4,12 @@ evidence" below the `--smoke-*` thresholds; Table 1 keeps the untuned model's an
 figure whose data contradict the paper says so in its caption."""
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmln import report
@@ -12,6 +17,7 @@ from mmln.tracking import get_or_create_experiment, tracking_uri
 from tests.test_report import FLICKR, client, make_run, rows
 
 SMOKE = "smoke scale: not evidence"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def smoke_runs(c, exp):
@@ -129,3 +135,18 @@ def test_a_figure_that_contradicts_the_paper_says_so_decided_from_its_data(tmp_p
     assert "contradicts the paper: LayerNorm's mean layer similarity (0.9000) is above finetune's (0.6000)" in \
         alike["fig3_similarity_m7.png"]
     assert "contradicts" not in alike["fig4_ln_grads_m7.png"]
+
+
+@pytest.mark.parametrize("scale", ["full", "tiny"])
+def test_make_table1_evaluates_the_untuned_model_once_before_its_report(scale):
+    """Table 1's untuned row needs the untuned model's evaluation in the experiment: `make table1` runs
+    it once per model (skipped when its scores.json exists), before the report, beside the reports."""
+    cmd = subprocess.run(["make", "-n", "table1", f"SCALE={scale}", "STAMP="], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.replace("\\\n", " ")
+    steps = [s.strip() for line in cmd.splitlines() for s in line.split("||")]
+    untuned = [i for i, s in enumerate(steps) if "mmln.evaluate" in s and "--ckpt none" in s]
+    report_at = next(i for i, s in enumerate(steps) if "mmln.report" in s)
+    assert untuned and max(untuned) < report_at, cmd
+    out = re.search(r"--out (\S+)", steps[untuned[0]]).group(1)
+    assert f"test -f {out}/scores.json" in steps[untuned[0] - 1]
+    assert out.rsplit("/", 1)[0] == re.search(r"--out (\S+)", steps[report_at]).group(1).rsplit("/", 1)[0]
