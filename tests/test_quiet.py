@@ -48,8 +48,11 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
     assert proc.returncode == 0, "\n".join(lines[-30:])
     noisy = [line for line in lines if any(n in line for n in NOISE) or not OURS.match(line)]
     assert not noisy, "\n".join(noisy[:20])
-    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best
-    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1, "\n".join(lines)
+    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best, where the outputs went
+    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1 + 1, "\n".join(lines)
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith(f"sweep outputs: run dirs in {(tmp_path / 'outputs').resolve()}") and str(db) in last, last
+    assert "experiment 'quiet_sweep', sweep run " in last, last
 
 
 def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(tmp_path):
