@@ -69,7 +69,7 @@ from mmln.sweeps.plan import DEFAULT_BENCH, DEFAULT_METRIC, Point, check_select,
 from mmln.sweeps.point import SweepRun, decide, displaced, parent_run, say
 from mmln.sweeps.rungs import fraction
 from mmln.sweeps.slurm import SBATCH_DEFAULTS, write_slurm
-from mmln.sweeps.summary import log_summary, report_text, run_final_benches, summarize
+from mmln.sweeps.summary import log_summary, points_scale, report_text, run_final_benches, summarize
 from mmln.tracking import Tracker
 
 
@@ -296,6 +296,7 @@ def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepR
     if run.parent_id:
         run.client.end(run.parent_id, "FAILED" if failed or final_failed else "FINISHED")
     print(report_text(points, best, run.metric, header))
+    print(f"sweep scale: {points_scale(run.client, points).removeprefix('Scale: ')}")
     for p in failed:
         print(f"FAILED [{p.index}] {p.name}: {p.error}", file=sys.stderr)
     for name in final_failed:
