@@ -57,7 +57,7 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
 
 
 def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(tmp_path):
-    code = ("from mmln.progress import quiet_third_party; quiet_third_party()\n"
+    code = ("from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
             "import deepspeed\n"
             "from mmln.tracking import Tracker\n"
             f"Tracker('sqlite:///{tmp_path}/fresh.db')\n")
@@ -96,7 +96,7 @@ def test_the_demos_verdict_names_exactly_the_benchmarks_it_beats():
 def test_quiet_disables_the_tqdm_bars_transformers_gguf_loader_makes(tmp_path):
     """The fast sibling of the GGUF load below: the loader's own `tqdm` is disabled under MMLN_QUIET=1,
     imported after quiet_third_party or before it, and not otherwise."""
-    code = ("import sys\n{first}from mmln.progress import quiet_third_party; quiet_third_party()\n"
+    code = ("import sys\n{first}from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
             "import transformers.modeling_gguf_pytorch_utils as g\nprint(g.tqdm(range(2)).disable)\n")
     env = quiet_env()
     for first, want in (("", "True"), ("import transformers.modeling_gguf_pytorch_utils\n", "True")):
@@ -116,7 +116,7 @@ def test_a_quiet_gguf_load_prints_no_progress_bar(tok_dirs, tmp_path):  # noqa: 
     gguf = pytest.importorskip("gguf")
     import sentencepiece as spm
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from tests.conftest import tiny_config
     from tests.test_gguf import write_gguf
 
@@ -128,7 +128,7 @@ def test_a_quiet_gguf_load_prints_no_progress_bar(tok_dirs, tmp_path):  # noqa: 
                gguf.GGMLQuantizationType.Q8_0)
     load = f"import torch; from pathlib import Path; from mmln.model.llm import load_gguf\n" \
            f"load_gguf(Path({str(path)!r}), torch.float32, 'eager')\n"
-    quiet = "from mmln.progress import quiet_third_party; quiet_third_party()\n"
+    quiet = "from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
     early = "import transformers.modeling_gguf_pytorch_utils\n"
     out = {}
     for name, code, env in (("loud", load, {k: v for k, v in quiet_env().items() if k != "MMLN_QUIET"}),

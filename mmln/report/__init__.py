@@ -20,7 +20,7 @@ runs carry a `kind` tag and are left out). A run is described by its tags `model
 one counts by an explicit rule: a run of the reference config (`--config CFG [key=value ...]`, as
 `make report` and the `experiments/` targets pass it: the run's params equal the config's on every
 key but the per-point ones) first, then a full evaluation (no `eval_limit` tag), then the newest.
-Every table names the run of each row in its last column (`run`). "Best" = `mmln.selection.best_lr`,
+Every table names the run of each row in its last column (`run`). "Best" = `mmln.eval.selection.best_lr`,
 the rule `mmln.sweep` uses: the highest mean `--select-metric` over a learning rate's seeds (default
 Flickr30k CIDEr, as the paper selects; a tie goes to the higher learning rate); a group none of
 whose runs has that metric shows its newest run, marked `*`. With several seeds (`mmln.sweep
@@ -39,7 +39,7 @@ intervals as error bars.
 - Paired tests (`paired`): for each pair of Table 1's strategies at their chosen learning rates,
   the difference of every Table-1 column with the 95% interval of a paired bootstrap over the same
   benchmark items (questions for POPE / VQAv2, images for MME and the captions), read back from the
-  evaluations' answer files (`mmln.eval.items`, `mmln.selection.paired_bootstrap`); `*` marks a
+  evaluations' answer files (`mmln.eval.items`, `mmln.eval.selection.paired_bootstrap`); `*` marks a
   difference whose interval excludes 0. With several seeds an item's terms are averaged over
   the seeds of the chosen lr first (the interval covers item sampling, not training noise).
   `paired.csv` holds one line per (pair, column).

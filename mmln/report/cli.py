@@ -10,7 +10,7 @@ from pathlib import Path
 from mmln.report.rows import load_runs, reference, reference_params, strategy_key
 from mmln.report.scale import Evidence
 from mmln.report.write import TABLES, log_report, markdown, report
-from mmln.selection import DEFAULT_METRIC
+from mmln.eval.selection import DEFAULT_METRIC
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from mmln.config import ConfigError, load_config
     from mmln.fit import experiment_name
-    from mmln.outputs import DiskFullError, OutputError, replacing
+    from mmln.base.outputs import DiskFullError, OutputError, replacing
     from mmln.tracking import Tracker, tracking_uri
     experiments = [e for x in args.experiment for e in x.split(",") if e]
     tables = [t for t in args.tables.split(",") if t]

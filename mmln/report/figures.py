@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Callable, Optional
 
-from mmln.io import save_figure
+from mmln.base.io import save_figure
 from mmln.report.rows import Run, Stat, best, group, reference, strategy_key
 from mmln.report.scale import Evidence, caption, grads_verdict, scale_note, similarity_verdict
 from mmln.report.tables import BENCH_COLS, Table, has_data

@@ -1,6 +1,6 @@
 """Paired tests: for each pair of Table 1's strategies at their chosen learning rates, every
 Table-1 column's difference with its paired bootstrap interval over the same benchmark items, read
-back from the evaluations' answer files (`mmln.eval.items`, `mmln.selection.paired_bootstrap`)."""
+back from the evaluations' answer files (`mmln.eval.items`, `mmln.eval.selection.paired_bootstrap`)."""
 from __future__ import annotations
 
 import math
@@ -43,10 +43,10 @@ def seed_items(per_run: list[dict]) -> dict:
 def paired_tables(client, runs: list[Run], metric: str) -> tuple[Table, Table]:
     """(one row per strategy pair and a cell per Table-1 column, one row per pair and column):
     the difference of the two strategies' columns at their chosen lrs with its paired bootstrap
-    interval (`mmln.selection.paired_bootstrap`)."""
+    interval (`mmln.eval.selection.paired_bootstrap`)."""
     from itertools import combinations
 
-    from mmln.selection import paired_bootstrap
+    from mmln.eval.selection import paired_bootstrap
 
     ref = [r for r in reference(runs) if r.strategy not in ABLATION[1:]]
     rows, long, used, notes = [], [], [], []

@@ -1,7 +1,7 @@
 """The rows of a report: the FINISHED stage-2 runs of the experiments (read through
 `mmln.tracking.Tracker`, the only MLflow reader), one per (model, strategy, lr, variant, data,
 vision, seed) by an explicit rule (`Run.rank`), grouped, and each group's best learning rate
-(`mmln.selection.best_lr`)."""
+(`mmln.eval.selection.best_lr`)."""
 from __future__ import annotations
 
 import math
@@ -62,7 +62,7 @@ class Stat(float):
 
     @classmethod
     def of(cls, values) -> Optional["Stat"]:
-        from mmln.selection import mean_ci
+        from mmln.eval.selection import mean_ci
 
         mean, half, n = mean_ci(values)
         if n == 0:
@@ -189,9 +189,9 @@ def group(runs: list[Run], key: Callable[[Run], tuple]) -> dict[tuple, list[Run]
 
 def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
     """(a run of the best learning rate, True) or (the newest run, False) when none has `metric`.
-    The best lr is `mmln.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
+    The best lr is `mmln.eval.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
     mmln.sweep uses; of that lr's seeds, the best-scoring run."""
-    from mmln.selection import best_lr, higher_is_better
+    from mmln.eval.selection import best_lr, higher_is_better
 
     scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
     sign = 1.0 if higher_is_better(metric) else -1.0

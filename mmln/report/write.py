@@ -8,13 +8,13 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from mmln.io import atomic_path, write_text
+from mmln.base.io import atomic_path, write_text
 from mmln.report.figures import analysis_figures, data_type_bars, lr_curves, paper_figures
 from mmln.report.paired import Diff, paired_tables
 from mmln.report.rows import Run, Stat, load_runs, load_untuned, pruned_points
 from mmln.report.scale import Evidence, scale_note
 from mmln.report.tables import BUILDERS, Table, add_baselines, has_data
-from mmln.selection import DEFAULT_METRIC
+from mmln.eval.selection import DEFAULT_METRIC
 
 
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table6", "tableA1", "paired", "figures"]
