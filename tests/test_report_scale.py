@@ -69,6 +69,9 @@ def test_table1_keeps_the_untuned_and_chance_rows(tmp_path, tiny_cfg):
     make_run(c, exp, "layernorm", 1e-3, {FLICKR: 50.0, "eval/mme_perception": 990.0}, model="tiny")
     untuned = {"eval/mme_perception": 568.3, "eval/pope_random_accuracy": 50.0, FLICKR: 1.2}
     log_to_mlflow(tiny_cfg, {"metrics": untuned, "benches": {"mme": {}, "pope": {}, "flickr30k": {}}}, None)
+    exported = tiny_cfg.copy()
+    exported.run_name = "export-layernorm-lr0.001"  # an export's evaluation: no checkpoint either, not untuned
+    log_to_mlflow(exported, {"metrics": {"eval/mme_perception": 1.0}, "benches": {"mme": {}}}, None)
     out = tmp_path / "r"
     assert report.main(["--experiment", "base_ln", "--out", str(out), "--no-log", "--tables", "table1,tableA1"]) == 0
     t1 = {r["strategy"]: r for r in rows(out / "table1.csv")}

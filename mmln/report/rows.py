@@ -125,12 +125,14 @@ def run_scale(metrics: dict[str, float], params: dict[str, str]) -> tuple[Option
 
 def load_untuned(client, experiment_ids: list[str]) -> list[Run]:
     """Per model, the FINISHED evaluation of the untuned model (`mmln.evaluate --ckpt none`: tag
-    `ckpt=none`): a full evaluation over a limited one, then the newest."""
+    `ckpt=none`, run `eval-<model>-untuned...`; an export's evaluation is `eval-<model>-export-...`):
+    a full evaluation over a limited one, then the newest."""
     out: dict[str, Run] = {}
     for r in client.runs(experiment_ids, "attributes.status = 'FINISHED' and tags.ckpt = 'none'",
                          order_by=["attributes.start_time DESC"]):
         t = r.data.tags
-        if t.get("kind") or not any(k.startswith("eval/") for k in r.data.metrics):
+        untuned = (r.info.run_name or "").startswith(f"eval-{t.get('model', '?')}-untuned")  # not an export's
+        if t.get("kind") or not untuned or not any(k.startswith("eval/") for k in r.data.metrics):
             continue
         limit = t.get("eval_limit", "none")
         run = Run(r.info.run_id, t.get("model", "?"), "untuned", math.nan, "", "", "", r.info.start_time,
