@@ -10,32 +10,12 @@ param when set (runs logged before that metric); samples seen are `train/samples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Optional
 
-SMOKE = "smoke scale: not evidence"
+from mmln.eval.evidence import CHANCE, CHANCE_RULE, SMOKE, Evidence
 
-# random answers: MME's acc 0.5 and acc+ 0.25 per subtask (10 perception, 4 cognition subtasks, each
-# scored 100 * (acc + acc+)); POPE's splits are balanced yes / no, so accuracy and F1 50%
-CHANCE: dict[str, float] = {
-    "eval/mme_perception": 100.0 * 10 * 0.75, "eval/mme_cognition": 100.0 * 4 * 0.75,
-    **{f"eval/pope_{s}_{m}": 50.0 for s in ("random", "popular", "adversarial") for m in ("accuracy", "f1")},
-}
-CHANCE_RULE = "random answers: MME acc 0.5, acc+ 0.25; POPE balanced yes/no (no chance level for VQAv2 or CIDEr)"
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Below any of these, a result is smoke scale: fewer optimizer steps, fewer samples seen, or an
-    evaluation limited to fewer items per benchmark (`eval.limit`)."""
-
-    min_steps: int = 100
-    min_samples: int = 1000
-    min_eval_limit: int = 100
-
-    def describe(self) -> str:
-        return (f"fewer than {self.min_steps:,} optimizer steps, {self.min_samples:,} samples seen or "
-                f"eval.limit {self.min_eval_limit:,}")
+__all__ = ["CHANCE", "CHANCE_RULE", "SMOKE", "Evidence", "caption", "grads_verdict", "is_smoke", "scale_note",
+           "scale_of", "similarity_verdict"]
 
 
 def _span(values: list[float], unit: str) -> str:
