@@ -41,14 +41,18 @@ store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 `--search halving` (mmln.sweeps.halving) trains the same points by successive halving instead: every
 point to a first rung (`--first-rung`, 1/12 of the run), scored by a cheap proxy (`--proxy-metric`),
 the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
-a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) on an RDB
-study (`--study-storage`); survivors end bit-identical to the grid's runs and get the `--bench`
-evaluation; the parent records the steps spent.
+a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) in a
+shared study (`--study-storage`: a journal file, by default in the experiment's folder, or an RDB
+URL); survivors end bit-identical to the grid's runs and get the `--bench` evaluation; the parent
+records the steps spent. Any number of workers work on one halving sweep (`mmln.sweeps.workers`):
+`--workers N` starts N here, `--launcher slurm --workers N` writes an array of N workers (each
+`... --worker`), and a worker killed at any moment leaves its point to another after the heartbeat
+timeout.
 
 Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, or the
 same sweep running already, before any run.
 
-One sweep at a time: a running sweep holds a lock (`mmln.locks`) that a second run of the same sweep
+One launch of a sweep at a time on a machine: a running sweep (not its `--worker`s) holds a lock (`mmln.locks`) that a second run of the same sweep
 is refused by (exit 2, naming the holder), and a lock per point while it trains, is evaluated or is
 scored, which another sweep reaching the point waits for. The kernel frees both when the process
 ends in any way, kill -9 included.
