@@ -88,6 +88,41 @@ def losses_once(got: dict) -> None:
         assert steps and len(steps) == len(set(steps)), (name, sorted(steps))
 
 
+def test_two_local_workers_one_killed_at_a_decision_decide_as_one_process(world, tmp_path):
+    """`--workers 2` on 3 lrs: one worker is SIGKILLed at the rung decision (holding `settle`); the
+    other (its pid check finds the holder gone) decides, trains the survivor to the end, and the
+    launcher summarizes: exit 0, the rung decided by the synchronous rule on the stored proxies,
+    each step and proxy logged once, the parent FINISHED, nothing RUNNING, no claim left."""
+    import optuna
+
+    from tests.test_halving import synchronous
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DECIDE_KILL)
+    args = three_lrs(halving_args(world, tmp_path)) + FAST + ["--workers", "2"]
+    env = env_for(tmp_path, PYTHONPATH=f"{hooks}:{ROOT}", KILL_AT_DECISION=str(tmp_path / "decision-killed"))
+    proc = subprocess.run([sys.executable, "-m", "mmln.sweep", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "decision-killed").exists() and "workers ended: exit codes" in proc.stderr
+    codes = proc.stderr.split("workers ended: exit codes")[1].split("\n")[0].split()
+    assert sorted(codes) == [str(-signal.SIGKILL), "0"], codes  # the launcher itself was not the decider
+    storage = storage_of(str(journal(tmp_path)))
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1, names  # every claim released or cleared
+    trials = optuna.load_study(study_name=names[0], storage=storage).trials
+    kept = {t.params["lr"] for t in trials if t.user_attrs.get("rung0") == "promoted"}
+    assert kept == synchronous({t.params["lr"]: -t.intermediate_values[1] for t in trials}, 3)
+    got = outcome(tmp_path)
+    assert got["survivors"] and len(got["parents"]) == 1 and got["parents"][0].info.status == "FINISHED"
+    assert not got["running"] and sorted(s for s, _ in got["states"].values()) == ["finished", "pruned", "pruned"]
+    losses_once(got)
+    for name, r in got["points"].items():
+        steps = [m.step for m in got["client"].get_metric_history(r.info.run_id, "halving/proxy")]
+        assert steps and len(steps) == len(set(steps)), (name, steps)
+
+
 @pytest.mark.slow
 def test_three_array_tasks_one_killed_mid_rung_one_at_a_decision_equal_one_process(world, reference, tmp_path):
     """`--launcher slurm --search halving --workers 3` writes an array of 3 worker tasks; the tasks
@@ -128,6 +163,7 @@ def test_three_array_tasks_one_killed_mid_rung_one_at_a_decision_equal_one_proce
     assert "taken over" not in log  # no live worker was judged dead
 
 
+@pytest.mark.slow
 def test_two_working_directories_share_one_sweep(world, reference, tmp_path):
     """A sweep started in one working directory (its own copy of the config) is SIGKILLed in the
     middle of rung 1; a worker started from a second working directory, as on another machine

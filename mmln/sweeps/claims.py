@@ -105,9 +105,7 @@ class Claims:
         a = s.user_attrs
         if "failed" in a:
             return a.get("launch") != self.launch
-        if not a:  # created, its holder killed before it named itself
-            a = {"host": None}
-        if a.get("host") == host():
+        if a.get("host") == host():  # written last: pid and start time are there
             return started(int(a["pid"])) != a.get("started")
         beat, now = a.get("beat", -1), time.monotonic()
         first = self.seen.setdefault(s.study_name, (beat, now))
@@ -135,8 +133,8 @@ class Claims:
             sid = self.storage.create_new_study([StudyDirection.MINIMIZE], name)
         except DuplicatedStudyError:  # another worker won it
             return None
-        for key, value in {"host": host(), "pid": os.getpid(), "started": started(os.getpid()),
-                           "launch": self.launch, "beat": 0}.items():
+        for key, value in {"pid": os.getpid(), "started": started(os.getpid()), "launch": self.launch,
+                           "beat": 0, "host": host()}.items():  # a claim without a host: judged by its beat
             self.storage.set_study_user_attr(sid, key, value)
         for e in range(epoch):  # the dead holders' claims
             self.forget(SEP.join([PREFIX, scope, item, str(e)]))
@@ -156,8 +154,9 @@ class Claims:
         except KeyError:  # gone already
             pass
 
-    def clear(self, scope: str) -> None:
-        """Delete every claim of `scope` (a finished study: nothing left to claim)."""
-        for s in self.storage.get_all_studies():
-            if s.study_name.startswith(SEP.join([PREFIX, scope, ""])):
+    def clear_dead(self, scope: str) -> None:
+        """Delete the claims of `scope` whose holders are dead (e.g. killed after their work was
+        reported, before they released it); a failed one stays for the next launch."""
+        for item, (_, s) in self.held(scope).items():
+            if "failed" not in s.user_attrs and self.dead(s):
                 self.forget(s.study_name)

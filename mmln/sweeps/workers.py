@@ -37,6 +37,7 @@ class Study:
     pts: list
     study: Any
     point_of: dict
+    async_ready: bool = False  # the async pruner was built with the first rung's step
 
 
 def claims_for(storage: str, opts: Options) -> Claims:
@@ -58,6 +59,7 @@ def run_halving(points: list, run: SweepRun, opts: Options, storage: str, train:
             continue
         point_of = trial_points(study, pts, ask=False)
         with_claim(claims, name, "settle", lambda: settle(study, point_of, run.client))
+        claims.clear_dead(name)
         steps = study.user_attrs.get("rung_steps") or [0]
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         for n, p in point_of.items():
@@ -170,8 +172,8 @@ def step(s: Study, run: SweepRun, opts: Options, storage: str, claims: Claims) -
             raise
         finally:
             claims.release(c, failed)
-        if not opts.rule == "sync" and s.study.user_attrs.get("rung_steps"):  # the async pruner needs rung 0
-            s.study = load_study(s.name, storage, [q.lr for q in s.pts], opts, study_min_resource(storage, s.name))
+        if opts.rule == "async" and not s.async_ready and (steps := s.study.user_attrs.get("rung_steps")):
+            s.study, s.async_ready = load_study(s.name, storage, [q.lr for q in s.pts], opts, steps[0]), True
         return True
     return False
 
