@@ -27,7 +27,7 @@ from mmln.sweeps.halving import advance, alive_at, settle, trial_points
 from mmln.sweeps.point import SweepRun, say
 from mmln.sweeps.study import Options, existing_study, load_study, quiet_optuna, storage_of, study_groups, study_min_resource
 
-POLL_S = 1.0
+POLL_S, MAX_POLL_S = 0.5, 5.0  # seconds between looks for work while others hold it
 
 
 @dataclass
@@ -96,15 +96,18 @@ def open_studies(points: list, run: SweepRun, opts: Options, storage: str, claim
 def work(studies: list[Study], run: SweepRun, opts: Options, storage: str, claims: Claims) -> bool:
     """The worker loop (the module's doc). True when every study is finished, False when what is
     left failed in this launch."""
+    idle = POLL_S
     while True:
         if any(step(s, run, opts, storage, claims) for s in studies):
+            idle = POLL_S
             continue
         if all(finished(s) for s in studies):
             return True
         if not any(claims.busy(s.name) for s in studies):
             say("no work left that has not failed in this launch: stopping")
             return False
-        time.sleep(POLL_S)
+        time.sleep(idle)  # waiting for other workers: look again, less often the longer it lasts
+        idle = min(idle * 1.5, MAX_POLL_S)
 
 
 def finished(s: Study) -> bool:
