@@ -192,3 +192,28 @@ def test_two_working_directories_share_one_sweep(world, reference, tmp_path):
     assert_same_sweep(got, reference)
     losses_once(got)
     assert not list(dirs[0].glob("outputs")) and not list(dirs[1].glob("outputs"))  # nothing written per machine
+
+
+def test_a_slurm_halving_array_is_workers_and_wrong_uses_are_one_line(world, tmp_path, capsys):
+    """The array's tasks are workers on the study (no --only-index), sharing the journal file by its
+    absolute path, with the study's settings; the summary job summarizes. Wrong uses: one line, exit 2."""
+    args = halving_args(world, tmp_path) + ["--heartbeat", "5", "--heartbeat-timeout", "60"]
+    assert sweep.main(args + ["--launcher", "slurm", "--workers", "4", "--study-storage", "shared.journal"]) == 0
+    out = tmp_path / "outputs" / "tiny_halving"
+    array = next(out.glob("sweep_*[0-9a-f].sbatch")).read_text()
+    summary = next(out.glob("sweep_*_summary.sbatch")).read_text()
+    task = array.rstrip().splitlines()[-1]
+    assert "#SBATCH --array=0-3" in array and task.endswith(" --worker") and "--only-index" not in array
+    for part in ("--search halving", "--eta 3", "--halving-rule sync", "--proxy-metric val/loss", "--heartbeat 5",
+                 "--heartbeat-timeout 60", f"--study-storage {Path.cwd() / 'shared.journal'}"):
+        assert part in task and part in summary, part
+    assert summary.rstrip().endswith("--summarize") and "--worker" not in summary
+    capsys.readouterr()
+    assert sweep.main(["--config", str(TINY), "--lrs", "1e-3", "--workers", "2", *overrides(world, tmp_path)]) == 2
+    assert "--workers / --worker: only with --search halving" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert sweep.main(halving_args(world, other) + ["--worker"]) == 2  # no sweep started there
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no parent run" in err[0] and "start the sweep first" in err[0]
+    assert sweep.main(args + ["--heartbeat", "60"]) == 2
+    assert "0 < heartbeat < timeout" in capsys.readouterr().err
