@@ -60,7 +60,7 @@ def run(root: Path, overrides: list[str], strategies: list[str], seeds: int, wor
 def main(argv: list[str]) -> int:
     from mlflow import MlflowClient
 
-    from mmln.selection import best_lr
+    from mmln.eval.selection import best_lr
 
     counts = [int(x) for x in option(argv, "--workers", "1,2,3").split(",")]
     strategies = option(argv, "--strategies", "layernorm").split(",")
