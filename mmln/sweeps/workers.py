@@ -58,7 +58,8 @@ def run_halving(points: list, run: SweepRun, opts: Options, storage: str, train:
         if (study := existing_study(name, storage, [p.lr for p in pts], opts)) is None:
             continue
         point_of = trial_points(study, pts, ask=False)
-        with_claim(claims, name, "settle", lambda: settle(study, point_of, run.client))
+        with_claim(claims, name, "settle",
+                   lambda: settle(study, point_of, run.client, busy=lambda: busy_trials(claims, name)))
         claims.clear_dead(name)
         steps = study.user_attrs.get("rung_steps") or [0]
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
