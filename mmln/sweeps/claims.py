@@ -17,8 +17,9 @@ at once. A released claim is deleted. A claim whose work failed is kept, marked 
 (`MMLN_SWEEP_LAUNCH`, or the SLURM array job): the workers of that launch leave it alone (a
 failing point is tried once a launch), a later launch takes it over.
 
-`MMLN_WORKER_HOST` overrides the host name a worker records (e.g. two workers on one machine
-judged as if on two: by their heartbeats only).
+A host is its name and boot id; `MMLN_WORKER_HOST` overrides it (e.g. two workers on one machine
+judged as if on two: by their heartbeats only; or containers that share a machine's name and
+kernel but not its pids, which must not be judged by pid).
 """
 from __future__ import annotations
 
@@ -34,7 +35,13 @@ SEP = "|"
 
 
 def host() -> str:
-    return os.environ.get("MMLN_WORKER_HOST") or socket.gethostname()
+    """This machine as claims name it: its host name and boot id (two machines of one host name
+    differ; so does a machine after a reboot, whose old pids mean nothing)."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()[:8]
+    except OSError:
+        boot = "?"
+    return os.environ.get("MMLN_WORKER_HOST") or f"{socket.gethostname()}/{boot}"
 
 
 def launch_id() -> str:
