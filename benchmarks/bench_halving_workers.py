@@ -72,7 +72,8 @@ def main(argv: list[str]) -> int:
         for n in counts:
             line = run(root, overrides, strategies, seeds, n)
             found = results(MlflowClient(f"sqlite:///{root / 'mlflow.db'}"), f"bench_workers_{n}")
-            line["best_lr"] = {f"{s}-seed{seed}": best_lr({lr: [v] for lr, v in scores.items()}) for (s, seed), scores in sorted(found["scores"].items())}
+            line["best_lr"] = {f"{s}-seed{seed}": best_lr({lr: [v] for lr, v in scores.items()})
+                               for (s, seed), scores in sorted(found["scores"].items())}
             line["budget_fraction"] = round(found["parent"]["halving/budget_fraction"], 4)
             lines.append(line)
             print(json.dumps(line), flush=True)

@@ -25,7 +25,8 @@ from typing import Any
 from mmln.sweeps.claims import Claims, launch_id
 from mmln.sweeps.halving import advance, alive_at, settle, trial_points
 from mmln.sweeps.point import SweepRun, say
-from mmln.sweeps.study import Options, existing_study, load_study, quiet_optuna, storage_of, study_groups, study_min_resource
+from mmln.sweeps.study import (Options, existing_study, load_study, quiet_optuna, storage_of, study_groups,
+                               study_min_resource)
 
 POLL_S, MAX_POLL_S = 0.5, 5.0  # seconds between looks for work while others hold it
 
