@@ -93,28 +93,33 @@ def test_two_local_workers_one_killed_at_a_decision_decide_as_one_process(world,
     other (its pid check finds the holder gone) decides, trains the survivor to the end, and the
     launcher summarizes: exit 0, the rung decided by the synchronous rule on the stored proxies,
     each step and proxy logged once, the parent FINISHED, nothing RUNNING, no claim left."""
+    two_workers_one_killed_at_a_decision(world, tmp_path, str(journal(tmp_path)))
+
+
+def two_workers_one_killed_at_a_decision(w: Path, root: Path, storage: str, extra: list[str] = ()) -> None:
+    """The test above on the study storage `storage` (a journal file's path or an RDB URL such as
+    a PostgreSQL server's), `extra` overrides (e.g. `tracking.uri=http://...` for an MLflow server)."""
     import optuna
 
     from tests.test_halving import synchronous
 
-    hooks = tmp_path / "hooks"
+    hooks = root / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(DECIDE_KILL)
-    args = three_lrs(halving_args(world, tmp_path)) + FAST + ["--workers", "2"]
-    env = env_for(tmp_path, PYTHONPATH=f"{hooks}:{ROOT}", KILL_AT_DECISION=str(tmp_path / "decision-killed"))
-    proc = subprocess.run([sys.executable, "-m", "mmln.sweep", *args], cwd=tmp_path, env=env, capture_output=True,
+    args = three_lrs(halving_args(w, root)) + [*extra] + FAST + ["--workers", "2", "--study-storage", storage]
+    env = env_for(root, PYTHONPATH=f"{hooks}:{ROOT}", KILL_AT_DECISION=str(root / "decision-killed"))
+    proc = subprocess.run([sys.executable, "-m", "mmln.sweep", *args], cwd=root, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "decision-killed").exists() and "workers ended: exit codes" in proc.stderr
+    assert (root / "decision-killed").exists() and "workers ended: exit codes" in proc.stderr
     codes = proc.stderr.split("workers ended: exit codes")[1].split("\n")[0].split()
     assert sorted(codes) == [str(-signal.SIGKILL), "0"], codes  # the launcher itself was not the decider
-    storage = storage_of(str(journal(tmp_path)))
-    names = optuna.get_all_study_names(storage)
+    names = optuna.get_all_study_names(storage_of(storage))
     assert len(names) == 1, names  # every claim released or cleared
-    trials = optuna.load_study(study_name=names[0], storage=storage).trials
+    trials = optuna.load_study(study_name=names[0], storage=storage_of(storage)).trials
     kept = {t.params["lr"] for t in trials if t.user_attrs.get("rung0") == "promoted"}
     assert kept == synchronous({t.params["lr"]: -t.intermediate_values[1] for t in trials}, 3)
-    got = outcome(tmp_path)
+    got = outcome(root, next((e.split("=", 1)[1] for e in extra if e.startswith("tracking.uri=")), None))
     assert got["survivors"] and len(got["parents"]) == 1 and got["parents"][0].info.status == "FINISHED"
     assert not got["running"] and sorted(s for s, _ in got["states"].values()) == ["finished", "pruned", "pruned"]
     losses_once(got)
