@@ -28,7 +28,7 @@ from mmln.sweeps.point import SweepRun, say
 from mmln.sweeps.study import (Options, existing_study, load_study, quiet_optuna, storage_of, study_groups,
                                study_min_resource)
 
-POLL_S, MAX_POLL_S = 0.5, 5.0  # seconds between looks for work while others hold it
+POLL_S, MAX_POLL_S = 0.5, 2.0  # seconds between looks for work while others hold it
 
 
 @dataclass
