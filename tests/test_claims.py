@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from mmln.sweeps.claims import Claims
 from mmln.sweeps.study import storage_of
 from tests.conftest import ROOT
@@ -31,9 +29,16 @@ if c:
 """
 
 
-@pytest.mark.parametrize("kind,n", [("journal", 8), ("sqlite", 4)])
-def test_one_of_n_racing_processes_wins_an_item(tmp_path, kind, n):
-    spec = str(tmp_path / "optuna.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
+def test_one_of_8_racing_processes_wins_an_item_in_a_journal_file(tmp_path):
+    race(str(tmp_path / "optuna.journal"), 8, tmp_path)
+
+
+def test_one_of_4_racing_processes_wins_an_item_in_an_rdb(rdb_storage, tmp_path):
+    """sqlite, then a real PostgreSQL server (skipped where none starts)."""
+    race(rdb_storage, 4, tmp_path)
+
+
+def race(spec: str, n: int, tmp_path) -> None:
     storage_of(spec).get_all_studies()  # the schema exists before the race
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

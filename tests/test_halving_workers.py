@@ -96,6 +96,17 @@ def test_two_local_workers_one_killed_at_a_decision_decide_as_one_process(world,
     two_workers_one_killed_at_a_decision(world, tmp_path, str(journal(tmp_path)))
 
 
+@pytest.mark.slow
+def test_two_workers_on_postgresql_and_an_mlflow_server(postgres, world, tmp_path):
+    """The test above as a cluster runs it: the study in a real PostgreSQL server, the runs behind an
+    `mlflow server` on PostgreSQL (skipped where no PostgreSQL server starts). (~100 s)"""
+    from tests.pg import mlflow_server
+
+    study, store = postgres.create_database(), postgres.create_database()
+    with mlflow_server(store, tmp_path / "server") as base:
+        two_workers_one_killed_at_a_decision(world, tmp_path, study, [f"tracking.uri={base}"])
+
+
 def two_workers_one_killed_at_a_decision(w: Path, root: Path, storage: str, extra: list[str] = ()) -> None:
     """The test above on the study storage `storage` (a journal file's path or an RDB URL such as
     a PostgreSQL server's), `extra` overrides (e.g. `tracking.uri=http://...` for an MLflow server)."""
