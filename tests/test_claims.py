@@ -1,5 +1,5 @@
 """Claims on halving work in a real Optuna storage (mmln/sweeps/claims.py): one winner among
-processes racing for an item, in a journal file and in sqlite; a dead holder found by its pid on
+processes racing for an item, in a journal file, sqlite and PostgreSQL; a dead holder found by its pid on
 the same host and by its heartbeat on another; a takeover deletes the dead claim and makes a
 frozen holder exit; a failed claim is left alone by its launch and taken over by the next."""
 from __future__ import annotations
