@@ -114,3 +114,16 @@ def test_a_holder_whose_claim_was_taken_over_exits(tmp_path):
     storage.delete_study(held._study_id)  # what a taker does to the claim it judged dead
     assert proc.wait(timeout=30) == 3
     assert "taken over" in proc.stdout.read()
+
+
+def test_the_default_study_storage_is_a_journal_unless_an_old_sweep_has_its_sqlite_file(tmp_path):
+    """New sweeps get `optuna.journal` in the experiment's folder (every worker that shares the folder
+    shares the study); a sweep begun before keeps the `optuna.db` beside its sqlite MLflow store, so
+    an upgrade does not start its studies over."""
+    from mmln.sweeps.study import default_storage
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "outputs" / "exp"
+    assert default_storage(uri, out) == str(out / "optuna.journal") and out.is_dir()
+    assert default_storage("http://mlflow-host:5000", out) == str(out / "optuna.journal")
+    (tmp_path / "optuna.db").touch()
+    assert default_storage(uri, out) == f"sqlite:///{tmp_path / 'optuna.db'}"

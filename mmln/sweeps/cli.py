@@ -226,7 +226,7 @@ def dry_run(args, points: list[Point], uri: str, experiment: str, header: str) -
 
 
 def sweep_lock(p: Point, experiment: str, sweep_id: str) -> Path:
-    """The lock file a running sweep holds (one process drives a sweep: its parent run, its study)."""
+    """The lock file a running sweep holds (one launch per machine: its parent run; workers join with --worker)."""
     return Path(p.cfg.output_dir) / experiment / ".locks" / f"sweep-{sweep_id}.lock"
 
 
