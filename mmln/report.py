@@ -57,6 +57,7 @@ from typing import Any, Callable, Optional
 from mmln.eval.columns import TABLE1_COLUMNS
 from mmln.io import atomic_path, save_figure, write_text
 from mmln.selection import DEFAULT_METRIC
+from mmln.ui import dashboard_line
 BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
@@ -684,8 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     ap.add_argument("--open", action="store_true",
-                    help="then serve the MLflow UI on 127.0.0.1:--port and print links to the experiment and to its "
-                         "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
+                    help="then serve the MLflow UI on 127.0.0.1:--port (as `make ui`: linking the strategies x learning "
+                         "rates view) and print MLflow's compare page of the runs; Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     args = ap.parse_args(argv)
     from mmln.config import ConfigError, load_config
@@ -719,26 +720,23 @@ def main(argv: list[str] | None = None) -> int:
     run = "" if args.no_log else f"; MLflow run {log_report(client, experiments[0], '+'.join(experiments), out)}"
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
     if args.open:
-        return open_ui(client, uri, experiments, references, args.port)
+        return open_ui(client, uri, experiments, references, args.port, args.select_metric)
+    print(dashboard_line(client, client.find_experiment(experiments[0]).experiment_id, args.select_metric))
     return 0
 
 
-def open_ui(client, uri: str, experiments: list[str], references, port: int) -> int:
-    """Serve the dashboard and print where the comparison is (until Ctrl-C)."""
-    from mmln.tracking import serve_ui, ui_links
+def open_ui(client, uri: str, experiments: list[str], references, port: int, select_metric: str) -> int:
+    """Print MLflow's compare page of the runs, then serve the dashboard until Ctrl-C (`mmln.ui`: its
+    ready line links the strategies x learning rates view)."""
+    from mmln import ui
+    from mmln.tracking import ui_links
 
     exp = client.find_experiment(experiments[0])
     runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (_strategy_key(r.strategy), -r.lr))
     links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
-    proc = serve_ui(uri, port)
-    print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)\n  experiment '{experiments[0]}': {links['experiment']}\n"
-          f"  its {len(runs)} runs (strategies x learning rates) side by side: {links['compare']}", flush=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
-        return 0
+    print(f"its {len(runs)} runs (strategies x learning rates) on MLflow's compare page: {links['compare']}", flush=True)
+    return ui.main(["--tracking-uri", uri, "--port", str(port), "--experiment", experiments[0], "--select-metric",
+                    select_metric])
 
 
 if __name__ == "__main__":

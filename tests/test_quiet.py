@@ -15,7 +15,7 @@ from tests.conftest import ROOT, TINY, make_world
 
 NOISE = ("Downloading artifacts", "INFO mlflow", "litlogger", "Tip:", "accelerator", "site-packages", "alembic",
          "it/s]")
-OURS = re.compile(r"^(\[sweep \d\d:\d\d:\d\d\] |sweep \w+: |  \S+ +(trained|skipped|failed)|best \w+: lr=)")
+OURS = re.compile(r"^(\[sweep \d\d:\d\d:\d\d\] |sweep \w+: |  \S+ +(trained|skipped|failed)|best \w+: lr=|dashboard \(serve it with `[^`]+`\): http://)")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
     assert proc.returncode == 0, "\n".join(lines[-30:])
     noisy = [line for line in lines if any(n in line for n in NOISE) or not OURS.match(line)]
     assert not noisy, "\n".join(noisy[:20])
-    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best
-    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1, "\n".join(lines)
+    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best, 1 dashboard link
+    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1 + 1, "\n".join(lines)
 
 
 def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(tmp_path):
