@@ -721,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
     if args.open:
         return open_ui(client, uri, experiments, references, args.port, args.select_metric)
-    print(dashboard_line(client, client.find_experiment(experiments[0]).experiment_id, args.select_metric))
+    if not args.no_log:  # the view is a tag of the experiment: --no-log writes none
+        print(dashboard_line(client, client.find_experiment(experiments[0]).experiment_id, args.select_metric))
     return 0
 
 
