@@ -32,8 +32,8 @@ from pathlib import Path
 from mmln.demo_pretrain import (  # noqa: F401  (re-exported: `from mmln.demo import pretrain_base_lm` keeps working)
     CONF, HEARTBEAT_S, chat_tune, grounded_chats, grounded_texts, pretrain_base_lm, pretrain_vision_encoder, say, train_loop,
 )
-from mmln.io import write_json, write_text
-from mmln.progress import quiet_third_party, steps_line
+from mmln.base.io import write_json, write_text
+from mmln.base.progress import quiet_third_party, steps_line
 
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
 # --compare: strategy -> learning rate. Not swept on the demo (one guess each: the norm strategies at
@@ -63,7 +63,7 @@ def check_recipe(root: Path, recipe: str) -> None:
 @contextlib.contextmanager
 def heartbeat(label: str, every: float = HEARTBEAT_S):
     """A line every `every` seconds while the block runs (the quiet demo's sign of life): the training
-    run's `step k/n, ETA` when one is in progress (`mmln.progress.STEPS`), else the time so far."""
+    run's `step k/n, ETA` when one is in progress (`mmln.base.progress.STEPS`), else the time so far."""
     stop, t0 = threading.Event(), time.time()
 
     def beat() -> None:

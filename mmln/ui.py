@@ -43,8 +43,8 @@ def dashboard_metrics(select_metric: str) -> list[str]:
 
 
 def newest_select_metric(client, experiment_id: str) -> str:
-    """The newest sweep's `--select-metric` in the experiment, else `mmln.selection.DEFAULT_METRIC`."""
-    from mmln.selection import DEFAULT_METRIC
+    """The newest sweep's `--select-metric` in the experiment, else `mmln.eval.selection.DEFAULT_METRIC`."""
+    from mmln.eval.selection import DEFAULT_METRIC
     from mmln.tracking import Tags
 
     parents = client.runs([experiment_id], f"tags.{Tags.KIND} = 'sweep'", order_by=["attributes.start_time DESC"], limit=1)
@@ -56,7 +56,7 @@ def comparison_link(client, experiment_id: str, select_metric: str | None = None
     every run a row, columns strategy, lr, the selection metric and the main scores, best first) and
     return the link that opens it: on `base`, else on the tracking server itself, else on `make ui`'s
     address. `select_metric`: the sweep's (default: the newest sweep's, else DEFAULT_METRIC)."""
-    from mmln.selection import higher_is_better
+    from mmln.eval.selection import higher_is_better
     from mmln.tracking import Tags
     from mmln.tracking.views import save_comparison_view, view_url
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--select-metric", help="the view's sort (default: the newest sweep's --select-metric)")
     args = ap.parse_args(argv)
-    from mmln.progress import quiet_third_party
+    from mmln.base.progress import quiet_third_party
     from mmln.tracking import Tracker, serve_ui, tracking_uri, ui_links
 
     os.environ.setdefault("MMLN_QUIET", "1")

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from mmln.io import write_text
+from mmln.base.io import write_text
 
 
 def fail_at(step: int):

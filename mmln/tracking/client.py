@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mmln.progress import quiet_third_party
+from mmln.base.progress import quiet_third_party
 from mmln.tracking.queries import RunQueries
 from mmln.tracking.runs import RunWrites
 from mmln.tracking.store import RetryingClient, artifact_root, store_lock, tracking_uri

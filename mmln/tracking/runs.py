@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from mmln.io import write_text
+from mmln.base.io import write_text
 from mmln.tracking.tags import Tags
 
 
