@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select-metric", help="the view's sort (default: the newest sweep's --select-metric)")
     args = ap.parse_args(argv)
     from mmln.base.progress import quiet_third_party
-    from mmln.tracking import Tracker, serve_ui, tracking_uri, ui_links
+    from mmln.tracking import Tracker, tracking_uri, ui_links
 
     os.environ.setdefault("MMLN_QUIET", "1")
     quiet_third_party()
@@ -119,15 +119,30 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{args.port}"  # its strategies x lrs view when it holds training runs, else its runs
     link = comparison_link(client, exp[0], args.select_metric, base) if has_training_runs(client, exp[0]) else \
         ui_links(base, exp[0], [])["experiment"]
+    return serve(uri, args.port, f"mmln.ui: ready. Experiment '{exp[1]}': {link}  (Ctrl-C stops it)")
+
+
+def interrupted(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM, SIGHUP (a closed terminal, a stopped make): stop as Ctrl-C does
+
+
+def serve(uri: str, port: int, ready: str) -> int:
+    """Run `mlflow server` for the store on 127.0.0.1:`port`, print `ready` once it answers, and stop
+    it with its workers (their own process group) on Ctrl-C, SIGTERM or SIGHUP."""
+    from mmln.tracking import serve_ui
+
+    base = f"http://127.0.0.1:{port}"
     log = Path(uri[len("sqlite:///"):]).with_name("mlflow-ui.log") if uri.startswith("sqlite:///") else Path("mlflow-ui.log")
     print(f"mmln.ui: starting MLflow for {uri} on {base} (its log: {log}) ...", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     with open(log, "a") as f:
-        proc = serve_ui(uri, args.port, log=f)
+        proc = serve_ui(uri, port, log=f)
     try:
         if not wait_ready(proc, base):
-            print(f"mmln.ui: MLflow did not start on port {args.port} (in use? try make ui PORT=5001)", file=sys.stderr)
+            print(f"mmln.ui: MLflow did not start on port {port} (in use? try make ui PORT=5001)", file=sys.stderr)
             return 1
-        print(f"mmln.ui: ready. Experiment '{exp[1]}': {link}  (Ctrl-C stops it)", flush=True)
+        print(ready, flush=True)
         proc.wait()
     except KeyboardInterrupt:
         pass
@@ -135,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

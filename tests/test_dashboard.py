@@ -145,7 +145,7 @@ def grid_cells(page: str) -> dict[str, dict[str, str]]:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make install / .ci/run install it)")
 def test_the_link_a_finished_sweep_prints_shows_strategies_x_lrs_sorted_by_its_metric(finished_sweep, tmp_path):
     """`make ui` (python -m mmln.ui): PORT honoured, a ready line whose link is the one the sweep printed
-    (on this port), the server `mlflow server` + one uvicorn worker. A fresh headless Chromium opens the
+    (on this port), the server `mlflow server` + one uvicorn worker, stopped with ui by SIGTERM. A fresh headless Chromium opens the
     link onto the runs table: each run of the grid its own row (not folded under the sweep's parent),
     with its strategy, lr and selection metric in their columns, sorted by that metric, no click."""
     import os
@@ -168,12 +168,15 @@ def test_the_link_a_finished_sweep_prints_shows_strategies_x_lrs_sorted_by_its_m
                 break
         link = lines[-1].split(": ", 2)[-1].split()[0]
         assert link == printed_link.replace("http://127.0.0.1:5000/", f"http://127.0.0.1:{port}/"), (link, printed_link)
-        group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == _pgid_of_server(ui.pid)]
+        pgid = _pgid_of_server(ui.pid)
+        group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid]
         assert len(group) == 2, [open(f"/proc/{p}/cmdline").read() for p in group]
         page = dom(link, tmp_path / "profile")
     finally:
-        ui.send_signal(signal.SIGINT)
+        ui.send_signal(signal.SIGTERM)  # as a closed terminal or a killed `make ui` would: the server goes too
         ui.wait(timeout=60)
+    time.sleep(1)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid], "mlflow server left running"
     cells = grid_cells(page)
     assert set(runs) <= set(cells), (sorted(cells), page[-3000:])  # every grid point is a row
     for run_id, run in runs.items():
