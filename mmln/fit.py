@@ -31,8 +31,8 @@ from typing import Callable, Optional
 from mmln.config import ConfigError, flatten, load_config, to_yaml
 from mmln.base.io import OutputError, as_disk_full, write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
-from mmln.lit.trainer import (fail_at, lightning_strategy, pause_at, precision, step_checkpoint,  # noqa: F401 (API)
-                               world_size)
+from mmln.lit.trainer import (epoch_end_resume, fail_at, lightning_strategy, pause_at, precision,  # noqa: F401 (API)
+                               step_checkpoint, world_size)
 from mmln.run.resume import is_rank0, prior_run_id, resolve_resume
 from mmln.base.progress import quiet_third_party
 from mmln.tracking import SweepContext
@@ -248,7 +248,7 @@ def run_callbacks(cfg, plan: RunPlan, parts: RunParts):
     efficiency = Efficiency()
     callbacks = [step_checkpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0,  # last.ckpt only
                                  enable_version_counter=False, every_n_train_steps=every, save_on_exception=False),
-                 efficiency, *analysis_callbacks(cfg, plan.run_dir)]
+                 efficiency, epoch_end_resume(), *analysis_callbacks(cfg, plan.run_dir)]
     from mmln.callbacks.progress import StepBoundedProgressBar, StepCounter  # the bar's total respects max_steps
 
     callbacks.append(StepCounter(parts.total))  # `step k/n, ETA` for heartbeats (the quiet demo's)
