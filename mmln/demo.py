@@ -240,9 +240,18 @@ def main(argv: list[str] | None = None) -> int:
               "LN grad var: mean variance of the tracked norms' gradients, none where norms are frozen)")
         rows["comparison"] = compared
     print(f"\n{verdict}.\nDemo took {time.time() - t_start:.0f}s. Runs: {root / 'outputs'}; "
-          f"MLflow: {os.environ['MLFLOW_TRACKING_URI']} -> `make ui` and open http://127.0.0.1:5000")
+          f"MLflow: {os.environ['MLFLOW_TRACKING_URI']}\n{dashboard(s2)}")
     write_json(root / "demo_results.json", rows, indent=1)
     return 0 if ok or not args.strict else 1
+
+
+def dashboard(run) -> str:
+    """The `mmln.ui.dashboard_line` of the demo's experiment (its strategies x learning rates in MLflow)."""
+    from mmln.tracking import Tracker
+    from mmln.ui import dashboard_line
+
+    client = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+    return dashboard_line(client, client.get_run(run.run_id).info.experiment_id)
 
 
 if __name__ == "__main__":

@@ -333,6 +333,9 @@ def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepR
         run.client.end(run.parent_id, "FAILED" if failed or final_failed else "FINISHED")
     print(report_text(points, best, run.metric, header))
     print(f"sweep scale: {points_scale(run.client, points).removeprefix('Scale: ')}")
+    from mmln.ui import dashboard_line
+
+    print(dashboard_line(run.client, run.exp_id, run.metric))  # strategies x lrs in MLflow, best first
     for p in failed:
         print(f"FAILED [{p.index}] {p.name}: {p.error}", file=sys.stderr)
     for name in final_failed:
