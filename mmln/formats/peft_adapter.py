@@ -78,17 +78,7 @@ def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None,
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(llm.config)
     pm = get_peft_model(skeleton, config)
-    wanted = [n for n, p in pm.named_parameters() if p.requires_grad]
-    state, used = {}, set()
-    for name in wanted:
-        rel = name.removeprefix(PEFT_PREFIX)
-        src = rel if rel in trained else _WRAPPED.sub("", rel)
-        if src not in trained:
-            raise ValueError(f"PEFT adapter tensor '{name}' ({config.peft_type}) has no trained counterpart in "
-                             f"the run (looked for '{src}'): the strategy's PEFT config does not describe it")
-        state[name] = trained[src].detach().to(torch.float32).clone()
-        used.add(id(trained[src]))
-    left = sorted(n for n, p in llm.named_parameters() if p.requires_grad and id(p) not in used)
+    state, left = _adapter_state(pm, config.peft_type, trained, llm.named_parameters())
     if left:
         raise ValueError(f"the {config.peft_type} adapter would not carry {len(left)} tensors the run trained, "
                          f"e.g. {left[:4]}: the strategy's PEFT config misses them")
@@ -173,16 +163,7 @@ def save_family_peft_adapter(mllm, cfg, out: str | Path) -> Path:
     with torch.device("meta"):
         skeleton = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(cfg.model.init_from))
     pm = get_peft_model(skeleton, config)
-    state, used = {}, set()
-    for name in (n for n, p in pm.named_parameters() if p.requires_grad):
-        rel = name.removeprefix(PEFT_PREFIX)
-        src = rel if rel in trained else _WRAPPED.sub("", rel)
-        if src not in trained:
-            raise ValueError(f"PEFT adapter tensor '{name}' ({config.peft_type}) has no trained counterpart in "
-                             f"the run (looked for '{src}'): the strategy's PEFT config does not describe it")
-        state[name] = trained[src].detach().to(torch.float32).clone()
-        used.add(id(trained[src]))
-    left = sorted(n for n, p in mllm.model.named_parameters() if p.requires_grad and id(p) not in used)
+    state, left = _adapter_state(pm, config.peft_type, trained, mllm.model.named_parameters())
     if left:
         raise ValueError(f"model family {mllm.family.name!r}: a PEFT adapter cannot carry {len(left)} tensors the run "
                          f"trained, e.g. {left[:4]}: export it merged (python -m mmln.export --format hf) instead")
@@ -212,3 +193,21 @@ def export_family_peft_adapter(mllm, cfg, run_dir: str | Path) -> Path | None:
     except ValueError as e:
         warnings.warn(f"no PEFT adapter written for this run: {e}")
         return None
+
+
+def _adapter_state(pm, peft_type, trained: dict, run_params) -> tuple[dict, list[str]]:
+    """The PEFT model `pm`'s trainable tensors, each filled from its counterpart among the run's `trained`
+    tensors (fp32 copies), and the names of the run's trainable `run_params` the adapter does not carry.
+    A PEFT tensor with no trained counterpart is an error naming both."""
+    import torch
+
+    state, used = {}, set()
+    for name in (n for n, p in pm.named_parameters() if p.requires_grad):
+        rel = name.removeprefix(PEFT_PREFIX)
+        src = rel if rel in trained else _WRAPPED.sub("", rel)
+        if src not in trained:
+            raise ValueError(f"PEFT adapter tensor '{name}' ({peft_type}) has no trained counterpart "
+                             f"in the run (looked for '{src}'): the strategy's PEFT config does not describe it")
+        state[name] = trained[src].detach().to(torch.float32).clone()
+        used.add(id(trained[src]))
+    return state, sorted(n for n, p in run_params if p.requires_grad and id(p) not in used)
