@@ -183,6 +183,7 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
 
     from mmln.run.build import build_model
     from mmln.data import BadSampleLog
+    from mmln.families import native_family
     from mmln.data.templates import missing_chat_template
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
@@ -193,6 +194,10 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
     tokenizer = load_tokenizer(cfg.model.llm)
     if problem := missing_chat_template(cfg.data.template, tokenizer):
         raise ConfigError(problem)  # before any model is built, not from the first batch
+    if cfg.train.strategy == "fsdp2" and (family := native_family(cfg.model)) is not None:
+        raise ConfigError(f"train.strategy=fsdp2 is not supported for model family {family.name!r} (a rank whose "
+                          "micro-batch has no image skips the vision unit's collectives and the ranks hang): "
+                          "use train.strategy=ddp")
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=getattr(mllm.vision, "num_patches", None))

@@ -112,10 +112,17 @@ def lightning_strategy(cfg):
         from mmln.lit.fsdp2 import FSDP2Strategy
 
         return FSDP2Strategy(world_size(cfg))
-    if s == "ddp" and cfg.train.accelerator == "cpu":
+    if s == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(process_group_backend="gloo")
+        from mmln.families import native_family
+
+        # a native family's projector gets no gradient on a rank whose micro-batch has no image:
+        # DDP must find it unused, or the other rank waits for its all-reduce forever
+        unused = native_family(cfg.model) is not None
+        if cfg.train.accelerator == "cpu":
+            return DDPStrategy(process_group_backend="gloo", find_unused_parameters=unused)
+        return DDPStrategy(find_unused_parameters=True) if unused else s
     return s
 
 

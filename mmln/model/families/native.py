@@ -31,6 +31,14 @@ def resolve(root: nn.Module, path: str):
     return obj
 
 
+def autocast_output(module, args, output):
+    """A forward hook: `output` in the autocast dtype while autocast is on (else unchanged)."""
+    kind = output.device.type
+    if torch.is_autocast_enabled(kind) and output.is_floating_point():
+        return output.to(torch.get_autocast_dtype(kind))
+    return output
+
+
 class LanguageModel(nn.Module):
     """The language model role: decoder (`get_decoder()`, with `.layers` and the final norm), input
     embeddings and LM head, `config` = the text config. Holds the transformers model's own modules."""
@@ -78,6 +86,9 @@ class NativeVLM(nn.Module):
         }
         for k, v in views.items():
             object.__setattr__(self, k, v)
+        # under autocast the residual stream runs in the compute dtype even when the embeddings train in
+        # fp32 (as MLLM casts its spliced inputs): else every block would carry an fp32 residual stream
+        self._llm.get_input_embeddings().register_forward_hook(autocast_output)
 
     @property
     def vision(self) -> nn.Module:
