@@ -44,6 +44,21 @@ def test_bar_counts_with_a_rate_and_is_silent_when_quiet(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_a_quiet_run_earlier_in_the_process_leaves_mmln_bars_to_mmln_quiet(capsys, monkeypatch):
+    """quiet_third_party disables tqdm.auto's class for third parties; mmln's own bar must still follow
+    MMLN_QUIET afterwards (a quiet in-process fit, then a loud evaluation, in one Python session)."""
+    import tqdm.auto
+
+    from mmln.base.progress import bar, quiet_third_party
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm)  # restored after the test
+    monkeypatch.setenv("MMLN_QUIET", "1")
+    quiet_third_party()
+    monkeypatch.setenv("MMLN_QUIET", "0")
+    assert list(bar(range(7), desc="work", unit="img")) == list(range(7))
+    assert final_counts(capsys.readouterr().err, "work") >= {(7, 7)}
+
+
 def test_synth_counts_every_image_it_writes_and_check_counts_batches(tmp_path, tiny_world):
     out = tmp_path / "syn"
     sizes = ["--n-pretrain", "5", "--n-instruct", "4", "--n-mme-per-subtask", "1", "--n-pope-images", "2",

@@ -75,8 +75,11 @@ def quiet_tqdm() -> None:
     import tqdm.auto
 
     if not getattr(tqdm.auto.tqdm, "mmln_quiet", False):
-        class QuietTqdm(tqdm.auto.tqdm):
+        loud = tqdm.auto.tqdm
+
+        class QuietTqdm(loud):
             mmln_quiet = True
+            mmln_loud = loud  # the class it replaced, for mmln's own `bar`
 
             def __init__(self, *args, **kwargs):
                 kwargs["disable"] = True
@@ -97,6 +100,7 @@ def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, des
     """A tqdm bar over `iterable` (or a manual one: `.update(n)`, `.close()`), disabled when quiet."""
     from tqdm.auto import tqdm
 
+    tqdm = getattr(tqdm, "mmln_loud", tqdm)  # not quiet_tqdm's always-disabled class: `quiet()` decides
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet(), mininterval=0.5,
                 dynamic_ncols=True, leave=True)
 
