@@ -89,7 +89,7 @@ LAYERS = [
     ("models", ["mmln.model", "mmln.formats", "mmln.eval", "mmln.analysis"]),
     ("training", ["mmln.lit", "mmln.callbacks", "mmln.build", "mmln.resume"]),
     ("commands", ["mmln.fit", "mmln.evaluate", "mmln.params", "mmln.plan", "mmln.predict", "mmln.export",
-                  "mmln.analyze", "mmln.score", "mmln.selection", "mmln.api", "mmln.demo_pretrain",
+                  "mmln.analyze", "mmln.score", "mmln.selection", "mmln.api",
                   "mmln.data.__main__", "mmln.data.synth", "mmln.ui"]),
     ("experiments", ["mmln.sweeps", "mmln.sweep", "mmln.halving", "mmln.report", "mmln.demo", "mmln.real_check"]),
 ]

@@ -4,7 +4,7 @@
 2. pretrain a tiny CLIP-architecture vision tower to name the colours and shapes in drawn scenes
    (the stand-in for CLIP), train a tiny LLaMA-style tokenizer, pretrain a tiny base LM on
    synthetic text and chat-tune it (LayerNorm tuning adapts a *pretrained* chat LLM, so the demo
-   makes one first); all three are cached in the demo dir. Steps 1-2 are `mmln.demo_pretrain`, and
+   makes one first); all three are cached in the demo dir. Steps 1-2 are `mmln.demo.pretrain`, and
    `--prepare-only` stops after them;
 3. stage 1: pretrain the connector (`conf/demo/stage1.yaml`);
 4. stage 2: LayerNorm tuning (`conf/demo/stage2.yaml`) on LLaVA-1.5-style one-word VQA records
@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from mmln.demo_pretrain import (  # noqa: F401  (re-exported: `from mmln.demo import pretrain_base_lm` keeps working)
+from mmln.demo.pretrain import (  # noqa: F401  (re-exported: `from mmln.demo.__main__ import pretrain_base_lm` works)
     CONF, HEARTBEAT_S, chat_tune, grounded_chats, grounded_texts, pretrain_base_lm, pretrain_vision_encoder, say, train_loop,
 )
 from mmln.io import write_json, write_text

@@ -1,0 +1,2 @@
+"""The embedded demo (`python -m mmln.demo`, `mmln/demo/__main__.py`): the whole pipeline on a tiny
+model and synthetic data, on a CPU; `pretrain` makes the stand-ins for the pretrained models."""
