@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mmln.config import load_config
     from mmln.demo.pretrain import CONF, pretrain_vision_encoder, say
-    from mmln.demo.__main__ import demo_dir, make_data
+    from mmln.demo.stages import demo_dir, make_data
     from mmln.evaluate import evaluate
     from mmln.fit import fit
 

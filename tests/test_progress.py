@@ -63,7 +63,7 @@ def test_synth_counts_every_image_it_writes_and_check_counts_batches(tmp_path, t
 
 
 def test_heartbeat_prints_while_the_block_runs_and_stops_after(capsys):
-    from mmln.demo.__main__ import heartbeat
+    from mmln.demo.stages import heartbeat
 
     with heartbeat("stage 2", every=0.05):
         time.sleep(0.32)
@@ -80,7 +80,7 @@ def test_heartbeat_names_the_training_step_and_an_eta_during_a_real_lightning_fi
 
     from mmln import progress
     from mmln.callbacks.progress import StepCounter
-    from mmln.demo.__main__ import heartbeat
+    from mmln.demo.stages import heartbeat
 
     seen = []
 

@@ -14,7 +14,7 @@ MODULE_LINES, FUNCTION_LINES = 400, 60
 DEBT = {
     "config.py": 442, "data/templates.py": 429, "report.py": 745,
     "tracking.py": 482,
-    "data/synth/qa.py::mme_item": 75, "demo/__main__.py::main": 84,
+    "data/synth/qa.py::mme_item": 75,
 }
 
 
