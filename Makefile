@@ -34,6 +34,9 @@ $(STAMP): pyproject.toml requirements.lock
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 	@command -v chromium >/dev/null || { echo "installing chromium (the headless dashboard test loads the MLflow UI)"; \
 	  apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL (the cluster tests start a server: Optuna study + MLflow store)"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	grep -v '^deepspeed==' requirements.lock > $(VENV)/lock-no-ds.txt

@@ -16,7 +16,7 @@
    samples; per mode the padded share, wall and CPU seconds (median of 3 interleaved passes),
    samples/s and tokens/s (real positions), and the speed-ups over random.
 3. Peak extra memory of the loss (head + cross-entropy, forward + backward), vocab 32,000,
-   1 x 2,048 tokens, hidden 512, fp32 on CPU, measured by mmln.memtrack.PeakMemory: the full-fp32
+   1 x 2,048 tokens, hidden 512, fp32 on CPU, measured by mmln.base.memtrack.PeakMemory: the full-fp32
    logits loss vs `model.loss_chunk=1024`.
 Prints JSON lines: python benchmarks/bench_efficiency.py
 """
@@ -62,7 +62,7 @@ def synthetic_lengths() -> list[int]:
     cfg = load_config(None, [f"model.llm.tokenizer={tok}", f"data.train.files=[{paths['instruct_80k']}]"])
     from mmln.model.llm import load_tokenizer
 
-    from mmln.constants import image_positions
+    from mmln.base.constants import image_positions
 
     train, _ = build_datasets(cfg, load_tokenizer(cfg.model.llm), image_positions(cfg.model.vision))
     return [x for x in train.lengths() if x]
@@ -138,7 +138,7 @@ def step_time(passes: int = 3) -> None:
 
 
 def loss_memory() -> None:
-    from mmln.memtrack import PeakMemory
+    from mmln.base.memtrack import PeakMemory
     from mmln.model.mllm import chunked_cross_entropy
 
     T, D, V = 2048, 512, 32_000

@@ -118,7 +118,7 @@ def summary(grid: dict, halving: dict, first: str, strategies: list[str], seeds:
             halving_s: float, synth_s: float) -> list[dict]:
     """Per (strategy, seed): the best lr of each search and the regret; then the summary line."""
     from mmln.config import PAPER_LRS
-    from mmln.selection import best_lr
+    from mmln.eval.selection import best_lr
 
     lines, same, regrets = [], 0, []
     equal = True

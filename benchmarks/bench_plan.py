@@ -1,5 +1,5 @@
 """The memory planner's CPU check: `mmln.plan`'s predicted extra bytes of one steady-state optimizer
-step against the peak measured by mmln.memtrack.PeakMemory (fp32 on CPU; a 3-layer LLaMA of hidden
+step against the peak measured by mmln.base.memtrack.PeakMemory (fp32 on CPU; a 3-layer LLaMA of hidden
 128, vocab 4,000, micro-batch 2 x 192 positions, loss in chunks of 128), per strategy, checkpointing
 on and off; target: within 15%. Then the planner's Table-2 figures at 7B and 13B (predicted: a
 simulated step on the meta device). Prints JSON lines: python benchmarks/bench_plan.py

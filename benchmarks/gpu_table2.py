@@ -23,7 +23,7 @@ predicts over 1.05 x the card is skipped and says so; one that runs out of memor
 rows are run in priority order and those left when `--budget-s` is spent say "time budget".
 
 On CPU (`--tiny`, conf/model/tiny.yaml, fp32, no autocast) the peak comes from
-mmln.memtrack.PeakMemory and the planner is asked for its CPU (fp32) prediction; the smoke runs
+mmln.base.memtrack.PeakMemory and the planner is asked for its CPU (fp32) prediction; the smoke runs
 use 2 gloo processes with `train.strategy=ddp` (DeepSpeed needs CUDA) and `fsdp2`.
 Writes one JSON file ({"device", "rows": [...], "smoke": [...]}) and prints each row as a JSON line.
 """
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mmln.io import write_json  # noqa: E402
+from mmln.base.io import write_json  # noqa: E402
 
 GB = 1e9
 STRATEGIES = ["layernorm", "layernorm_simple", "lora", "attn_qv", "attn_mlp", "finetune"]
@@ -106,9 +106,9 @@ def model_flops(mllm, batch: int, seq_len: int) -> float:
 
 
 def one_row(cfg, strategy: str, ckpt: bool, device: torch.device, steps: int, flops_peak: float | None) -> dict:
-    from mmln.constants import IMAGE_TOKEN_INDEX
+    from mmln.base.constants import IMAGE_TOKEN_INDEX
     from mmln.lit.module import param_groups
-    from mmln.memtrack import PeakMemory
+    from mmln.base.memtrack import PeakMemory
     from mmln.model import build_mllm
     from mmln.model.mllm import HostBatch
     from mmln.tuning import apply_strategy

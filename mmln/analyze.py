@@ -55,7 +55,7 @@ def check_out(out: Path) -> None:
 def similarity(cfg, ckpt: Optional[str], out: Path, device: Optional[str] = None) -> dict[str, float]:
     import torch
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.data import Collator, build_datasets, pad_token_id
     from mmln.model.llm import load_tokenizer
 

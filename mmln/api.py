@@ -76,7 +76,7 @@ def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None,
     from mmln.families import native_family
 
     if native_family(cfg.model) is not None:  # a native VLM: its own processor, template and generate
-        from mmln.build import build_model
+        from mmln.run.build import build_model
         from mmln.model.families.answer import FamilyAnswerer
 
         return FamilyAnswerer(cfg, build_model(cfg, ckpt))

@@ -1,6 +1,6 @@
 """python -m mmln.evaluate --config CFG --ckpt PATH|none --bench mme,pope,vqav2,coco,flickr30k [key=value ...]
 
-Builds the model from the config (`mmln.build.build_model`: the MLLM, its strategy, the tuned tensors of
+Builds the model from the config (`mmln.run.build.build_model`: the MLLM, its strategy, the tuned tensors of
 `--ckpt`: a run's `trainable.safetensors` or `checkpoints/last.ckpt`; `--ckpt none` evaluates the
 untuned model), answers the benchmarks (`mmln.eval.benchmarks`, profile `eval.profile`), and
 
@@ -34,8 +34,8 @@ from typing import Any, Optional
 
 from mmln.config import ConfigError, load_config
 from mmln.eval.benchmarks import BENCHES, answer_inputs, check_inputs, run_benchmark, table_metrics
-from mmln.io import write_json
-from mmln.progress import quiet_third_party
+from mmln.base.io import write_json
+from mmln.base.progress import quiet_third_party
 
 DEFAULT_EXPERIMENT = "mmln-eval"
 
@@ -54,7 +54,7 @@ def load_model(cfg: Any, ckpt: Optional[str]):
     """(mllm in eval mode on the device, tokenizer, image processor)."""
     import torch
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.data.images import ImageLimits, build_image_processor
     from mmln.model.llm import load_tokenizer
 
@@ -311,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.limit=100 eval.mme_dir=...")
     args = ap.parse_args(argv)
     from mmln.eval.caption import JavaNotFoundError
-    from mmln.io import as_disk_full
+    from mmln.base.io import as_disk_full
     from mmln.model.errors import CheckpointError, MissingWeightsError
-    from mmln.outputs import OutputError, claim_eval
+    from mmln.base.outputs import OutputError, claim_eval
 
     try:
         cfg = load_config(args.config, args.overrides, require=("model",))

@@ -1,7 +1,7 @@
 """python -m mmln.export --config CFG --ckpt RUN/trainable.safetensors --out DIR [--format llava|hf-llava]
 
 A merged, self-contained export for evaluation and serving. The model is built as every command
-builds it (`mmln.build.build_model`), then the strategy's merge hook folds what it added into
+builds it (`mmln.run.build.build_model`), then the strategy's merge hook folds what it added into
 plain weights (LoRA adapters into their base Linear layers; norm tuning changes no structure and
 needs no merge). Formats:
 
@@ -18,7 +18,7 @@ needs no merge). Formats:
 
 `--out` must be new, empty, or an earlier mmln export of the same format (checked before the model
 is built; anything else is refused, exit 2). The export is built beside `--out` and swapped in
-whole, with `mmln-manifest.json` written last (`mmln.outputs`): a kill at any moment leaves the
+whole, with `mmln-manifest.json` written last (`mmln.base.outputs`): a kill at any moment leaves the
 old complete export or the new one, and loaders refuse an export whose files do not match it.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config, to_yaml
-from mmln.io import as_disk_full, write_text
+from mmln.base.io import as_disk_full, write_text
 from mmln.model.errors import MissingWeightsError
-from mmln.outputs import claim, replacing
+from mmln.base.outputs import claim, replacing
 
 
 FORMATS = ("llava", "hf-llava", "hf")
@@ -47,7 +47,7 @@ def merge_lora(llm) -> int:
 
 def merged_model(cfg, ckpt: str | None):
     """The tuned model with the strategy's additions merged into plain weights, frozen, eval mode."""
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.tuning import get_strategy
 
     mllm = build_model(cfg, ckpt)
@@ -87,7 +87,7 @@ def _export_llava(mllm, cfg, out: Path, ckpt: str | None, dest: Path) -> None:
     """Write the `llava` format into `dest`, its config.yaml pointing at the files' final place `out`."""
     from mmln.evaluate import run_dir_of
     from mmln.formats.llava_hf import save_tokenizer
-    from mmln.io import atomic_path
+    from mmln.base.io import atomic_path
     from mmln.model import save_mm_projector
     from mmln.model.llm import load_tokenizer
 

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mmln.config import ConfigError, flatten, load_config, to_yaml
-from mmln.io import OutputError, as_disk_full, write_text
+from mmln.base.io import OutputError, as_disk_full, write_text
 from mmln.model.errors import CheckpointError, MissingWeightsError
-from mmln.lit.trainer import (fail_at, lightning_strategy, pause_at, precision, step_checkpoint,  # noqa: F401 (API)
-                               world_size)
-from mmln.resume import is_rank0, prior_run_id, resolve_resume
-from mmln.progress import quiet_third_party
+from mmln.lit.trainer import (epoch_end_resume, fail_at, lightning_strategy, pause_at, precision,  # noqa: F401 (API)
+                               step_checkpoint, world_size)
+from mmln.run.resume import is_rank0, prior_run_id, resolve_resume
+from mmln.base.progress import quiet_third_party
 from mmln.tracking import SweepContext
 
 
@@ -137,7 +137,7 @@ def fit(cfg, config_path: Optional[str] = None, stop_at: Optional[Callable[[int]
 
 
 def quiet_libraries() -> None:
-    """Only mmln's own lines (`mmln.progress.quiet_third_party`): Lightning's banner and tips, MLflow's
+    """Only mmln's own lines (`mmln.base.progress.quiet_third_party`): Lightning's banner and tips, MLflow's
     INFO lines and download bars, DeepSpeed's accelerator guess, transformers' bars, known-harmless warnings."""
     os.environ["MMLN_QUIET"] = "1"  # cfg.quiet too: the run's evaluations and downloads are quiet as well
     quiet_third_party()
@@ -177,11 +177,11 @@ def plan_run(cfg, config_path: Optional[str]) -> RunPlan:
 
 def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> RunParts:
     """Step 2, build: the tokenizer (its chat template checked), the model with its tuning strategy
-    (`mmln.build.build_model`, as every command builds it), the data and the LightningModule, seeded
+    (`mmln.run.build.build_model`, as every command builds it), the data and the LightningModule, seeded
     by `train.seed`."""
     import lightning as L
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.data import BadSampleLog
     from mmln.data.templates import missing_chat_template
     from mmln.lit.datamodule import MMLNDataModule
@@ -248,7 +248,7 @@ def run_callbacks(cfg, plan: RunPlan, parts: RunParts):
     efficiency = Efficiency()
     callbacks = [step_checkpoint(dirpath=plan.ckpt_dir, save_last=True, save_top_k=0,  # last.ckpt only
                                  enable_version_counter=False, every_n_train_steps=every, save_on_exception=False),
-                 efficiency, *analysis_callbacks(cfg, plan.run_dir)]
+                 efficiency, epoch_end_resume(), *analysis_callbacks(cfg, plan.run_dir)]
     from mmln.callbacks.progress import StepBoundedProgressBar, StepCounter  # the bar's total respects max_steps
 
     callbacks.append(StepCounter(parts.total))  # `step k/n, ETA` for heartbeats (the quiet demo's)

@@ -2,7 +2,7 @@
 
 Predicts peak GPU memory per tuning strategy before a run, from the architecture alone: the
 model is built on the meta device (no weights read, no memory used) and one steady-state
-optimizer step (forward, backward, AdamW) is run there under mmln.memtrack.PeakMemory, which
+optimizer step (forward, backward, AdamW) is run there under mmln.base.memtrack.PeakMemory, which
 counts every tensor the step allocates until it is freed: what autograd saves (frozen linears
 keep no input), what gradient checkpointing recomputes, the chunked loss's buffers, the
 gradients as they appear, backward's temporaries and AdamW's. Terms, per rank:
@@ -28,7 +28,7 @@ one gathered decoder layer). Attention runs as the fused kernels keep it (mask, 
 log-sum-exp; never the T x T probabilities): meta tensors would otherwise take the math fallback.
 
 What is checked and what is not: on CPU (fp32, no autocast) the prediction is compared with the
-peak of a real step measured by `mmln.memtrack.PeakMemory` (tests/test_plan.py; the meter itself
+peak of a real step measured by `mmln.base.memtrack.PeakMemory` (tests/test_plan.py; the meter itself
 against the allocator's events from torch.profiler). bf16-mixed activations, the CUDA caching
 allocator's rounding and fragmentation, cuBLAS / SDPA workspaces and what CUDA's attention
 kernels keep, NCCL buffers, grad-norm clipping's buffers and DeepSpeed / FSDP2 sharding
@@ -161,7 +161,7 @@ def _sample_batch(mllm, batch: int, seq_len: int, device) -> tuple[torch.Tensor,
     expansion, each with one image (as LLaVA's instruction data) where the length allows, every
     text position supervised. The features are the vision tower's output: the frozen tower runs
     under no_grad and keeps nothing, so the step's memory starts at the connector."""
-    from mmln.constants import IMAGE_TOKEN_INDEX
+    from mmln.base.constants import IMAGE_TOKEN_INDEX
 
     P = mllm.vision.num_patches
     if seq_len < P + 2:
@@ -174,7 +174,7 @@ def _sample_batch(mllm, batch: int, seq_len: int, device) -> tuple[torch.Tensor,
 
 def simulate(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointing: bool, gpu: bool) -> dict:
     """One steady-state optimizer step (forward, backward, AdamW) of a right-padded micro-batch of
-    `seq_len` text positions, run on the meta device under mmln.memtrack.PeakMemory: every
+    `seq_len` text positions, run on the meta device under mmln.base.memtrack.PeakMemory: every
     tensor it allocates is counted until freed, exactly as autograd, checkpointing and the
     chunked loss allocate and free them (one image per sample where `seq_len` allows; the frozen
     vision tower runs under no_grad before and keeps nothing: the step starts from its
@@ -182,7 +182,7 @@ def simulate(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointin
     and optimizer state: `saved` (alive when the forward ends), `timeline` ((allocated, of which
     parameter gradients) after each allocation of forward + backward), `grads`, `step` (peak of
     the AdamW step)."""
-    from mmln.memtrack import PeakMemory
+    from mmln.base.memtrack import PeakMemory
     from mmln.model.mllm import HostBatch
 
     mllm, opt, facts = _meta_model(cfg, strategy, checkpointing, gpu)
@@ -250,9 +250,9 @@ def plan(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointing: b
 
 def cpu_check(cfg, strategy: str, *, micro_batch: int, seq_len: int, checkpointing: bool) -> tuple[float, int]:
     """(predicted, measured) extra bytes of one steady-state optimizer step on CPU (fp32): forward,
-    backward and AdamW on a real model built from `cfg`, measured by mmln.memtrack.PeakMemory on
+    backward and AdamW on a real model built from `cfg`, measured by mmln.base.memtrack.PeakMemory on
     the second step (weights and Adam state already exist, so they are left out of both)."""
-    from mmln.memtrack import PeakMemory
+    from mmln.base.memtrack import PeakMemory
     from mmln.model import build_mllm
     from mmln.tuning import apply_strategy
 

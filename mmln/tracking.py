@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from mmln.io import write_text
-from mmln.progress import quiet_third_party
+from mmln.base.io import write_text
+from mmln.base.progress import quiet_third_party
 
 SQLITE = "sqlite:///"
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", help="experiment to open (default: the one with the newest run)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     args = ap.parse_args(argv)
-    from mmln.progress import quiet_third_party
+    from mmln.base.progress import quiet_third_party
     from mmln.tracking import Tracker, serve_ui, tracking_uri, ui_links
 
     os.environ.setdefault("MMLN_QUIET", "1")

@@ -38,6 +38,37 @@ def _isolate(tmp_path, monkeypatch):
     torch.set_default_dtype(torch.float32)
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/pg.py: initdb in a temp dir, a free loopback
+    port, stopped and removed after); skipped, with the reason, where it cannot be started here.
+    `postgres.create_database()` gives a new database's URL."""
+    from tests.pg import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as e:
+        pytest.skip(f"no PostgreSQL server: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A new, empty database on the session's PostgreSQL server: `postgresql://postgres@127.0.0.1:PORT/t_<hex>`
+    (an Optuna RDB storage, or an `mlflow server --backend-store-uri`)."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rdb_storage(request, tmp_path):
+    """An Optuna RDB storage URL: a sqlite file in tmp_path, then a new PostgreSQL database (skipped
+    where no PostgreSQL server starts)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/optuna.db"
+    return request.getfixturevalue("pg_url")
+
+
 def tiny_config(*overrides: str):
     from mmln.config import load_config
 

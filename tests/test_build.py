@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.config import ConfigError
 from mmln.model.checkpoint import save_trainable
 from tests.conftest import ROOT, TINY, tiny_config
@@ -29,7 +29,7 @@ def test_build_model_is_seeded_and_loads_the_checkpoint(tmp_path):
 
 
 def test_image_positions_come_from_the_vision_encoder():
-    from mmln.constants import image_positions
+    from mmln.base.constants import image_positions
 
     cfg = tiny_config("model.vision.select_feature=cls_patch")
     assert build_model(cfg).vision.num_patches == image_positions(cfg.model.vision) == 17

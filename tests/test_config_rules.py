@@ -13,11 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from mmln.config import RunConfig, flatten, load_config
-from mmln.config_rules import PRECISIONS, RULES
+from mmln.config.rules import PRECISIONS, RULES
 from mmln.fit import main
 from tests.conftest import ROOT, TINY
 
-# Wrong values by what a key means, written here apart from mmln.config_rules: the fuzz below draws
+# Wrong values by what a key means, written here apart from mmln.config.rules: the fuzz below draws
 # (key, value) pairs from them. Every value listed is wrong for every key of its kind.
 SIZES = ["model.max_length", "model.vision.image_size", "model.vision.patch_size", "model.vision.num_layers",
          "model.vision.num_heads", "model.llm.hidden_size", "model.llm.num_layers", "model.llm.num_heads",

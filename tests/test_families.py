@@ -74,7 +74,7 @@ def test_unknown_family_fails_at_config_load_with_one_line(tmp_path):
 
 
 def test_packing_is_refused_with_one_line(family_dirs):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
 
     root, dirs = family_dirs
     with pytest.raises(ConfigError) as e:
@@ -126,7 +126,7 @@ def test_labels_supervise_exactly_the_assistant_turns(family_dirs, family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("chunk", [1024, 0])
 def test_loss_equals_the_family_forward(family_dirs, family, chunk):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
 
     root, dirs = family_dirs
     cfg = family_cfg(root, dirs[family], f"model.loss_chunk={chunk}", "model.dtype=float32")
@@ -148,7 +148,7 @@ def test_strategies_count_what_peft_counts(family_dirs, family):
     from peft import LNTuningConfig, LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.families import get_family
     from mmln.tuning import count_params
 
@@ -174,7 +174,7 @@ def test_strategies_count_what_peft_counts(family_dirs, family):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
 def test_vision_norms_train_with_their_own_lr(family_dirs, family):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.lit.module import param_groups
     from mmln.families import get_family
 

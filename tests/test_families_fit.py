@@ -74,7 +74,7 @@ def expected_moved(family, keys: set[str]) -> set[str]:
 def test_fit_layernorm_then_export_hf_round_trip(family, data_root, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.export import export
 
     cfg, base_dir, run = fit_family(family, data_root, tmp_path)
@@ -112,7 +112,7 @@ def test_fit_layernorm_then_export_hf_round_trip(family, data_root, tmp_path):
 def test_lora_export_is_merged_into_the_family_class(data_root, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.export import export
 
     cfg, base_dir, run = fit_family("qwen2_5_vl", data_root, tmp_path, "tune.strategy=lora", "tune.lora.r=4")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.config import ConfigError
 from mmln.model.errors import MissingWeightsError
 from tests.conftest import tiny_config

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.data.images import build_image_processor
 from mmln.data.templates import IMAGE_TOKEN_INDEX, encode_prompt, render_prompt, stop_token_ids
 from mmln.export import export
@@ -110,7 +110,7 @@ def test_hf_llava_round_trip(exported):
 
 
 def test_hf_llava_export_needs_no_merge_for_norms_and_carries_the_legacy_flag(exported):
-    from mmln.io import read_json
+    from mmln.base.io import read_json
 
     cfg, m, tok, out = exported
     assert read_json(out / "tokenizer_config.json")["legacy"] is True

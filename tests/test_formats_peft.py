@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.formats.peft_adapter import export_peft_adapter, save_peft_adapter
 from tests.conftest import tiny_config
 

@@ -13,7 +13,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from mmln.build import build_model  # noqa: E402
+from mmln.run.build import build_model  # noqa: E402
 from mmln.export import export  # noqa: E402
 from mmln.model.llm import load_tokenizer  # noqa: E402
 from test_data_helpers import tok_dirs  # noqa: E402,F401  (fixture)

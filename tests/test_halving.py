@@ -59,13 +59,13 @@ def synchronous(values: dict[float, float], eta: int) -> set[float]:
     return set(ranked[:keep])
 
 
-def test_synchronous_decisions_from_known_proxy_values(tmp_path):
+def test_synchronous_decisions_from_known_proxy_values(rdb_storage):
     import optuna
 
     from mmln import halving
 
     lrs = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    storage = rdb_storage  # sqlite, and a real PostgreSQL server (tests/pg.py)
     study = halving.load_study("s", storage, lrs, halving.Options(eta=3))  # the default rule: sync
     by_lr = halving.grid_trials(study, lrs)
     study.set_user_attr("rung_steps", [1, 3, 9, 20])
@@ -108,14 +108,14 @@ def test_synchronous_decisions_from_known_proxy_values(tmp_path):
     assert kept == synchronous({lr: -v for lr, v in r0.items()}, 3) == {1e-2, 1e-7, 1e-8}
 
 
-def test_rungs_and_async_decisions_from_known_proxy_values(tmp_path):
+def test_rungs_and_async_decisions_from_known_proxy_values(rdb_storage):
     from mmln import halving
 
     assert halving.rung_steps(9, 1 / 9, 3) == [1, 3, 9] and halving.rung_steps(100, 1 / 9, 3) == [11, 33, 99, 100]
     assert halving.rung_steps(2, 1 / 9, 3) == [1, 2] and halving.fraction("1/9") == 1 / 9
     lrs = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7]
     opts = halving.Options(eta=3, rule="async")
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    storage = rdb_storage
     study = halving.load_study("s", storage, lrs, opts, min_resource=1)
     by_lr = halving.grid_trials(study, lrs)
     assert sorted(by_lr) == sorted(lrs) and len(study.trials) == 6

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.config import to_yaml
 from mmln.data.images import build_image_processor
 from mmln.export import export, main

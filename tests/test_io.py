@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mmln.io import atomic_path, write_json, write_text
+from mmln.base.io import atomic_path, write_json, write_text
 
 
 def test_write_replaces_whole_and_failure_keeps_the_old_file(tmp_path):

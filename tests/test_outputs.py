@@ -15,14 +15,14 @@ import torch
 from mmln.export import export
 from mmln.export import main as export_main
 from mmln.model.checkpoint import save_trainable
-from mmln.outputs import MANIFEST, OutputError, read_manifest, verify
+from mmln.base.outputs import MANIFEST, OutputError, read_manifest, verify
 from tests.conftest import TINY, tiny_config
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny tokenizer and two different "trained" checkpoints A and B of one layernorm config."""
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.data.tokenizer import train_tiny_tokenizer
 
     tmp = tmp_path_factory.mktemp("outputs")
@@ -236,7 +236,7 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(world, tmp_pat
 
 
 def test_peft_adapter_folders_carry_a_manifest_and_refuse_a_foreign_folder(tmp_path):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.formats.peft_adapter import export_peft_adapter
 
     cfg = tiny_config("tune.strategy=lora", "tune.lora.r=4")
@@ -282,7 +282,7 @@ def test_evaluate_and_report_refuse_a_folder_mmln_did_not_write(tmp_path, capsys
 def test_a_kill_between_the_two_renames_of_the_fallback_swap_is_repaired_by_the_next_write(tmp_path):
     """Where renameat2 cannot exchange, the old folder is moved to `.<name>.mmln-old` first; a kill
     right then leaves no `out`: the next `replacing` puts the old one back, checks it, and replaces it."""
-    from mmln.outputs import replacing
+    from mmln.base.outputs import replacing
 
     out = tmp_path / "rep"
     with replacing(out, "report") as tmp:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmln.config import ConfigError
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmln.model import build_mllm
 from mmln.tuning import apply_strategy
 from tests.conftest import tiny_config
@@ -69,7 +69,7 @@ def test_packed_needs_the_chunked_loss_and_sdpa():
 
 
 def test_a_packed_run_trains(tiny_world, tmp_path):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.fit import fit
     from tests.test_fit import cfg_for
 

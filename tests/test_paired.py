@@ -18,7 +18,7 @@ from conftest import tiny_config
 from mmln.eval import caption, mme, pope, vqav2
 from mmln.eval.benchmarks import BENCHES, table_metrics
 from mmln.eval.items import Items, evaluation_items
-from mmln.selection import paired_bootstrap
+from mmln.eval.selection import paired_bootstrap
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="CIDEr needs Java")
 

@@ -1,4 +1,4 @@
-"""The memory planner: its CPU prediction against peaks measured by mmln.memtrack.PeakMemory on a
+"""The memory planner: its CPU prediction against peaks measured by mmln.base.memtrack.PeakMemory on a
 small model (one optimizer step: forward, backward, AdamW), the meter against the allocator's own
 events, and the 7B / 13B tables on the meta device."""
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_the_meter_equals_the_allocators_own_events():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from mmln.memtrack import PeakMemory
+    from mmln.base.memtrack import PeakMemory
     from mmln.model import build_mllm
     from mmln.tuning import apply_strategy
 

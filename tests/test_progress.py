@@ -27,13 +27,13 @@ def final_counts(stderr: str, desc: str) -> set[tuple[int, int]]:
 @pytest.mark.parametrize(("done", "total", "elapsed", "expected"), [
     (1, 3, 10.0, "0m 20s"), (2, 4, 125.0, "2m 5s"), (1, 2, 4000.0, "1h 6m"), (0, 5, 3.0, "-"), (5, 5, 3.0, "-")])
 def test_eta_is_the_mean_time_per_item_times_the_items_left(done, total, elapsed, expected):
-    from mmln.progress import eta
+    from mmln.base.progress import eta
 
     assert eta(done, total, elapsed) == expected
 
 
 def test_bar_counts_with_a_rate_and_is_silent_when_quiet(capsys, monkeypatch):
-    from mmln.progress import bar
+    from mmln.base.progress import bar
 
     monkeypatch.setenv("MMLN_QUIET", "0")
     assert list(bar(range(7), desc="work", unit="img")) == list(range(7))
@@ -78,7 +78,7 @@ def test_heartbeat_names_the_training_step_and_an_eta_during_a_real_lightning_fi
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from mmln import progress
+    from mmln.base import progress
     from mmln.callbacks.progress import StepCounter
     from mmln.demo.stages import heartbeat
 

@@ -52,7 +52,7 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
 
 
 def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(tmp_path):
-    code = ("from mmln.progress import quiet_third_party; quiet_third_party()\n"
+    code = ("from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
             "import deepspeed\n"
             "from mmln.tracking import Tracker\n"
             f"Tracker('sqlite:///{tmp_path}/fresh.db')\n")

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from mmln import report, sweep
-from mmln.selection import best_lr, higher_is_better, mean_ci
+from mmln.eval.selection import best_lr, higher_is_better, mean_ci
 from tests.conftest import TINY
 
 

@@ -12,9 +12,8 @@ MODULE_LINES, FUNCTION_LINES = 400, 60
 
 # what was over a limit when this test was written (lines); shrink it, never grow it
 DEBT = {
-    "config.py": 442, "data/templates.py": 429, "report.py": 745,
+    "report.py": 745,
     "tracking.py": 482,
-    "data/synth/qa.py::mme_item": 75,
 }
 
 

@@ -106,7 +106,7 @@ def test_a_pickled_llm_weights_file_never_runs_and_never_suggests_weights_only_f
 
 @pytest.mark.parametrize("bad", ["int", "bool", "nan", "inf", "lying"])
 def test_a_checkpoint_with_integer_or_non_finite_tensors_is_refused(tmp_path, capsys, bad):
-    from mmln.build import build_model
+    from mmln.run.build import build_model
     from mmln.model.checkpoint import save_trainable
 
     cfg = tiny_config()

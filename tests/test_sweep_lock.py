@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mmln.locks import Busy, exclusive
+from mmln.base.locks import Busy, exclusive
 from tests.conftest import ROOT
 from tests.test_sweep import child_runs, sweep_args, world  # noqa: F401  (world: a module fixture)
 
@@ -36,7 +36,7 @@ def wait_for(path: Path, text: str, timeout: float = 600) -> None:
 
 def test_a_lock_is_exclusive_across_processes_and_free_after_kill_9(tmp_path):
     lock = tmp_path / "x.lock"
-    code = "import sys, time; from mmln.locks import exclusive\nwith exclusive(__import__('pathlib').Path(sys.argv[1])):\n" \
+    code = "import sys, time; from mmln.base.locks import exclusive\nwith exclusive(__import__('pathlib').Path(sys.argv[1])):\n" \
            "    print('held', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmln.build import build_model
+from mmln.run.build import build_model
 from mmln.export import export
 from mmln.model.checkpoint import save_trainable
 from test_data_helpers import tok_dirs  # noqa: F401  (fixture)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mmln.analysis.similarity import off_diagonal_mean
-from mmln.io import save_figure
+from mmln.base.io import save_figure
 
 
 def _evenly(n: int, k: int) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmln.io import atomic_path
+from mmln.base.io import atomic_path
 from mmln.model.layout import is_norm
 
 STATS = ("var", "mean", "norm")

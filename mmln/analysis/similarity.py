@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmln.io import atomic_path
+from mmln.base.io import atomic_path
 from mmln.model.layout import llm_decoder
 
 VARIANTS = ("token", "meanpool", "image", "text", "no_bos")

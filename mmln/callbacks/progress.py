@@ -1,4 +1,4 @@
-"""`StepCounter` publishes a run's step k/n for heartbeats (`mmln.progress.STEPS`); Lightning's TQDM bar with a total that respects `train.max_steps` (Lightning's own counts the
+"""`StepCounter` publishes a run's step k/n for heartbeats (`mmln.base.progress.STEPS`); Lightning's TQDM bar with a total that respects `train.max_steps` (Lightning's own counts the
 whole epoch unless max_epochs is -1, e.g. "8/882" for an 8-step run)."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Union
 
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from mmln import progress
+from mmln.base import progress
 
 
 class StepCounter(Callback):
-    """Keeps `mmln.progress.STEPS` at this run's optimizer steps done of `total` (cleared at the end)."""
+    """Keeps `mmln.base.progress.STEPS` at this run's optimizer steps done of `total` (cleared at the end)."""
 
     def __init__(self, total: int) -> None:
         self.total = int(total)

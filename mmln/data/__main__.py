@@ -54,7 +54,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _datasets(cfg: Any, tok: Any) -> dict[str, Any]:
-    from mmln.constants import image_positions
+    from mmln.base.constants import image_positions
 
     from .dataset import build_datasets
 
@@ -76,7 +76,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         counts: Counter[str] = Counter()
         ids: dict[str, list[str]] = defaultdict(list)
         truncated = 0
-        from mmln.progress import bar
+        from mmln.base.progress import bar
 
         for batch in bar(loader, total=len(loader), desc=f"check {name}", unit="batch"):
             for rid, reason, detail, trunc in batch:
@@ -115,7 +115,7 @@ class _CheckView:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
     cfg, tok = _setup(args)
     splits = _datasets(cfg, tok)

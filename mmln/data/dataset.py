@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .images import ImageProcessor, ImageTooLargeError, load_image
 from .records import Record
@@ -322,7 +322,7 @@ class BadSampleLog:
 def build_datasets(cfg: Any, tokenizer: Any, num_image_tokens: int) -> tuple[LlavaDataset, Optional[LlavaDataset]]:
     """(train, val or None) from a run config: `cfg.data` (files, template, aspect, policy) and
     `cfg.model` (vision preprocessing, max_length). `num_image_tokens`: positions one image takes,
-    from the vision encoder (`mllm.vision.num_patches`, or `mmln.constants.image_positions`)."""
+    from the vision encoder (`mllm.vision.num_patches`, or `mmln.base.constants.image_positions`)."""
     from .images import ImageLimits, build_image_processor
     from .records import load_train_val
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
+from mmln.base.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -54,7 +54,7 @@ class ImageTooLargeError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What one image may cost, checked from its size alone (defaults: `mmln.constants`).
+    """What one image may cost, checked from its size alone (defaults: `mmln.base.constants`).
 
     max_pixels: width x height of the decoded image.
     max_aspect: long side / short side.

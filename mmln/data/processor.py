@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mmln.constants import IGNORE_INDEX
+from mmln.base.constants import IGNORE_INDEX
 
 from .dataset import BadSample as _Bad
 from .dataset import Collator, LlavaDataset

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from mmln.constants import CONVERSATION_TYPES
+from mmln.base.constants import CONVERSATION_TYPES
 
 log = logging.getLogger("mmln.data")
 

@@ -18,7 +18,7 @@ Batching modes:
   samples of similar length and pads little; every sample is still drawn once per epoch, and the
   list depends only on the seed, the epoch and the data, never on the device count.
 - packed (`packed=max_length`): micro-batches are drawn as with `random`; the model then lays each
-  one's samples into rows (`mmln.constants.pack_rows`), and `pad_fraction` counts those rows' padding.
+  one's samples into rows (`mmln.base.constants.pack_rows`), and `pad_fraction` counts those rows' padding.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from mmln.constants import pack_rows
+from mmln.base.constants import pack_rows
 
 
 def pad_fraction(micro_batches: Sequence[Sequence[int]], lengths: Sequence[int], packed: Optional[int] = None) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 

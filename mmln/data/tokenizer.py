@@ -22,7 +22,7 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from mmln.io import write_bytes, write_text
+from mmln.base.io import write_bytes, write_text
 
 SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 

@@ -27,7 +27,7 @@ import time
 
 from mmln.demo.pretrain import pretrain_base_lm, pretrain_vision_encoder, say
 from mmln.demo.stages import CHANCE, evaluate_both, make_data, prepare_dir, setup_env, train_stages
-from mmln.io import write_json
+from mmln.base.io import write_json
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -31,7 +31,7 @@ def train_loop(params: list, loss_at: Callable[[], Any], steps: int, lr: float, 
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * 0.5 * (1 + math.cos(math.pi * i / steps)))
-    from mmln.progress import eta
+    from mmln.base.progress import eta
 
     t0 = last = time.time()
     for step in range(steps):

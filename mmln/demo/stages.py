@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from mmln.demo.pretrain import CONF, HEARTBEAT_S, say
-from mmln.io import write_text
-from mmln.progress import quiet_third_party, steps_line
+from mmln.base.io import write_text
+from mmln.base.progress import quiet_third_party, steps_line
 
 BENCHES = ["mme", "pope", "vqav2", "coco", "flickr30k"]
 CACHES = ("data", "vision", "base_lm", "outputs")  # what a demo dir holds, built by one recipe
@@ -41,7 +41,7 @@ def check_recipe(root: Path, recipe: str) -> None:
 @contextlib.contextmanager
 def heartbeat(label: str, every: float = HEARTBEAT_S):
     """A line every `every` seconds while the block runs (the quiet demo's sign of life): the training
-    run's `step k/n, ETA` when one is in progress (`mmln.progress.STEPS`), else the time so far."""
+    run's `step k/n, ETA` when one is in progress (`mmln.base.progress.STEPS`), else the time so far."""
     stop, t0 = threading.Event(), time.time()
 
     def beat() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmln.config import ConfigError
-from mmln.constants import SHORT_ANSWER, YES_NO_SUFFIX
+from mmln.base.constants import SHORT_ANSWER, YES_NO_SUFFIX
 from mmln.eval import caption, mme, pope, vqav2
 
 if TYPE_CHECKING:  # the runner imports torch: only when a benchmark runs

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmln.eval.profiles import check_profile
-from mmln.io import read_json, read_results, write_results
+from mmln.base.io import read_json, read_results, write_results
 
 # Characters the Java tokenizer treats as line ends although Python's wrapper only replaces "\n":
 # left in, they shift every later caption onto the wrong image. Replaced by spaces beforehand.

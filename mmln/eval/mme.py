@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mmln.eval.profiles import check_profile
-from mmln.io import write_text
+from mmln.base.io import write_text
 
 PERCEPTION: tuple[str, ...] = (
     "existence", "count", "position", "color", "posters",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmln.eval.profiles import check_profile
-from mmln.io import write_text
+from mmln.base.io import write_text
 
 _SPLIT_RE = re.compile(r"^(?:.*_)?pope_(?P<split>[A-Za-z0-9-]+)\.jsonl?$")
 

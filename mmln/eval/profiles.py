@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from mmln.constants import PROFILES  # noqa: F401  (the one definition; re-exported here)
+from mmln.base.constants import PROFILES  # noqa: F401  (the one definition; re-exported here)
 
 
 def check_profile(profile: str) -> None:

@@ -33,10 +33,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mmln.config import ConfigError
-from mmln.constants import IMAGE_TOKEN_INDEX
+from mmln.base.constants import IMAGE_TOKEN_INDEX
+from mmln.data.chat_template import chat_answer_token
 from mmln.data.dataset import pad_right
 from mmln.data.images import load_image
-from mmln.data.templates import chat_answer_token, encode_prompt, get_template, stop_strings, stop_token_ids
+from mmln.data.templates import encode_prompt, get_template, stop_strings, stop_token_ids
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Runner:
         """Batches with a progress bar (rate, ETA) named `desc`, on rank 0 only; the bare loader otherwise."""
         if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
             return loader
-        from mmln.progress import bar
+        from mmln.base.progress import bar
 
         return bar(loader, total=len(loader), desc=self.desc, unit="batch")
 

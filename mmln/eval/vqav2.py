@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmln.eval.profiles import check_profile
-from mmln.io import read_json, read_results, write_results
+from mmln.base.io import read_json, read_results, write_results
 
 
 # The official contraction table (keys with capitals never match: the text is lower-cased first;

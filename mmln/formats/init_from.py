@@ -8,7 +8,7 @@
   (a local CLIP directory; LLaVA names it only by hub id in `mm_vision_tower`), or from the
   checkpoint itself when it holds `model.vision_tower.vision_tower.*`.
 
-`mmln.checkpoint_config.model_fields(dir)` (JSON only, no torch; applied when the config loads)
+`mmln.config.checkpoint.model_fields(dir)` (JSON only, no torch; applied when the config loads)
 gives the `model.*` fields the checkpoint implies. `build_parts(cfg)` builds the modules from the
 checkpoint's own configs and fills every weight strictly (`mmln.formats.strict`).
 A llava-hf projector with activation `linear` (how mmln exports LLaVA v1's single linear
@@ -16,7 +16,7 @@ connector) is folded back into one `nn.Linear` (W2 W1, W2 b1 + b2).
 """
 from __future__ import annotations
 
-from mmln.checkpoint_config import KEY, model_fields, read_config
+from mmln.config.checkpoint import KEY, model_fields, read_config
 from mmln.formats.strict import WeightsMismatchError, load_strict, model_type, read_weights
 
 

@@ -102,7 +102,7 @@ def save_tokenizer(tokenizer, out: str | Path, bos_moved: bool = False) -> None:
     (transformers 5 drops it, and a reload would tokenize text after `</s>` differently), and,
     when the export moved BOS into the chat template (`bos_for_consumers`), a note of it, so that
     `mmln.model.llm.load_tokenizer` gives training with LLaVA's templates its BOS back."""
-    from mmln.io import read_json, write_json
+    from mmln.base.io import read_json, write_json
 
     out = Path(out)
     tokenizer.save_pretrained(out)
@@ -155,7 +155,7 @@ def save_llava_hf(mllm, cfg: Any, out: str | Path) -> Path:
     from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from mmln.model.llm import load_tokenizer
-    from mmln.outputs import claim, replacing
+    from mmln.base.outputs import claim, replacing
 
     claim(out, "hf-llava")  # before anything is computed: a folder that is not mmln's is never touched
     if cfg.model.vision.backend != "hf_clip":

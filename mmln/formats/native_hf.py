@@ -10,7 +10,7 @@ from pathlib import Path
 def save_native_hf(mllm, cfg, out: str | Path) -> Path:
     from transformers import AutoProcessor
 
-    from mmln.outputs import replacing
+    from mmln.base.outputs import replacing
 
     processor = AutoProcessor.from_pretrained(cfg.model.init_from)
     model = mllm.model

@@ -57,13 +57,13 @@ def peft_config_of(mllm, tune):
 def save_peft_adapter(mllm, tune, out: str | Path, base_path: str | None = None, connector: bool = False) -> Path:
     """Write the LLM part of a tuned `mllm` as a PEFT adapter directory `out` (with the connector as
     `mm_projector.bin` when `connector`); returns it. `out` must be new, empty or an earlier adapter
-    mmln wrote: the new one is built beside it and swapped in, its manifest last (`mmln.outputs`)."""
+    mmln wrote: the new one is built beside it and swapped in, its manifest last (`mmln.base.outputs`)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from mmln.model import save_mm_projector
-    from mmln.outputs import claim, replacing
+    from mmln.base.outputs import claim, replacing
 
     claim(out, "peft-adapter", "the adapter folder")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from mmln.checkpoint_config import KINDS, describe_dir, model_type  # noqa: F401  (re-exported: loaders use them)
+from mmln.config.checkpoint import KINDS, describe_dir, model_type  # noqa: F401  (re-exported: loaders use them)
 from mmln.model.errors import MissingWeightsError, WeightsMismatchError
 
 

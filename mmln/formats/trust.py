@@ -15,7 +15,7 @@
 - values: NaN / Inf in any floating tensor of a built model or a checkpoint is refused
   (`check_finite`), naming the tensor and where it came from.
 - mmln's own outputs: a weights path inside an mmln export is verified against the export's
-  manifest (`mmln.outputs.verify`); a folder laid out as mmln's `llava` export but without a
+  manifest (`mmln.base.outputs.verify`); a folder laid out as mmln's `llava` export but without a
   manifest is refused. Third-party llava-hf / LLaVA / CLIP / LLM directories carry no manifest and
   load as they are.
 """
@@ -169,7 +169,7 @@ def check_source(path: str | Path | None, key: str) -> None:
     p = Path(path)
     if not p.exists():
         return  # the loaders say what is missing
-    from mmln.outputs import claimed_root, verify
+    from mmln.base.outputs import claimed_root, verify
 
     root = claimed_root(p)
     if root is not None:

@@ -50,7 +50,7 @@ class MMLNDataModule(L.LightningDataModule):
     mmln.data.dataset) for the training step to count and skip bad samples.
 
     `num_image_tokens` (positions one image takes after expansion): the vision encoder's
-    `num_patches`; default `mmln.constants.image_positions(cfg.model.vision)`, the same rule.
+    `num_patches`; default `mmln.base.constants.image_positions(cfg.model.vision)`, the same rule.
     """
 
     def __init__(self, cfg: Any, tokenizer: Any, num_image_tokens: Optional[int] = None):
@@ -74,7 +74,7 @@ class MMLNDataModule(L.LightningDataModule):
             self.train_set, self.val_set = self._processor_datasets() or (None, None)
         if self.train_set is None:
             if self.num_image_tokens is None:
-                from mmln.constants import image_positions
+                from mmln.base.constants import image_positions
 
                 self.num_image_tokens = image_positions(self.cfg.model.vision)
             self.train_set, self.val_set = build_datasets(self.cfg, self.tokenizer, self.num_image_tokens)

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mmln.io import atomic_path
+from mmln.base.io import atomic_path
 from mmln.model.checkpoint import damaged_checkpoint, torch_load
 
 

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from mmln.io import write_text
+from mmln.base.io import write_text
 
 
 def fail_at(step: int):
@@ -37,6 +37,41 @@ def pause_at(steps, run_dir: Path):
                 time.sleep(600)
 
     return PauseAt()
+
+
+def epoch_end_resume():
+    """A callback that makes resuming from a checkpoint saved after an epoch's last batch exact.
+
+    Lightning (2.6) saves `last.ckpt` at `on_train_batch_end`, before the epoch is counted as
+    processed. Resumed from such a checkpoint, it counts that epoch as processed and completed, but
+    still treats the run as restarted mid-epoch: the next epoch starts without `on_train_epoch_start`
+    and without counting its start, so a checkpoint saved inside it says that no epoch is running
+    (the epoch progress's `ready == processed`). A run resumed from that one then repeats an epoch:
+    a halving survivor paused at 3, 12 (an epoch end) and 24 of 36 steps trained to step 48.
+    `on_train_start` (after Lightning restored its loops) starts the next epoch as a fresh one;
+    `on_load_checkpoint` repairs checkpoints written without this callback."""
+    from lightning.pytorch import Callback
+
+    class EpochEndResume(Callback):
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            loop = checkpoint.get("loops", {}).get("fit_loop", {})
+            epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+            if not epochs or not batches:
+                return
+            if batches["current"]["completed"] == batches["current"]["processed"]:
+                return  # not saved at a batch's end inside an epoch
+            for counts in (epochs["total"], epochs["current"]):
+                if counts["ready"] == counts["processed"]:  # an epoch running, counted as none: the miscount above
+                    counts["ready"] += 1
+                    counts["started"] += 1
+
+        def on_train_start(self, trainer, pl_module):
+            loop = trainer.fit_loop
+            if (loop.restarted_mid_epoch and loop.epoch_loop.restarted_on_train_batch_end
+                    and loop.epoch_loop.batch_progress.is_last_batch):  # the saved epoch was finished on restore
+                loop.reset_restart_stage()
+
+    return EpochEndResume()
 
 
 def world_size(cfg) -> int:

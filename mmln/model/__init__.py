@@ -20,7 +20,7 @@ __all__ = [
     "build_mllm", "frozen_dtype", "save_mm_projector",
 ]
 _LAZY = {
-    "IGNORE_INDEX": "mmln.constants", "IMAGE_TOKEN_INDEX": "mmln.constants",
+    "IGNORE_INDEX": "mmln.base.constants", "IMAGE_TOKEN_INDEX": "mmln.base.constants",
     "MLLM": "mmln.model.mllm", "MLLMOutput": "mmln.model.mllm",
     "MissingWeightsError": "mmln.model.errors", "VisionEncoder": "mmln.model.vision",
     "save_mm_projector": "mmln.model.connector",

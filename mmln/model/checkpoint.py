@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmln.io import atomic_path
+from mmln.base.io import atomic_path
 from mmln.model.errors import CheckpointError
 
 CONVERT_HINT = "ask its source for the weights as a .safetensors file (plain tensors, no code)"

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmln.io import atomic_path
+from mmln.base.io import atomic_path
 
 LLAVA_PREFIX = "model.mm_projector."
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmln.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, pack_rows
+from mmln.base.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, pack_rows
 from mmln.model.layout import base_llm, llm_decoder
 
 

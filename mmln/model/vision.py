@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmln.config import VisionConfig
-from mmln.constants import image_positions
+from mmln.base.constants import image_positions
 from mmln.model.errors import MissingWeightsError
 
 

@@ -25,7 +25,7 @@ creation), then points run sequentially in this process. A parent MLflow run `sw
 `kind=sweep`, `sweep_id`) records the grid; child runs carry the same `sweep_id` and
 `mlflow.parentRunId` from their creation on (`fit(..., sweep=SweepContext(...))`; the tag schema is
 `mmln.tracking.Tags`). At the end the parent gets, per strategy,
-the best learning rate by `--select-metric` (`mmln.selection.best_lr`: the highest mean over the
+the best learning rate by `--select-metric` (`mmln.eval.selection.best_lr`: the highest mean over the
 training seeds, `--seeds N` training each point with train.seed, +1, ..., +N-1 as `...-seed<S>`
 runs; a tie goes to the higher lr): metrics
 `best_lr/<strategy>` and `best_<metric>/<strategy>`, tags `best_lr/<strategy>` and
@@ -48,7 +48,7 @@ evaluation; the parent records the steps spent.
 Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, or the
 same sweep running already, before any run.
 
-One sweep at a time: a running sweep holds a lock (`mmln.locks`) that a second run of the same sweep
+One sweep at a time: a running sweep holds a lock (`mmln.base.locks`) that a second run of the same sweep
 is refused by (exit 2, naming the holder), and a lock per point while it trains, is evaluated or is
 scored, which another sweep reaching the point waits for. The kernel frees both when the process
 ends in any way, kill -9 included.
@@ -64,7 +64,7 @@ import sys
 from pathlib import Path
 
 from mmln.config import PAPER_LRS, ConfigError, load_config
-from mmln.locks import Busy, exclusive
+from mmln.base.locks import Busy, exclusive
 from mmln.sweeps.plan import DEFAULT_BENCH, DEFAULT_METRIC, Point, check_select, plan, sweep_id_of, sweep_name
 from mmln.sweeps.point import SweepRun, decide, displaced, parent_run, say
 from mmln.sweeps.rungs import fraction

@@ -12,7 +12,7 @@ from mmln.sweeps.point import SweepRun, point_lock, run_point, say
 
 def run_grid(todo: list[Point], run: SweepRun) -> None:
     """Train and evaluate each point of `todo` (each under its lock), saying the progress and an ETA."""
-    from mmln.progress import eta
+    from mmln.base.progress import eta
 
     t0 = time.time()
     for k, p in enumerate(todo):

@@ -15,7 +15,7 @@ step). Then the pruner decides, for each trial of the rung:
 
 - `--halving-rule sync` (default; `SyncHalving`, an `optuna.pruners.BasePruner`): once *every*
   trial of the rung has reported, the best ceil(n / eta) of its n trials are promoted, a tie going
-  to the higher learning rate (the tie rule of `mmln.selection.best_lr`), NaN ranking last; asked
+  to the higher learning rate (the tie rule of `mmln.eval.selection.best_lr`), NaN ranking last; asked
   earlier it refuses (`RungIncomplete`). 11 points, eta 3: 4, then 2, then 1 reach the end.
 - `--halving-rule async` (Optuna's `SuccessiveHalvingPruner`): in trial order, a trial is promoted
   when its proxy is in the top 1/eta of the trials that reached the rung *before* it (the first

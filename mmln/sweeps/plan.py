@@ -13,8 +13,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from mmln.config import ConfigError, load_config
-from mmln.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
-from mmln.selection import DEFAULT_METRIC
+from mmln.base.constants import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_PADDED_PIXELS
+from mmln.eval.selection import DEFAULT_METRIC
 
 VOLATILE = ("resume", "quiet", "data.num_workers", "debug")  # keys that do not change what a run computes
 # keys added to the schema after sweeps were first hashed, at the value that computes what runs did

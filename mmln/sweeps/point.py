@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from mmln.io import write_text
-from mmln.locks import exclusive
+from mmln.base.io import write_text
+from mmln.base.locks import exclusive
 from mmln.sweeps.plan import Point, config_hash, has_bench
 from mmln.tracking import SweepContext, Tags
 
@@ -41,7 +41,7 @@ class SweepRun:
 
 def point_lock(p: Point):
     """Held while a point trains, evaluates or is scored: a second sweep reaching it waits, then
-    finds it done (mmln.locks; beside the run folder, which a point may move aside)."""
+    finds it done (mmln.base.locks; beside the run folder, which a point may move aside)."""
     return exclusive(p.run_dir.parent / ".locks" / f"{p.run_dir.name}.lock",
                      say=lambda msg: say(f"[{p.index}] {p.name}: {msg}"))
 

@@ -27,7 +27,7 @@ def rung_steps(total: int, first_rung: float, eta: int) -> list[int]:
 def survivors(proxies: Mapping[float, float], eta: int, maximize: bool = True) -> list[float]:
     """The synchronous halving rule: of n points (learning rate -> proxy score at the rung's end),
     the best ceil(n / eta) go on, best first: ranked by the proxy (`maximize`, or lowest first for a
-    loss), NaN ranking last, a tie going to the higher learning rate (as `mmln.selection.best_lr`
+    loss), NaN ranking last, a tie going to the higher learning rate (as `mmln.eval.selection.best_lr`
     breaks ties)."""
     def rank(lr: float):
         v = float(proxies[lr])

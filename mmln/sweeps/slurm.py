@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from mmln.io import write_text
+from mmln.base.io import write_text
 from mmln.sweeps.plan import Point
 
 SBATCH_DEFAULTS = ["--gres=gpu:1", "--cpus-per-task=8"]

@@ -35,7 +35,7 @@ class Options:
 
     @property
     def direction(self) -> str:
-        from mmln.selection import higher_is_better
+        from mmln.eval.selection import higher_is_better
 
         return "maximize" if higher_is_better(self.proxy_metric) else "minimize"
 

@@ -1,5 +1,5 @@
 """After the points: each point's run and metric read back from MLflow, the best learning rate per
-strategy (`mmln.selection.best_lr`, the rule the report shares), the parent run's summary (metrics,
+strategy (`mmln.eval.selection.best_lr`, the rule the report shares), the parent run's summary (metrics,
 tags, `sweep.json`, the comparison table and LR curves), the final benchmarks at the best points,
 and the text printed at the end."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from mmln.io import write_text
+from mmln.base.io import write_text
 from mmln.sweeps.plan import Point, has_bench
 from mmln.sweeps.point import point_lock, say
 from mmln.tracking import Tags
@@ -42,9 +42,9 @@ def summarize(points: list[Point], client, exp_id: str, metric: str) -> dict[str
 
 
 def pick_best(points: list[Point], metric: str) -> dict[str, Point]:
-    """Per strategy, a point of its best learning rate (`mmln.selection.best_lr`: the best mean over
+    """Per strategy, a point of its best learning rate (`mmln.eval.selection.best_lr`: the best mean over
     seeds, lowest for a loss, tie: the higher lr); of that lr's seeds, the best-scoring one."""
-    from mmln.selection import best_lr, higher_is_better
+    from mmln.eval.selection import best_lr, higher_is_better
 
     sign = 1.0 if higher_is_better(metric) else -1.0
     best = {}
@@ -58,7 +58,7 @@ def pick_best(points: list[Point], metric: str) -> dict[str, Point]:
 
 
 def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Point], metric: str) -> None:
-    from mmln.selection import mean_ci
+    from mmln.eval.selection import mean_ci
 
     m: dict[str, float] = {}
     scores, means = lr_scores(points), {}
@@ -68,7 +68,7 @@ def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Poi
         m |= {f"best_{metric}_ci95/{s}": half, f"best_n_seeds/{s}": n} if n > 1 else {}
         client.set_tags(parent_id, {f"best_lr/{s}": f"{p.lr:g}", f"best_run/{s}": p.run_id})
     if best:
-        from mmln.selection import higher_is_better
+        from mmln.eval.selection import higher_is_better
 
         sign = 1.0 if higher_is_better(metric) else -1.0
         top = max(best, key=lambda s: (sign * means[s], best[s].lr))
@@ -96,7 +96,7 @@ def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Pa
     strategies = list(dict.fromkeys(p.strategy for p in points))
     lines = [f"# {metric} per strategy x learning rate", "", "| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
              "|---|" + "---|" * len(lrs)]
-    from mmln.selection import mean_ci
+    from mmln.eval.selection import mean_ci
 
     scores = lr_scores(points)
     for s in strategies:
@@ -126,7 +126,7 @@ def report_text(points: list[Point], best: dict[str, Point], metric: str, header
     for p in points:
         value = "-" if p.value is None else f"{p.value:.4g}"
         lines.append(f"  {p.name:32s} {p.status:9s} {metric}={value:8s} run {p.run_id or '-'}")
-    from mmln.selection import mean_ci
+    from mmln.eval.selection import mean_ci
 
     scores = lr_scores(points)
     for s, p in best.items():

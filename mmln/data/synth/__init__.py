@@ -35,19 +35,20 @@ import time
 from pathlib import Path
 
 from mmln.eval.mme import COGNITION as MME_COGNITION, PERCEPTION as MME_PERCEPTION, MMERow, read_mme  # noqa: F401
-from mmln.io import write_json  # noqa: F401  (part of this package's API)
+from mmln.base.io import write_json  # noqa: F401  (part of this package's API)
 # every name of the former single module mmln/data/synth.py, so `from mmln.data.synth import X` keeps working
 from mmln.data.synth.world import (
     BACKGROUNDS, COLORS, COLS, LABELS, NUM, ROWS, SHAPES, SIZES, Obj, Scene, draw, font_of, seeded_ids, ink_of, jitter,
     seeded_rng, sample_scene,
 )
 from mmln.data.synth.qa import (
-    BRIEF_PROMPTS, CONV_QA, DETAIL_PROMPTS, FRENCH, MME_SUBTASKS, OCR_WORDS, OPEN_QA, QA, SHORT, YES_NO_QA, YN,
-    article, absent_label, adversarial_key, asked_option, capitalize, caption, describe, join_list, mme_item, count_phrase, object_phrase, pick_qa,
-    plural, pope_questions, qa_background, qa_background_yn, qa_color, qa_color_yn, qa_count, qa_count_yn,
+    BRIEF_PROMPTS, CONV_QA, DETAIL_PROMPTS, MME_SUBTASKS, OPEN_QA, QA, SHORT, YES_NO_QA, YN,
+    article, absent_label, asked_option, capitalize, caption, describe, join_list, count_phrase, object_phrase, pick_qa,
+    plural, qa_background, qa_background_yn, qa_color, qa_color_yn, qa_count, qa_count_yn,
     qa_exist, qa_picture_yn, qa_relation, qa_shape, qa_shape_yn, qa_turns, qa_where, reasoning, sentence,
     short_qa, spot_name, where, yes_no_qa,
 )
+from mmln.data.synth.bench_items import FRENCH, OCR_WORDS, adversarial_key, mme_item, pope_questions
 from mmln.data.synth.writers import (
     BAD_REASONS, MME_IMAGES_DIR, VQA_INFO, VQA_LICENSE, Writer, bad_samples, write_cc3m, conversation_of, write_instruct,
     write_karpathy, MIX665K_SOURCES, mix665k, write_mme, write_pope, record_of, short_vqa_records, synthesize, write_vqa, vqa_answers, with_image, write_jsonl,

@@ -1,8 +1,9 @@
 """Plain sentences in the shape-world vocabulary, for the tiny tokenizer and the tiny base LM."""
 from __future__ import annotations
 
+from mmln.data.synth.bench_items import mme_item
 from mmln.data.synth.qa import (
-    BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, YN, caption, describe, mme_item, qa_turns, reasoning,
+    BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, YN, caption, describe, qa_turns, reasoning,
     sentence, short_qa,
 )
 from mmln.data.synth.world import seeded_rng, sample_scene

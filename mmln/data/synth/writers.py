@@ -13,14 +13,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmln.data.synth.bench_items import mme_item, pope_questions
 from mmln.data.synth.qa import (
     BRIEF_PROMPTS, DETAIL_PROMPTS, MME_SUBTASKS, OPEN_QA, SHORT, YES_NO_QA, YN, article, absent_label, capitalize, caption,
-    describe, mme_item, pick_qa, plural, pope_questions, qa_color, qa_exist, qa_turns, reasoning, sentence,
+    describe, pick_qa, plural, qa_color, qa_exist, qa_turns, reasoning, sentence,
     short_qa,
 )
 from mmln.data.synth.world import NUM, SHAPES, Scene, draw, seeded_ids, seeded_rng, sample_scene
 from mmln.eval.mme import COGNITION as MME_COGNITION
-from mmln.io import write_bytes, write_json, write_text
+from mmln.base.io import write_bytes, write_json, write_text
 
 
 MME_IMAGES_DIR = {"artwork", "celebrity", "landmark", "posters", "scene"}  # images/ + questions_answers_YN/
@@ -256,7 +257,7 @@ def synthesize(out: str | Path, *, image_size: int = 224, n_pretrain: int = 3000
     about 6 s on 2 CPU cores (about 4,700 images, 62 MB at 224 px). Files from an earlier run into
     the same folder are overwritten, not deleted.
     """
-    from mmln.progress import bar
+    from mmln.base.progress import bar
 
     out = Path(out)
     w = Writer(out, image_size)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmln.constants import IGNORE_INDEX
+from mmln.base.constants import IGNORE_INDEX
 from mmln.families.registry import Family
 from mmln.model.mllm import MLLMOutput, chunked_cross_entropy
 

@@ -28,7 +28,7 @@ def resolve_resume(cfg, run_dir: Path) -> Optional[str]:
     ckpt_dir = run_dir / "checkpoints"
     rank0 = is_rank0()
     if rank0 and ckpt_dir.is_dir():
-        for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.io.atomic_path's temp files
+        for tmp in ckpt_dir.glob(".*.tmp*"):  # mmln.base.io.atomic_path's temp files
             tmp.unlink(missing_ok=True)
     resume: Optional[str] = None
     if cfg.resume == "auto":

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from mmln.constants import CONVERSATION_TYPES, PROFILES
+from mmln.base.constants import CONVERSATION_TYPES, PROFILES
 
 
 @dataclass(frozen=True)

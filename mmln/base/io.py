@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 
 class OutputError(ValueError):
-    """A folder mmln must not write into, or an mmln output that is incomplete or altered (`mmln.outputs`)."""
+    """A folder mmln must not write into, or an mmln output that is incomplete or altered (`mmln.base.outputs`)."""
 
 
 class DiskFullError(OSError):

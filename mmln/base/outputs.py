@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mmln.io import DiskFullError, OutputError, no_space, user_mode, write_json  # noqa: F401 (OutputError: API)
+from mmln.base.io import DiskFullError, OutputError, no_space, user_mode, write_json  # noqa: F401 (OutputError: API)
 
 MANIFEST = "mmln-manifest.json"
 VERSION = 1
