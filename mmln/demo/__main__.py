@@ -12,10 +12,11 @@
    from LLaVA-Instruct's long answers; measured in docs/demo.md);
 5. evaluate the model before stage 2 ("untuned": base LM + stage-1 connector) and after it on the
    synthetic MME, POPE, VQAv2, COCO and Flickr30k benchmarks, and print the table;
-6. with `--compare`, the paper's comparison in miniature: `layernorm_simple`, `lora` and `finetune`
-   trained by the same stage-2 recipe from the same stage-1 connector (one learning rate each,
-   `mmln.demo.compare.COMPARE`, not swept), one table of trainable share, peak memory, step time,
-   scores, layer similarity and LayerNorm-gradient variance (three more stage-2 runs and evaluations).
+6. with `--compare`, the paper's comparison in miniature: `layernorm`, `layernorm_simple`, `lora` and
+   `finetune` trained by the same stage-2 recipe from the same stage-1 connector, each at the learning
+   rate a successive-halving sweep on the demo chose for it (`mmln.demo.compare.COMPARE`, recorded by
+   `mmln.demo.lrsweep`), one table of trainable share, peak memory, step time, scores, layer
+   similarity and LayerNorm-gradient variance (four more stage-2 runs and evaluations).
 Everything is tracked in the local MLflow store (`make ui`).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fresh", action="store_true", help="delete the demo dir's runs first (keeps data and base LM)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the tuned model beats the untuned one and chance")
     ap.add_argument("--compare", action="store_true",
-                    help="also train layernorm_simple, lora and finetune the same way and print the comparison")
+                    help="also train layernorm, layernorm_simple, lora and finetune the same way, each at the learning "
+                         "rate the demo's halving sweep chose (mmln.demo.compare.COMPARE), and print the comparison")
     ap.add_argument("--prepare-only", action="store_true",
                     help="make the data, vision tower, tokenizer and base LM (cached in the demo dir), then stop")
     return ap.parse_args(argv)
