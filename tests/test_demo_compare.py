@@ -75,3 +75,12 @@ def test_the_record_is_read_from_a_real_halving_study(tmp_path, monkeypatch):
     halving_study(storage, "mmln-cccc3333-layernorm-seed0", curves)
     with pytest.raises(SystemExit, match="2 halving studies of layernorm"):
         lrsweep.record(storage)
+
+
+def test_the_comparison_table_prints_each_lr_as_chosen():
+    """finetune's 1.5e-4 once printed as 1e-04 (one significant digit): not the lr that trained."""
+    from mmln.demo.tables import comparison_table
+
+    text = comparison_table({s: {"lr": lr} for s, lr in COMPARE.items()})
+    for s, lr in COMPARE.items():
+        assert next(line for line in text.splitlines() if line.startswith(s + " ")).split()[1] == f"{lr:g}", text

@@ -56,7 +56,7 @@ def comparison_row(run, scores: dict, lr: float) -> dict:
 
 
 def comparison_table(rows: dict[str, dict]) -> str:
-    cols = [("lr", "lr", "{:.0e}"), ("train %", "trainable %", "{:.1f}"), ("plan GB", "plan GB", "{:.3f}"),
+    cols = [("lr", "lr", "{:g}"), ("train %", "trainable %", "{:.1f}"), ("plan GB", "plan GB", "{:.3f}"),
             ("step ms", "step ms", "{:.0f}"), ("MME-P", "eval/mme_perception", "{:.1f}"),
             ("POPE-ran", "eval/pope_random_accuracy", "{:.1f}"), ("COCO", "eval/coco_cider", "{:.1f}"),
             ("Flickr30k", "eval/flickr30k_cider", "{:.1f}"), ("layer sim", "layer sim", "{:.3f}"),
