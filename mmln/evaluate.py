@@ -350,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmln.evaluate: error: {full}", file=sys.stderr)
         return 2
     if scores["mlflow_run_id"] is not None:  # rank 0 (or the only process)
-        print(format_table(scores["metrics"]))
+        from mmln.eval.evidence import limit_note
+
+        print(format_table(scores["metrics"]) + f"\n({limit_note(cfg.eval.limit)})")
         print(f"answers and scores.json in {scores['out_dir']}; MLflow run {scores['mlflow_run_id']}")
     return 0
 

@@ -329,7 +329,10 @@ def write_outputs(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker,
     metrics = {**efficiency.summary, "train/wall_s": wall, "params/trainable": c.trainable,
                "params/total": c.total, "params/percent": c.percent,
                **{f"params/trainable_{g}": n for g, n in c.groups.items()},
-               "data/bad_samples": float(module.bad_log.total)}
+               "data/bad_samples": float(module.bad_log.total),
+               # the run's scale (mmln.report labels results below a threshold "smoke scale: not evidence")
+               "train/steps": float(trainer.global_step),
+               "train/samples_seen": float(trainer.global_step * cfg.train.global_batch_size)}
     if trainer.is_global_zero:
         for path in module.export(plan.run_dir):
             if path.is_file():

@@ -252,6 +252,7 @@ def test_evaluate_end_to_end_writes_answers_scores_and_mlflow(synth, tmp_path, c
     out = capsys.readouterr().out
     assert rc == 0
     assert "MME-P" in out and "POPE-adv F1" in out
+    assert "(Scale: eval.limit 2 (items per benchmark); smoke scale: not evidence (eval.limit under 100))" in out
 
     assert len(list((run_dir / "mme").glob("*.txt"))) == 14
     assert (run_dir / "pope/answers.jsonl").is_file() and (run_dir / "vqav2/results.json").is_file()

@@ -46,6 +46,7 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert set(torch.load(projector)) == {"model.mm_projector.weight", "model.mm_projector.bias"}
     l1 = losses(s1.run_id)
     assert len(l1) == 24 and sum(l1[-4:]) / 4 < sum(l1[:4]) / 4  # 192 samples / 16 x 2 epochs; loss falls
+    assert s1.metrics["train/steps"] == 24 and s1.metrics["train/samples_seen"] == 24 * 16  # the run's scale
 
     s2 = fit(cfg_for(tiny_world, tmp_path, "instruct", f"model.connector.path={projector}",
                      "tune.strategy=layernorm", "train.lr=1e-3", "train.group_lr.norms=2e-3",
@@ -65,7 +66,7 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
     for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
-                "params/trainable", "params/total", "data/pad_fraction"):
+                "params/trainable", "params/total", "data/pad_fraction", "train/steps", "train/samples_seen"):
         assert key in run.data.metrics, key
     assert run.data.metrics["params/trainable"] == sum(v.numel() for v in conn.values())
     artifacts = {a.path for a in client.list_artifacts(s2.run_id)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from test_data_helpers import tok_dirs  # noqa: F401  (fixture)
 from tests.conftest import ROOT, TINY, make_world
 
 NOISE = ("Downloading artifacts", "INFO mlflow", "litlogger", "Tip:", "accelerator", "site-packages", "alembic",
@@ -47,8 +48,12 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
     assert proc.returncode == 0, "\n".join(lines[-30:])
     noisy = [line for line in lines if any(n in line for n in NOISE) or not OURS.match(line)]
     assert not noisy, "\n".join(noisy[:20])
-    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best
-    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1, "\n".join(lines)
+    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best, its scale, where the outputs went
+    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1 + 1 + 1, "\n".join(lines)
+    assert [x for x in lines if x.startswith("sweep scale")] == ["sweep scale: 2 optimizer steps, 8 samples seen, eval.limit 4; smoke scale: not evidence (fewer than 100 optimizer steps, 1,000 samples seen or eval.limit 100)"], lines
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith(f"sweep outputs: run dirs in {(tmp_path / 'outputs').resolve()}") and str(db) in last, last
+    assert "experiment 'quiet_sweep', sweep run " in last, last
 
 
 def test_quiet_silences_deepspeeds_accelerator_guess_and_mlflows_store_creation(tmp_path):
@@ -86,3 +91,52 @@ def test_the_demos_verdict_names_exactly_the_benchmarks_it_beats():
     assert ok and "on MME-P, COCO (no chance level), POPE-ran acc; it does not on MME-C" in text, text
     text, ok = judge({**tuned, "eval/pope_random_accuracy": 49.0}, untuned, chance)
     assert not ok and text.startswith("WARNING") and "does not on MME-C, POPE-ran acc" in text, text
+
+
+def test_quiet_disables_the_tqdm_bars_transformers_gguf_loader_makes(tmp_path):
+    """The fast sibling of the GGUF load below: the loader's own `tqdm` is disabled under MMLN_QUIET=1,
+    imported after quiet_third_party or before it, and not otherwise."""
+    code = ("import sys\n{first}from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
+            "import transformers.modeling_gguf_pytorch_utils as g\nprint(g.tqdm(range(2)).disable)\n")
+    env = quiet_env()
+    for first, want in (("", "True"), ("import transformers.modeling_gguf_pytorch_utils\n", "True")):
+        got = subprocess.run([sys.executable, "-c", code.format(first=first)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert got.stdout.strip() == want and got.stderr.strip() == "", (first, got.stdout, got.stderr[-2000:])
+    loud = subprocess.run([sys.executable, "-c", code.format(first="")], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in env.items() if k != "MMLN_QUIET"}, timeout=300)
+    assert loud.stdout.strip() == "False", loud.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_quiet_gguf_load_prints_no_progress_bar(tok_dirs, tmp_path):  # noqa: F811
+    """transformers' "Converting and de-quantizing GGUF tensors" bar comes from tqdm itself, past
+    transformers' own progress-bar switch: quiet_third_party silences it, whether transformers' GGUF
+    module was imported before or after; without MMLN_QUIET the bar is there (what the count would see)."""
+    gguf = pytest.importorskip("gguf")
+    import sentencepiece as spm
+
+    from mmln.run.build import build_model
+    from tests.conftest import tiny_config
+    from tests.test_gguf import write_gguf
+
+    sp_file = tok_dirs[True] / "tokenizer.model"
+    vocab = spm.SentencePieceProcessor(model_file=str(sp_file)).get_piece_size()
+    path = tmp_path / "smol" / "tiny-Q8_0.gguf"
+    path.parent.mkdir()
+    write_gguf(build_model(tiny_config(f"model.llm.vocab_size={vocab}")).llm, sp_file, path,
+               gguf.GGMLQuantizationType.Q8_0)
+    load = f"import torch; from pathlib import Path; from mmln.model.llm import load_gguf\n" \
+           f"load_gguf(Path({str(path)!r}), torch.float32, 'eager')\n"
+    quiet = "from mmln.base.progress import quiet_third_party; quiet_third_party()\n"
+    early = "import transformers.modeling_gguf_pytorch_utils\n"
+    out = {}
+    for name, code, env in (("loud", load, {k: v for k, v in quiet_env().items() if k != "MMLN_QUIET"}),
+                            ("quiet", quiet + load, quiet_env()), ("quiet, imported first", early + quiet + load,
+                                                                    quiet_env())):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[name] = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert any("Converting and de-quantizing" in line for line in out["loud"]), out["loud"]
+    assert out["quiet"] == [] and out["quiet, imported first"] == [], out

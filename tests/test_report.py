@@ -70,8 +70,9 @@ def test_tables_from_runs(tmp_path):
     assert report.main(["--experiment", "m7_ln", "--out", str(out)]) == 0
 
     t1 = rows(out / "table1.csv")
-    assert [(r["strategy"], r["lr"], float(r["Flickr30k"])) for r in t1] == [
-        ("finetune", "0.0001", 40.0), ("lora", "0.001", 25.0), ("layernorm", "0.001", 50.0)]
+    assert [(r["strategy"], r["lr"], r["Flickr30k"]) for r in t1] == [
+        ("finetune", "0.0001", "40.0"), ("lora", "0.001", "25.0"), ("layernorm", "0.001", "50.0"), ("chance", "-", "")]
+    assert float(t1[3]["MME-P"]) == 750.0  # chance: random answers (tests/test_report_scale.py)
     assert float(t1[2]["MME-P"]) == 1050.0 and float(t1[2]["POPE-ran F1"]) == 0.5 and t1[2]["VQAv2"] == ""
     t2 = {r["strategy"]: r for r in rows(out / "table2.csv")}
     assert float(t2["finetune"]["trainable %"]) == 95.0 and float(t2["layernorm"]["peak mem (GB)"]) == 20.0

@@ -12,7 +12,6 @@ MODULE_LINES, FUNCTION_LINES = 400, 60
 
 # what was over a limit when this test was written (lines); shrink it, never grow it
 DEBT = {
-    "report.py": 745,
     "tracking.py": 482,
 }
 

@@ -120,6 +120,7 @@ def test_rerun_resumes_the_failed_point_then_skips_everything(swept, tmp_path):
     with open(client.download_artifacts(parent.info.run_id, "comparison/comparison.md", str(tmp_path))) as f:
         md = f.read()
     assert f"| layernorm | " in md and f"**{top.data.metrics[METRIC]:.4g}**" in md and top.info.run_id in md
+    assert md.splitlines()[2].startswith("_Scale: ") and "smoke scale: not evidence" in md  # a tiny sweep says so
     exp = client.get_experiment_by_name("tiny_sweep")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training layout
 
@@ -137,13 +138,15 @@ def test_report_from_the_sweep_runs(swept, tmp_path):
         assert float(a1[0][lr]) == run.data.metrics[METRIC]
     parent = next(r for r in swept["after3"].values() if r.data.tags.get("kind") == "sweep")
     t1 = list(csv.DictReader((out / "table1.csv").open()))
-    assert [(r["model"], r["strategy"], r["lr"]) for r in t1] == [("tiny", "layernorm", parent.data.tags["best_lr/layernorm"])]
+    assert [(r["model"], r["strategy"], r["lr"]) for r in t1] == [("tiny", "layernorm", parent.data.tags["best_lr/layernorm"]),
+                                                                    ("tiny", "chance", "-")]
     best = children[parent.data.tags["best_lr/layernorm"]]
     assert float(t1[0]["POPE-ran acc"]) == best.data.metrics[METRIC] and t1[0]["Flickr30k"] == ""
     t2 = next(csv.DictReader((out / "table2.csv").open()))
     assert float(t2["trainable"]) == best.data.metrics["params/trainable"]
     md = (out / "report.md").read_text()
     assert "No data: no analysis/layer_similarity metric." in md and (out / "lr_curves_tiny.png").stat().st_size > 0
+    assert "smoke scale: not evidence" in md  # the sweep's few steps
 
 
 def test_rest_api_of_a_loopback_server_lists_the_sweep(swept, tmp_path):

@@ -26,8 +26,11 @@ def _evenly(n: int, k: int) -> list[int]:
     return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int)).tolist() if n else []
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+def _save(fig: Figure, path: str | Path, caption: str = "") -> Path:
+    """Save at 120 dpi; a `caption` is written under the figure and kept in the PNG's `Description`."""
+    if caption:
+        fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize="small", wrap=True)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight", **({"metadata": {"Description": caption}} if caption else {}))
 
 
 def _heatmap(ax: Axes, matrix: Optional[np.ndarray], title: str, vmin: Optional[float] = None):
@@ -110,9 +113,9 @@ def _ridges(ax: Axes, steps: np.ndarray, a: np.ndarray, rows: list[int], edges: 
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
 
 
-def similarity_side_by_side(mats: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
+def similarity_side_by_side(mats: dict[str, np.ndarray], path: str | Path, title: str, caption: str = "") -> Path:
     """The paper's Fig. 3: one layer-similarity heatmap per run (e.g. finetune, LayerNorm), side by
-    side on one colour scale (the lowest value of any of them to 1) with one colour bar."""
+    side on one colour scale (the lowest value of any of them to 1) with one colour bar; `caption` under it."""
     fig = Figure(figsize=(4.6 * len(mats) + 1.2, 4.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(mats)))
     vmin = min(float(np.nanmin(m)) for m in mats.values())
@@ -121,13 +124,14 @@ def similarity_side_by_side(mats: dict[str, np.ndarray], path: str | Path, title
         im = _heatmap(ax, m, label, vmin) or im
     fig.colorbar(im, ax=list(axes), label="cosine similarity", shrink=0.9)
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, caption)
 
 
 def grads_side_by_side(runs: dict[str, tuple[np.ndarray, np.ndarray]], param: str, path: str | Path, title: str,
-                       max_rows: int = 16, bins: int = 60) -> Path:
+                       max_rows: int = 16, bins: int = 60, caption: str = "") -> Path:
     """The paper's Fig. 4: the gradient of the same norm parameter in each run (label -> (steps,
-    (S, D) entries)) side by side, over the same steps (those every run recorded) on one x scale."""
+    (S, D) entries)) side by side, over the same steps (those every run recorded) on one x scale;
+    `caption` under it."""
     common = sorted(set.intersection(*(set(int(x) for x in s) for s, _ in runs.values())))
     chosen = [common[i] for i in _evenly(len(common), max_rows)]
     picked = {label: (np.array(chosen), a[[list(map(int, s)).index(c) for c in chosen]]) for label, (s, a) in runs.items()}
@@ -139,7 +143,7 @@ def grads_side_by_side(runs: dict[str, tuple[np.ndarray, np.ndarray]], param: st
         _ridges(ax, steps, a, list(range(len(steps))), edges)
         ax.set_title(f"{label}\nvariance (mean over steps) {float(np.nanmean(a.var(axis=1))):.3g}", fontsize="small")
     fig.suptitle(f"{title}: gradient of {param}")
-    return _save(fig, path)
+    return _save(fig, path, caption)
 
 
 def comparison(a: dict, b: dict, path: str | Path) -> Path:

@@ -64,6 +64,28 @@ def quiet_third_party() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    quiet_tqdm()
+
+
+def quiet_tqdm() -> None:
+    """Third-party bars made straight from `tqdm.auto.tqdm` (transformers' GGUF "Converting and
+    de-quantizing" bar is one; transformers' own switch does not reach it) are disabled: a module that
+    imports `tqdm.auto.tqdm` after this gets the disabled class, and transformers' GGUF module, when
+    already imported, is pointed at it. mmln's own `bar` is disabled when quiet anyway."""
+    import tqdm.auto
+
+    if not getattr(tqdm.auto.tqdm, "mmln_quiet", False):
+        class QuietTqdm(tqdm.auto.tqdm):
+            mmln_quiet = True
+
+            def __init__(self, *args, **kwargs):
+                kwargs["disable"] = True
+                super().__init__(*args, **kwargs)
+
+        tqdm.auto.tqdm = QuietTqdm
+    gguf_module = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_module is not None:
+        gguf_module.tqdm = tqdm.auto.tqdm
 
 
 class _ErrorsOnly:

@@ -69,7 +69,7 @@ from mmln.sweeps.plan import DEFAULT_BENCH, DEFAULT_METRIC, Point, check_select,
 from mmln.sweeps.point import SweepRun, decide, displaced, parent_run, say
 from mmln.sweeps.rungs import fraction
 from mmln.sweeps.slurm import SBATCH_DEFAULTS, write_slurm
-from mmln.sweeps.summary import log_summary, report_text, run_final_benches, summarize
+from mmln.sweeps.summary import log_summary, points_scale, report_text, run_final_benches, summarize
 from mmln.tracking import Tracker
 
 
@@ -258,7 +258,7 @@ def execute(args, points: list[Point], base, halving, experiment: str, uri: str,
         if run.parent_id and whole:
             run.client.end(run.parent_id, "KILLED")
         raise
-    return finish(points, best, final_failed, run, header)
+    return finish(points, best, final_failed, run, header, outputs_line(points, run, experiment, uri))
 
 
 def search(args, points: list[Point], todo: list[Point], run: SweepRun, halving, uri: str, experiment: str) -> None:
@@ -279,16 +279,31 @@ def search(args, points: list[Point], todo: list[Point], run: SweepRun, halving,
         run_grid(todo, run)
 
 
-def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepRun, header: str) -> int:
-    """End the parent run, print the report; 1 when a point or a final evaluation failed."""
+def outputs_line(points: list[Point], run: SweepRun, experiment: str, uri: str) -> str:
+    """The sweep's last line: where its outputs went (the points' run dirs, the MLflow store, experiment
+    and parent run, whose `comparison/` artifacts hold the strategies x learning rates table)."""
+    dirs = sorted({str(p.run_dir.parent.resolve()) for p in points})
+    where = f"MLflow {uri}, experiment '{experiment}'" + (
+        f", sweep run {run.parent_id} (its comparison/ artifacts: comparison.md, lr_curves_*.png)" if run.parent_id else "")
+    return f"sweep outputs: run dirs in {', '.join(dirs)}; {where}"
+
+
+def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepRun, header: str,
+           outputs: str = "") -> int:
+    """End the parent run, print the report and, last, where the outputs went (`outputs`); 1 when a
+    point or a final evaluation failed."""
     failed = [p for p in points if p.status in ("failed", "missing")]
     if run.parent_id:
         run.client.end(run.parent_id, "FAILED" if failed or final_failed else "FINISHED")
     print(report_text(points, best, run.metric, header))
+    print(f"sweep scale: {points_scale(run.client, points).removeprefix('Scale: ')}")
     for p in failed:
         print(f"FAILED [{p.index}] {p.name}: {p.error}", file=sys.stderr)
     for name in final_failed:
         print(f"FAILED final evaluation of {name}", file=sys.stderr)
+    if outputs:
+        sys.stderr.flush()
+        print(outputs, flush=True)
     return 1 if failed or final_failed else 0
 
 

@@ -83,18 +83,39 @@ def log_summary(client, parent_id: str, points: list[Point], best: dict[str, Poi
         write_text(path, json.dumps({"select_metric": metric, "points": rows,
                                      "best": {s: p.index for s, p in best.items()}}, indent=1))
         client.log_artifact(parent_id, str(path))
-        client.log_artifacts(parent_id, str(comparison(points, best, metric, Path(tmp) / "comparison")), "comparison")
+        client.log_artifacts(parent_id, str(comparison(points, best, metric, Path(tmp) / "comparison",
+                                                                 points_scale(client, points))), "comparison")
 
 
-def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Path) -> Path:
+def points_scale(client, points: list[Point]) -> str:
+    """The scale of the points' finished runs (optimizer steps, samples seen, eval.limit) and, below
+    the report's default threshold, "smoke scale: not evidence" (`mmln.report.scale`)."""
+    from mmln.report.rows import Run, run_scale
+    from mmln.report.scale import Evidence, scale_note
+
+    runs = []
+    for p in points:
+        finished = p.run_id and p.status not in ("pruned", "failed", "missing")  # a pruned run stopped early
+        found = client.find_run(p.run_id) if finished else None
+        if found is not None:
+            d = found.data
+            run = Run(p.run_id, "", p.strategy, p.lr, "", "", "", 0, dict(d.metrics),
+                      eval_limit=d.tags.get("eval_limit", "none") or "none")
+            run.steps, run.samples = run_scale(run.metrics, d.params)
+            runs.append(run)
+    return scale_note(runs, Evidence())
+
+
+def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Path, scale: str = "") -> Path:
     """The parent's at-a-glance view: `comparison.md` (strategies x learning rates, Table A1's
-    shape, best per strategy in bold, each cell's run) and the report's LR-curve PNG."""
+    shape, best per strategy in bold, each cell's run; `scale` under its title) and the report's
+    LR-curve PNG (`scale` its caption)."""
     from mmln.report import Run, lr_curves
 
     out.mkdir(parents=True, exist_ok=True)
     lrs = sorted({p.lr for p in points}, reverse=True)
     strategies = list(dict.fromkeys(p.strategy for p in points))
-    lines = [f"# {metric} per strategy x learning rate", "", "| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
+    lines = [f"# {metric} per strategy x learning rate", ""] + ([f"_{scale}._", ""] if scale else []) + ["| strategy | " + " | ".join(f"{x:g}" for x in lrs) + " |",
              "|---|" + "---|" * len(lrs)]
     from mmln.eval.selection import mean_ci
 
@@ -115,7 +136,8 @@ def comparison(points: list[Point], best: dict[str, Point], metric: str, out: Pa
     pruned = {(model, p.strategy): {q.lr for q in points if q.strategy == p.strategy and q.status == "pruned"}
               for p in points}
     lr_curves([Run(p.run_id or "", model, p.strategy, p.lr, "", "", "", p.index, {metric: p.value},
-                   seed="" if p.seed is None else str(p.seed)) for p in points if p.value is not None], metric, out, pruned)
+                   seed="" if p.seed is None else str(p.seed)) for p in points if p.value is not None], metric, out, pruned,
+              (lambda runs: scale) if scale else None)
     return out
 
 
