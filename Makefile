@@ -22,6 +22,7 @@ help:  ## list targets and the variables they take
 	@echo "  STRATEGIES=\"layernorm lora\" strategies of sweep and the experiments (default: the config's / the table's)"
 	@echo "  MODELS=\"vicuna7b llama2_7b\" models of the experiments' targets (default: the paper's five)"
 	@echo "  SCALE=tiny                experiments on the demo's tiny model + synthetic data, on a CPU (default: full)"
+	@echo "  FAMILY=qwen2_5_vl CKPT=DIR DATA=records.json IMAGES=DIR VAL=held_out.json SEEDS=3  make family (experiments/README.md)"
 	@echo "  LAUNCHER=slurm SEARCH=halving SWEEP_ARGS=... OVERRIDES=\"key=value ...\"  passed to mmln.sweep / mmln.report"
 	@echo "  EXPERIMENT=name           report's MLflow experiment (default: CONFIG's tracking.experiment)"
 	@echo "  PORT=5001                 port of make ui (default $(PORT))"

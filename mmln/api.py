@@ -62,13 +62,21 @@ class Model:
 
 
 def load(config: Union[str, Path, Any], ckpt: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Model:
-    """The model of `config` (a YAML path or a loaded config) with the tuned tensors of `ckpt` (a
-    run's `trainable.safetensors` or `checkpoints/last.ckpt`; None or "none" = untuned)."""
+    """The model of `config` (a YAML path, a loaded config, or a checkpoint directory: a native
+    family's or llava-hf's transformers directory, e.g. an `export --format hf`, is `model.init_from`;
+    an mmln `llava` export, its `config.yaml`) with the tuned tensors of `ckpt` (a run's
+    `trainable.safetensors` or `checkpoints/last.ckpt`; None or "none" = untuned)."""
     from omegaconf import DictConfig
 
     from mmln.config import load_config
     from mmln.evaluate import load_model
 
+    if not isinstance(config, DictConfig) and Path(config).is_dir():
+        if (Path(config) / "config.yaml").is_file():  # mmln's `llava` export
+            config = Path(config) / "config.yaml"
+        else:
+            overrides = [f"model.init_from={Path(config).resolve()}", *overrides]
+            config = None
     cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides), require=("model",))
     ckpt = None if ckpt is None or str(ckpt).lower() == "none" else str(ckpt)
     if ckpt and not Path(ckpt).is_file():

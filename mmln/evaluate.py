@@ -66,6 +66,23 @@ def load_model(cfg: Any, ckpt: Optional[str]):
                                                                    ImageLimits.of(cfg.data))
 
 
+def make_runner(cfg: Any, ckpt: Optional[str]):
+    """The answering runner of `cfg`'s model with `ckpt`'s tuned tensors: `mmln.eval.runner.Runner`
+    (mmln's LLaVA assembly), or a native family's `FamilyRunner` (its processor, template, generate)."""
+    from mmln.families import native_family
+
+    if native_family(cfg.model) is not None:
+        from mmln.run.build import build_model
+        from mmln.model.families.answer import family_runner
+
+        return family_runner(cfg, build_model(cfg, ckpt))
+    from mmln.eval.runner import Runner, decoding_for
+
+    mllm, tokenizer, image_processor = load_model(cfg, ckpt)
+    return Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
+                  num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
+
+
 def init_distributed() -> int:
     """Join the process group torchrun describes (WORLD_SIZE > 1) and return this rank (0 alone)."""
     import torch
@@ -178,10 +195,8 @@ def _merge_scores(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, run_id: Optional[str],
               log: bool, out_given: bool = False) -> dict[str, Any]:
-    from mmln.eval.runner import Runner, decoding_for
-
     quiet_third_party()
-    mllm, tokenizer, image_processor = load_model(cfg, ckpt)  # a bad checkpoint fails before the store is touched
+    runner = make_runner(cfg, ckpt)  # a bad checkpoint fails before the store is touched
     target, mode, identity = plan_logging(cfg, ckpt, run_id) if log else (None, "new", {})
     old_scores = out_dir / "scores.json"
     if out_given and old_scores.is_file() and mode != "merge":  # never overwrite another evaluation's files
@@ -191,8 +206,6 @@ def _evaluate(cfg: Any, ckpt: Optional[str], benches: list[str], out_dir: Path, 
         out_dir = out_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         _say(f"another evaluation's results are in {old_scores.parent}: writing this one to {out_dir}")
 
-    runner = Runner(mllm, tokenizer, image_processor, decoding_for(cfg), batch_size=cfg.eval.batch_size,
-                    num_workers=cfg.data.num_workers, seed=cfg.eval.seed)
     scores: dict[str, Any] = {"profile": cfg.eval.profile, "yes_no": cfg.eval.yes_no, "ckpt": ckpt,
                               "metrics": {}, "benches": {}, "seconds": {}, "questions_per_s": {}, "inputs": {}}
     for bench in benches:

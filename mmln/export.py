@@ -1,4 +1,4 @@
-"""python -m mmln.export --config CFG --ckpt RUN/trainable.safetensors --out DIR [--format llava|hf-llava]
+"""python -m mmln.export --config CFG --ckpt RUN/trainable.safetensors --out DIR [--format llava|hf-llava|hf|peft]
 
 A merged, self-contained export for evaluation and serving. The model is built as every command
 builds it (`mmln.run.build.build_model`), then the strategy's merge hook folds what it added into
@@ -15,6 +15,10 @@ needs no merge). Formats:
 - `hf-llava`: one transformers `LlavaForConditionalGeneration` directory (config, safetensors,
   tokenizer with the run's chat template, image processor) that `from_pretrained`,
   `AutoProcessor.from_pretrained`, lmms-eval's `llava_hf` model and vLLM load as they are.
+- `peft`: the run's strategy as a PEFT adapter directory, not merged (`ln_tuning`, LoRA, ...; trained
+  embeddings / head / projector as modules_to_save): for a native family over its whole transformers
+  class (`PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), DIR)`), for
+  LLaVA over the LLM with `mm_projector.bin` beside it.
 
 `--out` must be new, empty, or an earlier mmln export of the same format (checked before the model
 is built; anything else is refused, exit 2). The export is built beside `--out` and swapped in
@@ -35,7 +39,7 @@ from mmln.model.errors import MissingWeightsError
 from mmln.base.outputs import claim, replacing
 
 
-FORMATS = ("llava", "hf-llava", "hf")
+FORMATS = ("llava", "hf-llava", "hf", "peft")
 
 
 def merge_lora(llm) -> int:
@@ -64,6 +68,8 @@ def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     from mmln.families import native_family
 
     native = native_family(cfg.model)
+    if fmt == "peft":
+        return export_peft(cfg, ckpt, out, native)
     if native and fmt != "hf":
         raise ConfigError(f"--format {fmt}: model family {native.name!r} exports only as --format hf "
                           "(its own transformers class directory)")
@@ -81,6 +87,22 @@ def export(cfg, ckpt: str | None, out: str | Path, fmt: str = "llava") -> Path:
     with replacing(out, fmt) as tmp:
         _export_llava(mllm, cfg, out, ckpt, tmp)
     return out
+
+
+def export_peft(cfg, ckpt: str | None, out: str | Path, native) -> Path:
+    """`--format peft`: the run's strategy as a PEFT adapter directory (not merged): over the family's
+    transformers class for a native family, over the LLM (connector beside it) for mmln's LLaVA."""
+    from mmln.run.build import build_model
+    from mmln.formats.peft_adapter import save_family_peft_adapter, save_peft_adapter
+
+    if ckpt is None:
+        raise ConfigError("--format peft needs --ckpt: an untuned model has no adapter")
+    out = claim(out, "peft-adapter")
+    mllm = build_model(cfg, ckpt)  # the strategy's trainable tensors (requires_grad) say what the adapter holds
+    if native:
+        return save_family_peft_adapter(mllm, cfg, out)
+    return save_peft_adapter(mllm, cfg.tune, out, base_path=cfg.model.llm.path,
+                             connector=any(p.requires_grad for p in mllm.connector.parameters()))
 
 
 def _export_llava(mllm, cfg, out: Path, ckpt: str | None, dest: Path) -> None:
@@ -125,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default="llava", choices=FORMATS,
                     help="llava: llm/ + vision/ + mm_projector.bin + config.yaml (default); "
                          "hf-llava: one LlavaForConditionalGeneration directory; "
-                         "hf: the model family's own transformers class directory")
+                         "hf: the model family's own transformers class directory; "
+                         "peft: a PEFT adapter directory of the run's strategy (ln_tuning, LoRA, ...)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. model.dtype=bf16")
     args = ap.parse_args(argv)
     try:

@@ -2,7 +2,8 @@
 rule, `study`: the Optuna study and pruners, `halving`: the search, `proxy`: the cheap score)."""
 from __future__ import annotations
 
-from mmln.sweeps.halving import log_budget, run_halving
+from mmln.sweeps.halving import log_budget
+from mmln.sweeps.workers import run_halving
 from mmln.sweeps.proxy import proxy, val_loss
 from mmln.sweeps.rungs import RungIncomplete, fraction, rung_steps, survivors, sync_promoted
 from mmln.sweeps.study import (PROXY, RULES, RUNG, STATE, VAL_LOSS, Options, decide_rung, default_storage, grid_trials,

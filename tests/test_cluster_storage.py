@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from mmln import sweep
+from mmln.sweeps.study import storage_of
 from tests import test_halving as halving_test
 from tests import test_sweep as grid_test
 from tests.conftest import make_world
@@ -74,7 +75,7 @@ def test_halving_on_postgresql_and_an_mlflow_server_picks_the_sqlite_survivors(p
     ref_root, pg_root = tmp_path / "sqlite", tmp_path / "pg"
     ref_root.mkdir(), pg_root.mkdir()
     assert sweep.main(halving_test.halving_args(world, ref_root)) == 0
-    ref = study_record(f"sqlite:///{ref_root / 'optuna.db'}")
+    ref = study_record(storage_of(str(ref_root / "outputs/tiny_halving/optuna.journal")))  # the default
 
     study_url, store_url = postgres.create_database(), postgres.create_database()
     with mlflow_server(store_url, pg_root / "server") as base:
@@ -89,7 +90,7 @@ def test_halving_on_postgresql_and_an_mlflow_server_picks_the_sqlite_survivors(p
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
             assert len(steps) == len(set(steps)) and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         best = parent.data.tags["best_lr/layernorm"]
-    assert study_record(study_url) == ref and not (pg_root / "optuna.db").exists()
+    assert study_record(study_url) == ref and not (pg_root / "outputs/tiny_halving/optuna.journal").exists()
     ref_client = MlflowClient(f"sqlite:///{ref_root / 'mlflow.db'}")
     ref_runs = ref_client.search_runs([ref_client.get_experiment_by_name("tiny_halving").experiment_id])
     assert next(r for r in ref_runs if r.data.tags.get("kind") == "sweep").data.tags["best_lr/layernorm"] == best

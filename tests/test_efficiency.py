@@ -78,3 +78,38 @@ def test_efficiency_syncs_once_per_optimizer_step(monkeypatch):
     assert len(calls) == 4
     assert cb.steps == 3 and cb.micro_steps == 8 and cb.tokens == 8 * 100 * 2 and len(logged) == 2
     assert cb.summary["perf/peak_mem_gb"] == 1.0 and cb.summary["perf/tokens_per_s"] > 0
+
+
+def test_efficiency_cpu_step_time_counts_work_not_waiting():
+    """`perf/cpu_step_s` is the process's CPU time per micro-step: a step that waits (as a step does
+    when other processes hold the cores) adds wall time, not CPU time; a step that computes adds both."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmln.callbacks.efficiency import Efficiency
+
+    module = SimpleNamespace(device=torch.device("cpu"), last_batch={"tokens": 10, "samples": 1},
+                             log_dict=lambda d, **kw: None)
+    trainer = SimpleNamespace(accumulate_grad_batches=1, world_size=1, global_step=0, log_every_n_steps=1)
+
+    def run(step) -> dict:
+        cb = Efficiency(warmup_steps=1)
+        cb.on_train_start(trainer, module)
+        for i in range(4):
+            cb.on_train_batch_start(trainer, module, None, i)
+            step()
+            trainer.global_step = i + 1
+            cb.on_train_batch_end(trainer, module, None, None, i)
+        cb.on_train_end(trainer, module)
+        return cb.summary
+
+    def busy():
+        t = time.process_time()
+        while time.process_time() - t < 0.05:
+            pass
+
+    waiting, working = run(lambda: time.sleep(0.05)), run(busy)
+    assert waiting["perf/micro_step_s"] >= 0.05 and waiting["perf/cpu_step_s"] < 0.02
+    assert working["perf/cpu_step_s"] >= 0.05

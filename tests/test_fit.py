@@ -65,7 +65,7 @@ def test_stage1_then_stage2_chain_and_mlflow_record(tiny_world, tmp_path):
     assert run.data.params["train.connector_lr"] == "0.0005" and run.data.params["train.group_lr.head"] == ""
     assert run.data.metrics["params/trainable_norms"] == 2 * 2 * 64 + 64  # tiny: 2 blocks x 2 norms + final
     assert run.data.tags["strategy"] == "layernorm" and run.data.tags["stage"] == "instruct"
-    for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb",
+    for key in ("train/loss", "train/lr", "perf/tokens_per_s", "perf/samples_per_s", "perf/peak_mem_gb", "perf/cpu_step_s",
                 "params/trainable", "params/total", "data/pad_fraction", "train/steps", "train/samples_seen"):
         assert key in run.data.metrics, key
     assert run.data.metrics["params/trainable"] == sum(v.numel() for v in conn.values())

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from mmln import sweep
 from mmln.fit import fit
+from mmln.sweeps.study import storage_of
 from tests.conftest import ROOT, TINY, make_world
 from tests.test_fit import cfg_for
 
@@ -213,9 +214,11 @@ def test_halving_sweep_survives_kill_and_decides_by_the_proxy(halved):
     root = halved["root"]
     (first, first_step, first_run), (last, last_step, last_run) = halved["kills"]
     assert halved["rc"] == 0 and first_step == 2 and 3 < last_step < 9  # killed between rung ends 1 and 3, 3 and 9
-    studies = optuna.get_all_study_summaries(f"sqlite:///{root / 'optuna.db'}")
-    assert len(studies) == 1
-    study = optuna.load_study(study_name=studies[0].study_name, storage=f"sqlite:///{root / 'optuna.db'}")
+    storage = storage_of(str(root / "outputs/tiny_halving/optuna.journal"))  # the default: a journal file
+    assert not (root / "optuna.db").exists()
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 1, [s.study_name for s in studies]  # the workers' claims released, none left
+    study = optuna.load_study(study_name=studies[0].study_name, storage=storage)
     trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == len(LRS) and sorted(t.params["lr"] for t in trials) == sorted(float(x) for x in LRS)
     assert study.user_attrs["rung_steps"] == [1, 3, 9]

@@ -77,10 +77,11 @@ def killed_at(args: list[str], root: Path, at: str, n: int = 1) -> subprocess.Co
     return proc
 
 
-def outcome(root: Path) -> dict:
+def outcome(root: Path, uri: str | None = None) -> dict:
     """What a finished halving sweep left: parent, the point runs (by the run folder's id file),
-    survivors, best lr, the survivors' weights, RUNNING runs, tags."""
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    survivors, best lr, the survivors' weights, RUNNING runs, tags (`uri`: the tracking store, by
+    default the sqlite file `root/mlflow.db`)."""
+    client = MlflowClient(uri or f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny_halving")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, TINY, make_world
 
 NOISE = ("Downloading artifacts", "INFO mlflow", "litlogger", "Tip:", "accelerator", "site-packages", "alembic",
          "it/s]")
-OURS = re.compile(r"^(\[sweep \d\d:\d\d:\d\d\] |sweep \w+: |  \S+ +(trained|skipped|failed)|best \w+: lr=)")
+OURS = re.compile(r"^(\[sweep \d\d:\d\d:\d\d\] |sweep \w+: |  \S+ +(trained|skipped|failed)|best \w+: lr=|dashboard \(serve it with `[^`]+`\): http://)")
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,9 @@ def test_a_quiet_tiny_sweep_prints_only_mmlns_lines(world: Path, tmp_path):
     assert proc.returncode == 0, "\n".join(lines[-30:])
     noisy = [line for line in lines if any(n in line for n in NOISE) or not OURS.match(line)]
     assert not noisy, "\n".join(noisy[:20])
-    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best, its scale, where the outputs went
-    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1 + 1 + 1, "\n".join(lines)
+    # 1 header, per point: its line, training, evaluating; 1 summary, 2 rows, 1 best, its scale, the dashboard
+    # link, where the outputs went
+    assert len(lines) == 1 + 2 * 3 + 1 + 2 + 1 + 1 + 1 + 1, "\n".join(lines)
     assert [x for x in lines if x.startswith("sweep scale")] == ["sweep scale: 2 optimizer steps, 8 samples seen, eval.limit 4; smoke scale: not evidence (fewer than 100 optimizer steps, 1,000 samples seen or eval.limit 100)"], lines
     last = proc.stdout.splitlines()[-1]
     assert last.startswith(f"sweep outputs: run dirs in {(tmp_path / 'outputs').resolve()}") and str(db) in last, last

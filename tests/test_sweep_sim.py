@@ -105,7 +105,9 @@ def test_the_simulator_picks_a_real_halving_sweeps_survivors(tmp_path_factory):
                        n_pope_images=2, n_vqa_images=1, n_caption_images=1)[0]
     root = tmp_path_factory.mktemp("sim_run")
     assert sweep.main(halving_args(world, root)) == 0
-    storage = f"sqlite:///{root / 'optuna.db'}"
+    from mmln.sweeps.study import storage_of
+
+    storage = storage_of(str(root / "outputs/tiny_halving/optuna.journal"))  # the default storage
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     steps = study.user_attrs["rung_steps"]

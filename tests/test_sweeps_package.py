@@ -81,5 +81,6 @@ def test_the_documented_command_and_old_import_paths_still_work():
                             text=True)
     assert helped.returncode == 0 and "usage: python -m mmln.sweep" in helped.stdout
     for flag in ("--search", "--eta", "--halving-rule", "--first-rung", "--proxy-metric", "--study-storage",
-                 "--launcher", "--only-index", "--summarize", "--sweep-id", "--point-overrides", "--seeds"):
+                 "--launcher", "--only-index", "--summarize", "--sweep-id", "--point-overrides", "--seeds",
+                 "--workers", "--worker", "--heartbeat", "--heartbeat-timeout"):
         assert flag in helped.stdout, flag

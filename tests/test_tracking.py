@@ -33,7 +33,7 @@ def test_a_copied_project_reads_and_writes_its_own_artifacts(tmp_path):
 
 
 def test_mlflow_has_one_owner():
-    """No module but mmln/tracking.py imports mlflow or reaches MLflow through a Lightning logger's
+    """No module outside the mmln/tracking/ package imports mlflow or reaches MLflow through a Lightning logger's
     client (`logger.experiment`): every MLflow call goes through `mmln.tracking.Tracker`."""
     import ast
     from pathlib import Path
@@ -42,7 +42,7 @@ def test_mlflow_has_one_owner():
 
     offenders = []
     for path in sorted(Path(mmln.__file__).parent.rglob("*.py")):
-        if path.name == "tracking.py" and path.parent.name == "mmln":
+        if path.parent.name == "tracking" and path.parent.parent.name == "mmln":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
@@ -78,3 +78,30 @@ def test_tracker_batches_ends_with_the_error_and_finds_runs_by_config_hash(tmp_p
     assert t.find_run("0" * 32) is None and t.find_run(run).info.run_name == "r"
     assert {r.info.run_id for r in t.runs([exp])} == {run, failed}
     assert len(t.runs([exp], limit=1)) == 1
+
+
+def test_the_dashboard_view_is_json_mlflow_stores_compressed_only_past_its_tag_limit(tmp_path):
+    """`mmln.tracking.views`: the view MLflow's UI reads from `mlflow.sharedViewState.<key>` is plain JSON
+    (sort, columns, every UI field), and "deflate;" + base64(zlib) only when JSON would pass MLflow's
+    20,000-character limit; both are accepted by a real store and decode to the same view."""
+    from mmln.tracking import Tracker
+    from mmln.tracking.views import MAX_TAG_VALUE, SHARE_TAG, decode_view, save_comparison_view, view_url
+
+    t = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = t.experiment_id("views")
+    run = t.start_run(exp, "layernorm-lr0.001", {"strategy": "layernorm", "lr": "0.001"})
+    t.log_metrics(run, {"eval/pope_random_accuracy": 62.5, "eval/mme_perception": 700.0})
+    key = save_comparison_view(t, exp, "val/loss", True, ["strategy", "lr"], ["eval/mme_perception", "eval/vqav2"])
+    value = t.get_experiment(exp).tags[SHARE_TAG + key]
+    view = decode_view(value)
+    assert value.startswith("{") and view["orderByKey"] == "metrics.`val/loss`" and view["orderByAsc"] is True
+    assert view["selectedColumns"] == ["tags.`strategy`", "tags.`lr`", "metrics.`val/loss`", "metrics.`eval/mme_perception`"]
+    assert view["runsHiddenMode"] == "SHOW_ALL" and view["columnOrder"][:3] == ["attributes.`Run Name`", "tags.`strategy`", "tags.`lr`"]
+    assert view_url("http://h:1", exp, key) == (f"http://h:1/#/experiments/{exp}/runs?viewStateShareKey={key}"
+                                                "&compareRunsMode=TABLE&workflowType=machine_learning")
+    many = {f"eval/m{i:04d}": float(i) for i in range(700)}  # ~30,000 characters of columns as JSON
+    t.log_metrics(run, many)
+    key = save_comparison_view(t, exp, "eval/m0000", False, ["strategy"], sorted(many))
+    value = t.get_experiment(exp).tags[SHARE_TAG + key]
+    assert value.startswith("deflate;") and len(value) <= MAX_TAG_VALUE
+    assert decode_view(value)["selectedColumns"][1:] == [f"metrics.`{m}`" for m in sorted(many)]

@@ -1,4 +1,4 @@
-"""Step time, tokens/s, samples/s and peak memory, logged as `perf/*` metrics and summarised per run."""
+"""Step time (wall and CPU), tokens/s, samples/s and peak memory, logged as `perf/*` metrics and summarised per run."""
 from __future__ import annotations
 
 import resource
@@ -20,17 +20,19 @@ def peak_memory_gb(device: torch.device) -> float:
 class Efficiency(Callback):
     """Counts tokens the LLM processed (after splicing, padding excluded) and times optimizer steps
     (the first `warmup_steps` left out). The device is synchronised once per optimizer step, never
-    per micro-step, and counts come from host-side batch sizes."""
+    per micro-step, and counts come from host-side batch sizes. Besides wall time it reads the
+    process's CPU time (all threads) at the same points: `perf/cpu_step_s` is the host work per
+    micro-step, which other processes on a shared machine do not inflate the way they inflate wall time."""
 
     def __init__(self, warmup_steps: int = 1):
         self.warmup_steps = warmup_steps
         self.reset()
 
     def reset(self):
-        self.t0 = None
+        self.t0 = self.cpu0 = None
         self.tokens = self.samples = self.steps = self.micro_steps = 0  # steps: optimizer steps
         self._tokens = self._samples = self._micro = 0  # of the optimizer step in progress
-        self.elapsed = 0.0
+        self.elapsed = self.cpu_elapsed = 0.0
         self.summary: dict[str, float] = {}
         self.pad_fraction: float | None = None
 
@@ -49,7 +51,7 @@ class Efficiency(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.t0 is None:  # the first micro-batch: start the clock once the device is idle
             self._sync(pl_module)
-            self.t0 = time.perf_counter()
+            self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # counts are host ints; the clock is read (after one device sync) only when an optimizer step ends
@@ -60,11 +62,12 @@ class Efficiency(Callback):
         if (batch_idx + 1) % max(trainer.accumulate_grad_batches, 1):
             return
         self._sync(pl_module)
-        now = time.perf_counter()
-        dt, self.t0 = now - self.t0, now
+        now, cpu = time.perf_counter(), time.process_time()
+        dt, cpu_dt, self.t0, self.cpu0 = now - self.t0, cpu - self.cpu0, now, cpu
         self.steps += 1
         if self.steps > self.warmup_steps:
             self.elapsed += dt
+            self.cpu_elapsed += cpu_dt
             self.tokens += self._tokens
             self.samples += self._samples
             self.micro_steps += self._micro
@@ -83,6 +86,7 @@ class Efficiency(Callback):
             "perf/tokens_per_s": self.tokens / t,
             "perf/samples_per_s": self.samples / t,
             "perf/micro_step_s": self.elapsed / max(self.micro_steps, 1),
+            "perf/cpu_step_s": self.cpu_elapsed / max(self.micro_steps, 1),
             "perf/peak_mem_gb": peak_memory_gb(device),
         }
 

@@ -29,8 +29,17 @@ IMAGE = "<image>"
 
 
 def record_messages(conversations: Sequence[dict]) -> tuple[list[dict], int]:
-    """(messages for `apply_chat_template`, images) of a LLaVA conversation; each `<image>` of a
-    human turn becomes an image item in front of its text (where LLaVA puts it)."""
+    """(messages for `apply_chat_template`, images) of a LLaVA conversation with at least one answer."""
+    messages, n_images = turn_messages(conversations)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ConversationError("no_assistant", "the conversation has no gpt turn")
+    return messages, n_images
+
+
+def turn_messages(conversations: Sequence[dict]) -> tuple[list[dict], int]:
+    """(messages for `apply_chat_template`, images) of LLaVA turns (a prompt may end with the human
+    question); each `<image>` of a human turn becomes an image item in front of its text (where
+    LLaVA puts it)."""
     messages, n_images = [], 0
     for turn in conversations:
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
@@ -42,8 +51,6 @@ def record_messages(conversations: Sequence[dict]) -> tuple[list[dict], int]:
         text = turn["value"].replace(IMAGE, "").strip() if k else turn["value"]
         messages.append({"role": role, "content": [{"type": "image"}] * k + [{"type": "text", "text": text}]})
         n_images += k
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ConversationError("no_assistant", "the conversation has no gpt turn")
     return messages, n_images
 
 

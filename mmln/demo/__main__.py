@@ -27,7 +27,7 @@ import sys
 import time
 
 from mmln.demo.pretrain import pretrain_base_lm, pretrain_vision_encoder, say
-from mmln.demo.stages import CHANCE, evaluate_both, make_data, prepare_dir, setup_env, train_stages
+from mmln.demo.stages import CHANCE, dashboard, evaluate_both, make_data, prepare_dir, setup_env, train_stages
 from mmln.base.io import write_json
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["comparison"] = compare(s2, s2cfg.train.lr, tuned, args.quick)
         print_comparison(rows["comparison"], untuned, CHANCE)
     print(f"\n{verdict}.\nDemo took {time.time() - t_start:.0f}s. Runs: {root / 'outputs'}; "
-          f"MLflow: {os.environ['MLFLOW_TRACKING_URI']} -> `make ui` and open http://127.0.0.1:5000")
+          f"MLflow: {os.environ['MLFLOW_TRACKING_URI']}\n{dashboard(s2)}")
     write_json(root / "demo_results.json", rows, indent=1)
     return 0 if ok or not args.strict else 1
 

@@ -123,3 +123,12 @@ def evaluate_both(s2, quick: bool) -> tuple[dict, dict]:
         tuned = evaluate(load_config(CONF / "stage2.yaml", limit), str(s2.run_dir / "trainable.safetensors"), BENCHES,
                          s2.run_dir / "eval", run_id=s2.run_id)["metrics"]
     return untuned, tuned
+
+
+def dashboard(run) -> str:
+    """The `mmln.ui.dashboard_line` of the demo's experiment (its strategies x learning rates in MLflow)."""
+    from mmln.tracking import Tracker
+    from mmln.ui import dashboard_line
+
+    client = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+    return dashboard_line(client, client.get_run(run.run_id).info.experiment_id)

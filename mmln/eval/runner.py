@@ -150,11 +150,11 @@ class Runner:
 
     def generate(self, queries: Sequence[Query]) -> list[str]:
         """Decoded answers in the order of `queries` (KV cache, batched, stop at end-of-turn)."""
-        return _data_parallel(self._generate, queries)
+        return data_parallel(self._generate, queries)
 
     def answer_yes_no(self, queries: Sequence[Query]) -> list[str]:
         """"Yes" or "No" per query from the next-token logits of the two answers' first tokens."""
-        return _data_parallel(self._answer_yes_no, queries)
+        return data_parallel(self._answer_yes_no, queries)
 
     @torch.no_grad()
     def _generate(self, queries: Sequence[Query]) -> list[str]:
@@ -171,7 +171,7 @@ class Runner:
                                          eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
                                          do_sample=d.do_sample, temperature=d.temperature, top_k=d.top_k)
             out += [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return _unsort(order, out)
+        return unsort(order, out)
 
     def yes_no_token_ids(self) -> tuple[int, int]:
         """Ids of the first token of " Yes" and of " No" as they follow the prompt's last text
@@ -204,10 +204,10 @@ class Runner:
                 logits = self.mllm.next_token_logits(**self._to_device(batch)).float()
             # a tie goes where argmax (greedy) sends it: to the lower token id
             out += ["Yes" if y > n or (y == n and yes < no) else "No" for y, n in logits[:, [yes, no]].tolist()]
-        return _unsort(order, out)
+        return unsort(order, out)
 
 
-def _data_parallel(answer: Callable[[Sequence[Query]], list[str]], queries: Sequence[Query]) -> list[str]:
+def data_parallel(answer: Callable[[Sequence[Query]], list[str]], queries: Sequence[Query]) -> list[str]:
     """`answer(queries)` on one process; under torch.distributed each rank answers every N-th query
     and the answers are all-gathered back into input order."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -239,7 +239,7 @@ class Collate:
                 "pixel_values": torch.stack(images) if images else None}
 
 
-def _unsort(order: list[int], values: list[Any]) -> list[Any]:
+def unsort(order: list[int], values: list[Any]) -> list[Any]:
     out: list[Any] = [None] * len(values)
     for i, v in zip(order, values, strict=True):
         out[i] = v

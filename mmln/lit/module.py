@@ -158,11 +158,12 @@ class InstructFinetune(MLLMModule):
     as modules_to_save the same way (the connector beside it as mm_projector.bin)."""
 
     def export(self, run_dir: Path) -> list[Path]:
-        from mmln.formats.peft_adapter import export_peft_adapter
+        from mmln.formats.peft_adapter import export_family_peft_adapter, export_peft_adapter
 
         paths = super().export(run_dir)  # the run's tensors first: they are written whatever follows
-        if hasattr(self.mllm, "family"):
-            return paths  # a native family (mmln.model.families): out through `mmln.export --format hf`; no PEFT adapter yet
+        if hasattr(self.mllm, "family"):  # a native family (mmln.model.families): an adapter over its whole class
+            out = export_family_peft_adapter(self.mllm, self.cfg, run_dir)
+            return paths + ([out] if out is not None else [])
         out = export_peft_adapter(self.mllm, self.cfg, run_dir)
         return paths + ([out] if out is not None else [])
 

@@ -11,6 +11,7 @@ from mmln.report.rows import load_runs, reference, reference_params, strategy_ke
 from mmln.report.scale import Evidence
 from mmln.report.write import TABLES, log_report, markdown, report
 from mmln.eval.selection import DEFAULT_METRIC
+from mmln.ui import dashboard_line
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,8 +28,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     ap.add_argument("--open", action="store_true",
-                    help="then serve the MLflow UI on 127.0.0.1:--port and print links to the experiment and to its "
-                         "strategies x learning rates side by side (MLflow's compare page); Ctrl-C stops it")
+                    help="then serve the MLflow UI on 127.0.0.1:--port (as `make ui`: linking the strategies x learning "
+                         "rates view) and print MLflow's compare page of the runs; Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     ev = Evidence()
     ap.add_argument("--smoke-steps", type=int, default=ev.min_steps, metavar="N",
@@ -75,25 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     for t in built.values():
         print(markdown(t, bold_max=t.key == "tableA1"))
     run = "" if args.no_log else f"; MLflow run {log_report(client, experiments[0], '+'.join(experiments), out)}"
+    if not args.no_log:  # the view is a tag of the experiment: --no-log writes none
+        print(dashboard_line(client, client.find_experiment(experiments[0]).experiment_id, args.select_metric))
     print(f"report: {out / 'report.md'} ({len(files)} files){run}")
     if args.open:
-        return open_ui(client, uri, experiments, references, args.port)
+        return open_ui(client, uri, experiments, references, args.port, args.select_metric)
     return 0
 
 
-def open_ui(client, uri: str, experiments: list[str], references, port: int) -> int:
-    """Serve the dashboard and print where the comparison is (until Ctrl-C)."""
-    from mmln.tracking import serve_ui, ui_links
+def open_ui(client, uri: str, experiments: list[str], references, port: int, select_metric: str) -> int:
+    """Print MLflow's compare page of the runs, then serve the dashboard until Ctrl-C (`mmln.ui`: its
+    ready line links the strategies x learning rates view)."""
+    from mmln import ui
+    from mmln.tracking import ui_links
 
     exp = client.find_experiment(experiments[0])
     runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (strategy_key(r.strategy), -r.lr))
     links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
-    proc = serve_ui(uri, port)
-    print(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)\n  experiment '{experiments[0]}': {links['experiment']}\n"
-          f"  its {len(runs)} runs (strategies x learning rates) side by side: {links['compare']}", flush=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
-        return 0
+    print(f"its {len(runs)} runs (strategies x learning rates) on MLflow's compare page: {links['compare']}", flush=True)
+    return ui.main(["--tracking-uri", uri, "--port", str(port), "--experiment", experiments[0], "--select-metric",
+                    select_metric])

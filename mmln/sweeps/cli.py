@@ -41,14 +41,19 @@ store, experiment and parent run, prints the `sbatch` line, and runs nothing.
 `--search halving` (mmln.sweeps.halving) trains the same points by successive halving instead: every
 point to a first rung (`--first-rung`, 1/12 of the run), scored by a cheap proxy (`--proxy-metric`),
 the best 1/`--eta` continued from their checkpoints, rung after rung, by Optuna's GridSampler and
-a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) on an RDB
-study (`--study-storage`); survivors end bit-identical to the grid's runs and get the `--bench`
-evaluation; the parent records the steps spent.
+a synchronous halving pruner (`--halving-rule async`: Optuna's SuccessiveHalvingPruner) in a
+shared study (`--study-storage`: a journal file, by default in the experiment's folder, or an RDB
+URL); survivors end bit-identical to the grid's runs and get the `--bench` evaluation; the parent
+records the steps spent. Any number of workers work on one halving sweep (`mmln.sweeps.workers`):
+`--workers N` starts N here, `--launcher slurm --workers N` writes an array of N workers (each
+`... --worker`), and a worker killed at any moment leaves its point to another after the heartbeat
+timeout.
 
 Exit codes: 0 every point done (or pruned); 1 some point failed (listed); 2 a config problem, or the
 same sweep running already, before any run.
 
-One sweep at a time: a running sweep holds a lock (`mmln.base.locks`) that a second run of the same sweep
+One launch of a sweep at a time on a machine: a running sweep (not its `--worker`s) holds a lock
+(`mmln.base.locks`) that a second run of the same sweep
 is refused by (exit 2, naming the holder), and a lock per point while it trains, is evaluated or is
 scored, which another sweep reaching the point waits for. The kernel frees both when the process
 ends in any way, kill -9 included.
@@ -116,8 +121,19 @@ def parser() -> argparse.ArgumentParser:
                         "default %(default)s)")
     h.add_argument("--proxy-overrides", default="eval.limit=100", metavar="'eval.limit=100'",
                    help="halving: overrides of the proxy evaluation (default: the first 100 items)")
-    h.add_argument("--study-storage", default=None, metavar="URL",
-                   help="halving: Optuna RDB storage (default: sqlite optuna.db beside the MLflow store)")
+    h.add_argument("--study-storage", default=None, metavar="URL|FILE",
+                   help="halving: the Optuna storage every worker shares: an RDB URL (postgresql://...) or a "
+                        "journal file (default: optuna.journal in the experiment's output folder)")
+    h.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="halving: N worker processes on the study (local: started here; --launcher slurm: "
+                        "the array's size, default ceil(points / eta))")
+    h.add_argument("--worker", action="store_true",
+                   help="halving: work on a started sweep's study as one worker (an array task; no summary)")
+    h.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
+                   help="halving: seconds between a worker's heartbeats (default %(default)s)")
+    h.add_argument("--heartbeat-timeout", type=float, default=300.0, metavar="S",
+                   help="halving: a point whose worker (on another host) has not beaten for S seconds is "
+                        "taken over (default %(default)s)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides for every point")
     return ap
 
@@ -125,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = parser()
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers N` hands its workers
     # `--lrs 1e-3 1e-4 train.max_steps=2`: a key=value after a list option is an override, not a list item
     for opt in ("lrs", "strategies"):
         items = [x for v in getattr(args, opt) or [] for x in v.split(",") if x]
@@ -157,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"sweep {sweep_id}: experiment '{experiment}', {len(points)} points, select by {args.select_metric}"
     if args.dry_run:
         return dry_run(args, points, uri, experiment, header)
-    if args.launcher == "slurm" or args.only_index is not None:  # SLURM: array tasks share the sweep
+    if args.launcher == "slurm" or args.only_index is not None or args.worker:  # array tasks share the sweep
         return execute(args, points, base, halving, experiment, uri, sweep_id, header)
     try:
         with exclusive(sweep_lock(points[0], experiment, sweep_id), wait=False):
@@ -209,7 +226,7 @@ def dry_run(args, points: list[Point], uri: str, experiment: str, header: str) -
 
 
 def sweep_lock(p: Point, experiment: str, sweep_id: str) -> Path:
-    """The lock file a running sweep holds (one process drives a sweep: its parent run, its study)."""
+    """The lock file a running sweep holds (one launch per machine: its parent run; workers join with --worker)."""
     return Path(p.cfg.output_dir) / experiment / ".locks" / f"sweep-{sweep_id}.lock"
 
 
@@ -222,15 +239,20 @@ def open_sweep(args, points: list[Point], base, experiment: str, uri: str, sweep
               "overrides": " ".join(args.overrides), "n_points": len(points), "seeds": args.seeds}
     tags = {"model": base.model.name, "config_family": experiment, "variant": args.variant, "search": args.search,
             "name": sweep_name(base.model.name, args.strategies, len(args.lrs), args.variant)}
-    parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None, params, tags)
+    parent_id = parent_run(client, exp_id, sweep_id, args.only_index is None and not args.worker, params, tags)
     return SweepRun(client, exp_id, parent_id, sweep_id, args.bench, args.select_metric, args.config)
 
 
 def execute(args, points: list[Point], base, halving, experiment: str, uri: str, sweep_id: str, header: str) -> int:
     """Everything after the plan: the parent run, the points (or the SLURM scripts), the summary."""
     run = open_sweep(args, points, base, experiment, uri, sweep_id)
+    if run.parent_id is None and args.worker:
+        print(f"mmln.sweep: error: --worker: sweep {sweep_id} has no parent run in {uri}: start the sweep first "
+              "(`--launcher slurm` writes its array; or run it without --worker)", file=sys.stderr)
+        return 2
     if args.launcher == "slurm":
-        array, summary = write_slurm(args, points, sweep_id, uri, experiment)
+        storage = study_storage(args, points, uri, experiment) if halving else None
+        array, summary = write_slurm(args, points, sweep_id, uri, experiment, storage)
         print(header + "".join(f"\n  [{p.index}] {p.name}" for p in points))
         print(f"wrote {array} and {summary}; submit with:\n"
               f"  jid=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$jid {summary}")
@@ -243,13 +265,13 @@ def execute(args, points: list[Point], base, halving, experiment: str, uri: str,
     if moves:  # said before anything runs: a finished run of another config is never moved silently
         say(f"WARNING: {len(moves)} run dir(s) hold runs of another config and will be moved aside "
             "(their MLflow runs stay; `--dry-run` lists this):\n  " + "\n  ".join(moves))
-    whole = args.only_index is None
+    whole = args.only_index is None and not args.worker
     if run.parent_id and whole:
         run.client.update_run(run.parent_id, status="RUNNING")
     try:
         search(args, points, todo, run, halving, uri, experiment)
         if not whole:
-            return 1 if todo[0].status == "failed" else 0
+            return 1 if any(p.status == "failed" for p in todo) else 0
         best = summarize(points, run.client, run.exp_id, args.select_metric)
         final_failed = run_final_benches(best, run.client, args.final_bench)
         if run.parent_id:
@@ -265,11 +287,15 @@ def search(args, points: list[Point], todo: list[Point], run: SweepRun, halving,
     """The points' work: successive halving (`--summarize`: only settling what the stores hold, a
     scored rung decided), or the grid (nothing under `--summarize`)."""
     if halving:
-        from mmln.sweeps.halving import log_budget, run_halving
-        from mmln.sweeps.study import default_storage
+        from mmln.sweeps.halving import log_budget
+        from mmln.sweeps.workers import launch, run_halving
 
-        storage = args.study_storage or default_storage(uri, Path(points[0].cfg.output_dir) / experiment)
+        storage = study_storage(args, points, uri, experiment)
+        if (args.workers or 1) > 1 and not args.worker and not args.summarize:
+            launch(args.argv, args.workers)  # then this process finishes what dead workers left
         budget = run_halving(points, run, halving, storage, train=not args.summarize)
+        if args.worker:
+            return
         say(f"halving: {budget['halving/steps_spent']} of {budget['halving/steps_full_grid']} steps "
             f"({budget['halving/budget_fraction']:.3f} of the full grid)")
         log_budget(run.client, run.parent_id, budget, halving, storage)
@@ -277,6 +303,16 @@ def search(args, points: list[Point], todo: list[Point], run: SweepRun, halving,
         from mmln.sweeps.grid import run_grid
 
         run_grid(todo, run)
+
+
+def study_storage(args, points: list[Point], uri: str, experiment: str) -> str:
+    """`--study-storage` (a journal file's path made absolute: the workers may start elsewhere), or
+    the default (`mmln.sweeps.study.default_storage`)."""
+    from mmln.sweeps.study import default_storage
+
+    if args.study_storage:
+        return args.study_storage if "://" in args.study_storage else str(Path(args.study_storage).resolve())
+    return default_storage(uri, Path(points[0].cfg.output_dir) / experiment)
 
 
 def outputs_line(points: list[Point], run: SweepRun, experiment: str, uri: str) -> str:
@@ -297,6 +333,9 @@ def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepR
         run.client.end(run.parent_id, "FAILED" if failed or final_failed else "FINISHED")
     print(report_text(points, best, run.metric, header))
     print(f"sweep scale: {points_scale(run.client, points).removeprefix('Scale: ')}")
+    from mmln.ui import dashboard_line
+
+    print(dashboard_line(run.client, run.exp_id, run.metric))  # strategies x lrs in MLflow, best first
     for p in failed:
         print(f"FAILED [{p.index}] {p.name}: {p.error}", file=sys.stderr)
     for name in final_failed:
@@ -310,14 +349,21 @@ def finish(points: list[Point], best: dict, final_failed: list[str], run: SweepR
 def halving_options(args, base):
     """The successive-halving options (None for a grid search); config problems are ConfigErrors."""
     if args.search != "halving":
+        if args.workers is not None or args.worker:
+            raise ConfigError("--workers / --worker: only with --search halving (a grid's points are independent: "
+                              "--launcher slurm runs one task per point)")
         return None
     from mmln.sweeps.study import Options
 
-    if args.launcher == "slurm" or args.only_index is not None:
-        raise ConfigError("--search halving drives its Optuna study from one process: "
-                          "no --launcher slurm / --only-index (submit the whole sweep as one job)")
+    if args.only_index is not None:
+        raise ConfigError("--search halving: no --only-index (its workers take the points: --workers N)")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: at least 1")
+    if not 0 < args.heartbeat < args.heartbeat_timeout:
+        raise ConfigError(f"--heartbeat {args.heartbeat:g} / --heartbeat-timeout {args.heartbeat_timeout:g}: "
+                          "0 < heartbeat < timeout (a few heartbeats per timeout)")
     opts = Options(args.eta, args.first_rung, args.proxy_metric, args.proxy_bench, args.proxy_overrides.split(),
-                   args.study_storage, args.halving_rule)
+                   args.study_storage, args.halving_rule, args.heartbeat, args.heartbeat_timeout)
     opts.check()
     if opts.bench is None and not base.data.val.files:
         raise ConfigError("--proxy-metric val/loss needs held-out validation records: set data.val.files "

@@ -1,9 +1,9 @@
 """Successive halving over a sweep's learning-rate grid (`python -m mmln.sweep --search halving`).
 
 Optuna holds the study and makes the pruning decisions: one study per strategy (and training seed),
-a `GridSampler` over the grid's learning rates and a pruner, on an RDB storage: by default the
-sqlite file `optuna.db` beside the MLflow database, or any SQLAlchemy URL
-(`--study-storage postgresql://...`) so that a study outlives the process that drives it.
+a `GridSampler` over the grid's learning rates and a pruner, in a storage that every worker shares:
+by default the journal file `optuna.journal` in the experiment's output folder, or any SQLAlchemy
+URL (`--study-storage postgresql://...`), so that a study outlives the processes that work on it.
 
 Rung k ends at step `r0 * eta**k` (r0 = round(first_rung * total), at least 1); the last rung is the
 full run. Every grid point trains to the end of rung 0 and pauses there (`fit(stop_at=...)`: the
@@ -39,8 +39,8 @@ the rung's last optimizer step). The parent run records `halving/steps_spent`,
 The sync rule is a pure function of the stored intermediate values (`mmln.sweeps.rungs.sync_promoted`), so a
 restarted process, or another one on the same storage, reaches the same decisions. A point that
 fails before reporting leaves its rung undecided (the sweep exits 1); a re-run trains it and
-decides the rung. The study is driven by one process (points run sequentially, as in the grid
-sweep).
+decides the rung. Any number of workers may work on the study at once (`mmln.sweeps.workers`:
+each takes the next point it can claim; the decisions are the same).
 """
 from __future__ import annotations
 
@@ -50,31 +50,7 @@ from typing import Any
 from mmln.sweeps.point import SweepRun, point_lock, run_point, say
 from mmln.sweeps.proxy import proxy
 from mmln.sweeps.rungs import rung_steps
-from mmln.sweeps.study import (PROXY, RUNG, STATE, Options, decide_rung, existing_study, grid_trials, load_study,
-                               quiet_optuna, study_groups, study_min_resource)
-
-
-def run_halving(points: list, run: SweepRun, opts: Options, storage: str, train: bool = True) -> dict[str, Any]:
-    """Run every study to its end (`train=False`, `--summarize`: only `settle` what the stores hold);
-    set each point's status (`pruned` for the pruned); the budget spent."""
-    TS = quiet_optuna().trial.TrialState
-    spent = full = 0
-    for group, pts in study_groups(points).items():
-        name, lrs = f"mmln-{run.sweep_id}-{group}", [p.lr for p in pts]
-        if train:
-            study = halve(name, pts, run, opts, storage)
-        elif (study := existing_study(name, storage, lrs, opts)) is not None:
-            settle(study, trial_points(study, pts, ask=False), run.client)
-        else:
-            continue
-        steps = study.user_attrs.get("rung_steps") or [0]
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        for n, p in trial_points(study, pts, ask=False).items():
-            p.status = "pruned" if trials[n].state == TS.PRUNED else p.status
-            spent += steps[-1] if trials[n].state == TS.COMPLETE else max(trials[n].intermediate_values, default=0)
-        full += steps[-1] * len(pts)
-    return {"halving/steps_spent": spent, "halving/steps_full_grid": full,
-            "halving/budget_fraction": spent / full if full else float("nan")}
+from mmln.sweeps.study import PROXY, RUNG, STATE, Options, decide_rung, grid_trials, quiet_optuna
 
 
 def trial_points(study, pts: list, ask: bool = True) -> dict[int, Any]:
@@ -94,36 +70,6 @@ def alive_at(study, point_of: dict[int, Any], rung: int) -> list[int]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     return [n for n in sorted(point_of) if trials[n].state == TS.RUNNING
             and all(trials[n].user_attrs.get(f"rung{j}") == "promoted" for j in range(rung))]
-
-
-def halve(name: str, pts: list, run: SweepRun, opts: Options, storage: str):
-    """One study: every grid point through the rungs, Optuna pruning between them. Nothing is
-    assumed from an earlier process: each rung's members, reports and decisions are read from the
-    study, and what a kill left half written is completed first (`settle`). Returns the study."""
-    lrs = [p.lr for p in pts]
-    study = load_study(name, storage, lrs, opts, study_min_resource(storage, name))
-    point_of = trial_points(study, pts)
-    settle(study, point_of, run.client)
-    rung = 0
-    while True:
-        steps = study.user_attrs.get("rung_steps")
-        alive = alive_at(study, point_of, rung)
-        if not alive or (steps is not None and rung >= len(steps)):
-            return study
-        for n in alive:  # every live trial reaches the end of this rung (the last rung: the end of the run)
-            advance(study, n, point_of[n], rung, run, opts)
-        if steps is None and (steps := study.user_attrs.get("rung_steps")):  # the first run told the rungs
-            study = load_study(name, storage, lrs, opts, steps[0])  # the async pruner needs the first rung
-        if steps is None or rung >= len(steps) - 1:
-            return study
-        settle(study, point_of, run.client)
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-        waiting = [n for n in alive if f"rung{rung}" not in trials[n].user_attrs]
-        if waiting:  # a point failed before reporting: the rung stays open for a re-run
-            say(f"{name}: rung {rung} undecided, {len(waiting)} of {len(alive)} points without a decision "
-                "(failed ones are listed); run the sweep again to finish them")
-            return study
-        rung += 1
 
 
 def advance(study, n: int, p, rung: int, run: SweepRun, opts: Options) -> None:
@@ -174,12 +120,13 @@ def train_and_score(study, t, p, rung: int, run: SweepRun, opts: Options) -> Non
     run.client.log_metric(p.run_id, PROXY, value, step=steps[rung])
 
 
-def settle(study, point_of: dict[int, Any], client) -> None:
+def settle(study, point_of: dict[int, Any], client, busy=frozenset) -> None:
     """Bring the stores in line with what the study holds, whatever moment a kill interrupted: a
     trial whose decision says pruned is PRUNED; every rung whose live trials have all reported is
     decided (`decide_rung`: the decisions the killed process would have made, from the stored
     proxies); each point's run carries the `halving/state` its trial implies (`run_state`) and every
-    reported proxy as its `halving/proxy` metric."""
+    reported proxy as its `halving/proxy` metric. `busy()`: the trials another worker holds now,
+    read after the trials (their owners log their own proxies; their runs are left alone)."""
     TS = quiet_optuna().trial.TrialState
     steps = study.user_attrs.get("rung_steps")
     if not steps:
@@ -196,9 +143,10 @@ def settle(study, point_of: dict[int, Any], client) -> None:
             p, value = point_of[n], trials[n].intermediate_values[steps[k]]
             say(f"[{p.index}] {p.name}: proxy {value:.6g} at step {steps[k]}: "
                 + ("pruned" if pruned else f"promoted to rung {k + 1}"))
-    for t in study.get_trials(deepcopy=False):
+    trials, held = study.get_trials(deepcopy=False), busy()
+    for t in trials:
         p = point_of.get(t.number)
-        if p is not None and p.run_id and (t.intermediate_values or t.state.is_finished()):
+        if p is not None and t.number not in held and p.run_id and (t.intermediate_values or t.state.is_finished()):
             sync_run(client, p.run_id, run_state(t, steps), t.intermediate_values)
 
 

@@ -25,26 +25,47 @@ def proxy(p, opts: Options, rung: int) -> float:
     return float(scores["metrics"][opts.proxy_metric])
 
 
+def val_data(cfg, ckpt: str):
+    """(model on its device in eval mode, validation dataset, its collate) of the run's config."""
+    from mmln.families import native_family
+
+    if native_family(cfg.model) is not None:  # a native family: its processor's datasets (mmln.lit.datamodule)
+        from transformers import AutoTokenizer
+
+        from mmln.run.build import build_model
+        from mmln.lit.datamodule import MMLNDataModule
+
+        import torch
+
+        dm = MMLNDataModule(cfg, AutoTokenizer.from_pretrained(cfg.model.init_from))
+        dm.setup()
+        mllm = build_model(cfg, ckpt).requires_grad_(False).eval()
+        return mllm.to("cuda" if torch.cuda.is_available() else "cpu"), dm.val_set, dm.collate
+    from mmln.data.dataset import Collator, build_datasets, pad_token_id
+    from mmln.evaluate import load_model
+
+    mllm, tokenizer, _ = load_model(cfg, ckpt)
+    return mllm, build_datasets(cfg, tokenizer, mllm.vision.num_patches)[1], Collator(pad_token_id(tokenizer))
+
+
 def val_loss(cfg, ckpt: str) -> float:
     """Mean loss (per sample) of the checkpoint on the run's validation records (`data.val`)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from mmln.data.dataset import Collator, build_datasets, pad_token_id
-    from mmln.evaluate import load_model
-
-    mllm, tokenizer, _ = load_model(cfg, ckpt)
-    _, val = build_datasets(cfg, tokenizer, mllm.vision.num_patches)
+    mllm, val, collate = val_data(cfg, ckpt)
     if val is None or len(val) == 0:
         raise ConfigError(f"--proxy-metric {VAL_LOSS}: the run has no validation records: set data.val.files "
                           "(held-out LLaVA records; data.val.limit=N for a fixed subset) or another proxy")
     device = next(mllm.parameters()).device
     total = count = 0.0
     with torch.no_grad():
-        for b in DataLoader(val, batch_size=cfg.eval.batch_size, collate_fn=Collator(pad_token_id(tokenizer))):
+        for b in DataLoader(val, batch_size=cfg.eval.batch_size, collate_fn=collate):
             if b["empty"]:
                 continue
-            out = mllm(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device),
-                       b["pixel_values"].to(device))
+            pix = b["pixel_values"]
+            pix = {k: v.to(device) for k, v in pix.items()} if isinstance(pix, dict) else (
+                pix.to(device) if pix is not None else None)
+            out = mllm(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device), pix)
             total, count = total + float(out.loss) * len(b["ids"]), count + len(b["ids"])
     return total / count

@@ -105,7 +105,7 @@ def replay(proxies: dict[float, dict[int, float]], steps: list[int], eta: int, m
 
 
 def _report(study, number: int, value: float, step: int) -> None:
-    """Report a trial's proxy at a rung's step, as `mmln.halving.halve` does."""
+    """Report a trial's proxy at a rung's step, as a worker does (`mmln.sweeps.halving.train_and_score`)."""
     import optuna
 
     trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -162,7 +162,7 @@ def simulate(groups: list[tuple[str, str, list[float]]], workers: int, costs: Co
 
 
 def _finish(study, number: int, value: float) -> None:
-    """A point at the end of its run: the trial is told its final score (NaN: failed), as in `halve`."""
+    """A point at the end of its run: the trial is told its final score (NaN: failed), as in `train_and_score`."""
     import optuna
 
     ok = not math.isnan(value)

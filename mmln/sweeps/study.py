@@ -4,6 +4,7 @@ storage (`load_study`: a GridSampler over the learning rates and the `--halving-
 SuccessiveHalvingPruner), the grid's trials and the pruner's decisions at a rung (`decide_rung`)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,8 @@ class Options:
     proxy_overrides: list[str] = field(default_factory=lambda: ["eval.limit=100"])
     storage: Optional[str] = field(default=None, repr=False)
     rule: str = "sync"
+    heartbeat: float = field(default=30.0, repr=False)  # seconds between a worker's heartbeats
+    heartbeat_timeout: float = field(default=300.0, repr=False)  # a claim unbeaten this long is dead
 
     @property
     def bench(self) -> Optional[str]:
@@ -54,12 +57,31 @@ class Options:
 
 
 def default_storage(uri: str, out_dir: Path) -> str:
-    """`optuna.db` beside a sqlite MLflow store, else in the experiment's output folder."""
+    """The journal file `optuna.journal` in the experiment's output folder (shared by every worker
+    that shares that folder); a sweep begun before journals were the default keeps its `optuna.db`
+    beside a sqlite MLflow store."""
     from mmln.tracking import SQLITE
 
-    folder = Path(uri[len(SQLITE):]).parent if uri.startswith(SQLITE) else out_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+    old = Path(uri[len(SQLITE):]).parent / "optuna.db" if uri.startswith(SQLITE) else None
+    if old is not None and old.is_file():
+        return f"sqlite:///{old.resolve()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return str((out_dir / "optuna.journal").resolve())
+
+
+@functools.lru_cache(maxsize=None)
+def storage_of(spec: Optional[str]):
+    """The Optuna storage `--study-storage` names: an RDB URL (`postgresql://...`, `sqlite:///...`)
+    or a journal file's path (`optuna.storages.JournalStorage` over a `JournalFileBackend`, whose
+    lock works on a shared file system); None: in memory. One object per process."""
+    if spec is None:
+        return None
+    optuna = quiet_optuna()
+    if "://" in spec:
+        return optuna.storages.get_storage(spec)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
 
 
 def study_groups(points: list) -> dict[str, list]:
@@ -101,7 +123,7 @@ def load_study(name: str, storage: str, lrs: list[float], opts: Options, min_res
     else:
         pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=opts.eta)
                   if min_resource else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=opts.direction,
+    return optuna.create_study(study_name=name, storage=storage_of(storage), load_if_exists=True, direction=opts.direction,
                                sampler=grid_sampler(lrs), pruner=pruner)
 
 
@@ -170,7 +192,7 @@ def study_min_resource(storage: str, name: str) -> Optional[int]:
     """The first rung's step, once a run has told the study its length."""
     optuna = quiet_optuna()
     try:
-        steps = optuna.load_study(study_name=name, storage=storage).user_attrs.get("rung_steps")
+        steps = optuna.load_study(study_name=name, storage=storage_of(storage)).user_attrs.get("rung_steps")
     except KeyError:  # no such study yet
         return None
     return steps[0] if steps else None
@@ -178,6 +200,6 @@ def study_min_resource(storage: str, name: str) -> Optional[int]:
 
 def existing_study(name: str, storage: str, lrs: list[float], opts: Options):
     """The study `name` when an earlier sweep created it, else None."""
-    if name not in quiet_optuna().get_all_study_names(storage):
+    if name not in quiet_optuna().get_all_study_names(storage_of(storage)):
         return None
     return load_study(name, storage, lrs, opts, study_min_resource(storage, name))
