@@ -1,5 +1,5 @@
 """Why a busy machine slows the demo far more than its fair share: one demo stage's training step
-(the stand-in vision tower's, `mmln.demo_pretrain.pretrain_vision_encoder`: a tiny CLIP ViT and its
+(the stand-in vision tower's, `mmln.demo.pretrain.pretrain_vision_encoder`: a tiny CLIP ViT and its
 linear head, batch 64, AdamW) timed under a fixed background load of `--busy` processes that spin
 (`python -c 'while 1: pass'`), for each thread setting, interleaved round by round so a drifting
 machine load hits every setting alike.
@@ -39,7 +39,7 @@ def child(steps: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from mmln.config import load_config
-    from mmln.demo_pretrain import CONF
+    from mmln.demo.pretrain import CONF
     from mmln.model.vision import VisionEncoder, _hf_clip_config
 
     torch.manual_seed(0)

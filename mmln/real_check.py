@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e if isinstance(e, FileNotFoundError) else f'scikit-image is missing: {INSTALL}'}", file=sys.stderr)
         return 2
     from mmln.config import load_config
-    from mmln.demo import demo_dir, make_data
-    from mmln.demo_pretrain import CONF, pretrain_vision_encoder, say
+    from mmln.demo.pretrain import CONF, pretrain_vision_encoder, say
+    from mmln.demo.stages import demo_dir, make_data
     from mmln.evaluate import evaluate
     from mmln.fit import fit
 

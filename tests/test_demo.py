@@ -39,9 +39,14 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
     client = MlflowClient(f"sqlite:///{db}")
     every = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
              if r.data.tags.get("stage")]
-    by_strategy = {r.data.params["tune.strategy"]: r for r in every if r.data.tags["stage"] == "instruct"}
-    assert set(by_strategy) == {"layernorm", "layernorm_simple", "lora", "finetune"}  # --compare
-    runs = {"pretrain": next(r for r in every if r.data.tags["stage"] == "pretrain"), "instruct": by_strategy["layernorm"]}
+    # stage 2 (layernorm at the recipe's lr) and --compare's runs, one per strategy at its COMPARE lr
+    by_point = {(r.data.params["tune.strategy"], float(r.data.params["train.lr"])): r
+                for r in every if r.data.tags["stage"] == "instruct"}
+    from mmln.demo.compare import COMPARE
+
+    assert set(by_point) == {("layernorm", 3e-3), *COMPARE.items()}, set(by_point)
+    runs = {"pretrain": next(r for r in every if r.data.tags["stage"] == "pretrain"),
+            "instruct": by_point[("layernorm", 3e-3)]}
     stage2 = runs["instruct"]
     assert stage2.info.status == "FINISHED"
     assert stage2.data.metrics["eval/pope_random_accuracy"] == pytest.approx(tuned["eval/pope_random_accuracy"])
@@ -49,13 +54,14 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
 
     # --compare: one row per strategy, trained from the same connector, each row from its own run
     compared = rows["comparison"]
-    assert set(compared) == set(by_strategy)
+    assert set(compared) == set(COMPARE) and all(compared[k]["lr"] == lr for k, lr in COMPARE.items())
     share = {k: r["trainable %"] for k, r in compared.items()}
     assert share["layernorm_simple"] < share["layernorm"] < share["finetune"], share
     for k, r in compared.items():
-        assert by_strategy[k].info.status == "FINISHED"
-        assert r["eval/pope_random_accuracy"] == pytest.approx(by_strategy[k].data.metrics["eval/pope_random_accuracy"])
-        assert r["layer sim"] == pytest.approx(by_strategy[k].data.metrics["analysis/layer_similarity"])
+        run = by_point[(k, r["lr"])]
+        assert run.info.status == "FINISHED"
+        assert r["eval/pope_random_accuracy"] == pytest.approx(run.data.metrics["eval/pope_random_accuracy"])
+        assert r["layer sim"] == pytest.approx(run.data.metrics["analysis/layer_similarity"])
     assert "LN grad var" not in compared["lora"] and "LN grad var" in compared["finetune"]  # frozen norms: none
     assert stage2.data.params["tune.strategy"] == "layernorm"
     for stage, run in runs.items():

@@ -78,7 +78,7 @@ def test_table6_target_at_tiny_scale_writes_the_report_and_its_figures(tmp_path)
 def test_demo_prepare_only_reuses_what_the_demo_dir_caches(tmp_path, capsys, monkeypatch):
     """`python -m mmln.demo --prepare-only` (xp-prep's first step) keeps a demo dir another recipe
     built, here one with no `RECIPE` marker, instead of deleting it as a full demo run would."""
-    from mmln import demo
+    from mmln.demo import __main__ as demo
 
     root = stand_in_demo_dir(tmp_path / "demo")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))

@@ -87,7 +87,7 @@ LAYERS = [
     ("models", ["mmln.model", "mmln.formats", "mmln.eval", "mmln.analysis"]),
     ("training", ["mmln.lit", "mmln.callbacks", "mmln.run"]),
     ("commands", ["mmln.fit", "mmln.evaluate", "mmln.params", "mmln.plan", "mmln.predict", "mmln.export",
-                  "mmln.analyze", "mmln.score", "mmln.api", "mmln.demo_pretrain",
+                  "mmln.analyze", "mmln.score", "mmln.api",
                   "mmln.data.__main__", "mmln.data.synth", "mmln.ui"]),
     ("experiments", ["mmln.sweeps", "mmln.sweep", "mmln.halving", "mmln.report", "mmln.demo", "mmln.real_check"]),
 ]
@@ -205,7 +205,7 @@ def test_imports_follow_the_layer_order():
 COMMANDS = {"fit", "evaluate", "score", "params", "plan", "predict", "export", "analyze", "ui", "sweep",
             "real_check"}
 FLAT_NON_COMMANDS = {"__init__", "api", "halving"}  # the package, `mmln.load`'s API, halving's old import path
-BEING_MOVED_BY_OTHER_BRANCHES = {"demo", "demo_pretrain"}  # -> packages (issue 24 item 6; report, tracking: done)
+BEING_MOVED_BY_OTHER_BRANCHES: set[str] = set()  # -> packages (issue 24 item 6; report, tracking, demo: done)
 
 
 def test_the_flat_modules_of_mmln_are_the_commands_and_the_api():

@@ -78,7 +78,7 @@ def test_synth_counts_every_image_it_writes_and_check_counts_batches(tmp_path, t
 
 
 def test_heartbeat_prints_while_the_block_runs_and_stops_after(capsys):
-    from mmln.demo import heartbeat
+    from mmln.demo.stages import heartbeat
 
     with heartbeat("stage 2", every=0.05):
         time.sleep(0.32)
@@ -95,7 +95,7 @@ def test_heartbeat_names_the_training_step_and_an_eta_during_a_real_lightning_fi
 
     from mmln.base import progress
     from mmln.callbacks.progress import StepCounter
-    from mmln.demo import heartbeat
+    from mmln.demo.stages import heartbeat
 
     seen = []
 
@@ -117,7 +117,7 @@ def test_heartbeat_names_the_training_step_and_an_eta_during_a_real_lightning_fi
 def test_a_demo_pretraining_loop_says_step_k_of_n_and_eta_when_steps_are_slow(monkeypatch, capsys):
     import torch
 
-    from mmln import demo_pretrain
+    from mmln.demo import pretrain as demo_pretrain
 
     monkeypatch.setattr(demo_pretrain, "HEARTBEAT_S", 0.05)
     w = torch.nn.Parameter(torch.ones(3))

@@ -81,7 +81,7 @@ def test_importing_mmln_makes_openmp_threads_sleep_not_spin_unless_the_user_chos
 
 
 def test_the_demos_verdict_names_exactly_the_benchmarks_it_beats():
-    from mmln.demo import judge
+    from mmln.demo.tables import judge
 
     chance = {"eval/mme_perception": 750.0, "eval/mme_cognition": 300.0, "eval/pope_random_accuracy": 50.0}
     untuned = {"eval/mme_perception": 545.0, "eval/mme_cognition": 196.7, "eval/coco_cider": 49.8,

@@ -11,9 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "mmln"
 MODULE_LINES, FUNCTION_LINES = 400, 60
 
 # what was over a limit when this test was written (lines); shrink it, never grow it
-DEBT = {
-    "demo.py::main": 84,
-}
+DEBT: dict[str, int] = {}
 
 
 def sizes(root: Path = ROOT) -> dict[str, tuple[int, int]]:

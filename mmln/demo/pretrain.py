@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "demo"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "demo"
 HEARTBEAT_S = 30.0  # the longest a demo stage stays silent: a line with step k/n and an ETA at least this often
 
 
