@@ -205,13 +205,12 @@ def test_imports_follow_the_layer_order():
 COMMANDS = {"fit", "evaluate", "score", "params", "plan", "predict", "export", "analyze", "ui", "sweep",
             "real_check"}
 FLAT_NON_COMMANDS = {"__init__", "api", "halving"}  # the package, `mmln.load`'s API, halving's old import path
-BEING_MOVED_BY_OTHER_BRANCHES: set[str] = set()  # -> packages (issue 24 item 6; report, tracking, demo: done)
 
 
 def test_the_flat_modules_of_mmln_are_the_commands_and_the_api():
     flat = {p.stem for p in (ROOT / "mmln").glob("*.py")}
-    assert flat - BEING_MOVED_BY_OTHER_BRANCHES == COMMANDS | FLAT_NON_COMMANDS, (
-        f"library modules flat in mmln/: {sorted(flat - COMMANDS - FLAT_NON_COMMANDS - BEING_MOVED_BY_OTHER_BRANCHES)} "
+    assert flat == COMMANDS | FLAT_NON_COMMANDS, (
+        f"library modules flat in mmln/: {sorted(flat - COMMANDS - FLAT_NON_COMMANDS)} "
         f"(move each into its layer's folder); commands missing: {sorted((COMMANDS | FLAT_NON_COMMANDS) - flat)}")
     for name in COMMANDS:  # each runs as `python -m mmln.<name>`
         tree = ast.parse((ROOT / "mmln" / f"{name}.py").read_text())
