@@ -24,7 +24,7 @@ from PIL import Image
 
 from mmln.data.images import load_image
 from mmln.data.processor import turn_messages
-from mmln.eval.runner import Decoding, Query, data_parallel, unsort
+from mmln.eval.runner import Decoding, Query, data_parallel, eval_autocast, eval_bar, unsort
 
 
 def end_of_turn_ids(processor) -> list[int]:
@@ -99,19 +99,10 @@ class FamilyRunner:
         return order, out
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        device = next(self.mllm.parameters()).device
-        if device.type == "cuda" and next(self.mllm.vision.parameters()).dtype == torch.bfloat16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return eval_autocast(self.mllm, next(self.mllm.vision.parameters()).dtype)
 
     def _bar(self, batches: list):
-        import torch.distributed as dist
-
-        if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
-            return batches
-        from mmln.base.progress import bar
-
-        return bar(batches, total=len(batches), desc=self.desc, unit="batch")
+        return eval_bar(batches, self.desc)
 
     @torch.no_grad()
     def generate_ids(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:

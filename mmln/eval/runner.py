@@ -123,19 +123,10 @@ class Runner:
         return order, loader
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 frozen weights with fp32 tuned tensors (norms keep their small updates): autocast."""
-        device = next(self.mllm.parameters()).device
-        if device.type == "cuda" and self.mllm.vision.dtype == torch.bfloat16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return eval_autocast(self.mllm, self.mllm.vision.dtype)
 
     def _bar(self, loader: DataLoader):
-        """Batches with a progress bar (rate, ETA) named `desc`, on rank 0 only; the bare loader otherwise."""
-        if not self.desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
-            return loader
-        from mmln.base.progress import bar
-
-        return bar(loader, total=len(loader), desc=self.desc, unit="batch")
+        return eval_bar(loader, self.desc)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         device = next(self.mllm.parameters()).device
@@ -244,3 +235,20 @@ def unsort(order: list[int], values: list[Any]) -> list[Any]:
     for i, v in zip(order, values, strict=True):
         out[i] = v
     return out
+
+
+def eval_autocast(mllm, vision_dtype) -> contextlib.AbstractContextManager:
+    """bf16 frozen weights with fp32 tuned tensors (norms keep their small updates): autocast on CUDA
+    when the vision tower is bf16; nothing otherwise. Shared by both runners."""
+    if next(mllm.parameters()).device.type == "cuda" and vision_dtype == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def eval_bar(batches, desc: str):
+    """`batches` with a progress bar (rate, ETA) named `desc`, on rank 0 only; the bare batches otherwise."""
+    if not desc or (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
+        return batches
+    from mmln.base.progress import bar
+
+    return bar(batches, total=len(batches), desc=desc, unit="batch")
