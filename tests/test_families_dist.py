@@ -91,7 +91,8 @@ def test_chunked_loss_gradients_equal_the_full_logits_loss_on_a_family(family_di
     assert g0 and g0.keys() == g1.keys()
     assert torch.allclose(full, chunked, atol=1e-6, rtol=1e-5)
     for k in g0:
-        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), (k, (g0[k] - g1[k]).abs().max())
+        # fp32 sums in another order: equal to ~1e-6 of the gradient's scale (a wrong chunk is off by O(1))
+        assert (g0[k] - g1[k]).abs().max() <= 1e-5 * g0[k].abs().max() + 1e-7, (k, (g0[k] - g1[k]).abs().max())
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
