@@ -141,3 +141,21 @@ def test_a_quiet_gguf_load_prints_no_progress_bar(tok_dirs, tmp_path):  # noqa: 
         out[name] = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert any("Converting and de-quantizing" in line for line in out["loud"]), out["loud"]
     assert out["quiet"] == [] and out["quiet, imported first"] == [], out
+
+
+@pytest.mark.parametrize("quiet", ["1", "0"])
+def test_quiet_drops_the_java_tokenizers_line_and_keeps_everything_else(quiet):
+    """The PTB tokenizer (Java, a child process) writes "PTBTokenizer tokenized N tokens at ..." to the
+    stderr it inherits: under MMLN_QUIET=1 that line is dropped, other child output is kept."""
+    code = ("import subprocess, sys\n"
+            "from mmln.base.progress import quiet_child_stderr\n"
+            "from mmln.eval.caption import ptb_tokenize\n"
+            "print(ptb_tokenize({1: ['A red cat.']}))\n"
+            "with quiet_child_stderr('PTBTokenizer tokenized'):\n"
+            "    subprocess.run(['sh', '-c', 'echo kept line >&2'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**quiet_env(), "MMLN_QUIET": quiet},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "['a', 'red', 'cat']" in out.stdout.replace('"', "'") or "a red cat" in out.stdout, out.stdout
+    assert ("PTBTokenizer tokenized" in out.stderr) == (quiet == "0"), out.stderr
+    assert "kept line" in out.stderr

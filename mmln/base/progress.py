@@ -5,9 +5,11 @@ check` (records); training shows Lightning's own bar, the sweep prints `point k/
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Iterable, Optional
+import tempfile
+from typing import Any, Iterable, Iterator, Optional
 
 
 # The training run in progress in this process, `{"done": optimizer steps, "total": steps, "t0": time}`:
@@ -89,6 +91,32 @@ def quiet_tqdm() -> None:
     gguf_module = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
     if gguf_module is not None:
         gguf_module.tqdm = tqdm.auto.tqdm
+
+
+@contextlib.contextmanager
+def quiet_child_stderr(chatter: str) -> Iterator[None]:
+    """Under MMLN_QUIET=1, lines starting with `chatter` that a child process writes to the inherited
+    stderr inside this block are dropped (the Java PTB tokenizer's "PTBTokenizer tokenized N tokens at
+    ..."); every other line is passed on when the block ends, also when it raises. A no-op otherwise."""
+    if not quiet():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith(chatter))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 class _ErrorsOnly:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mmln.eval.profiles import check_profile
 from mmln.base.io import read_json, read_results, write_results
+from mmln.base.progress import quiet_child_stderr
 
 # Characters the Java tokenizer treats as line ends although Python's wrapper only replaces "\n":
 # left in, they shift every later caption onto the wrong image. Replaced by spaces beforehand.
@@ -59,7 +60,8 @@ def ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, l
     }
     out: dict[Hashable, list[str]] = {key: [] for key in captions}
     if payload:
-        out.update(PTBTokenizer().tokenize(payload))
+        with quiet_child_stderr("PTBTokenizer tokenized"):
+            out.update(PTBTokenizer().tokenize(payload))
     for key, caps in captions.items():
         if len(out[key]) != len(caps):
             raise RuntimeError(f"PTB tokenizer returned {len(out[key])} captions for {key!r}, expected {len(caps)}")
