@@ -84,3 +84,19 @@ def test_the_comparison_table_prints_each_lr_as_chosen():
     text = comparison_table({s: {"lr": lr} for s, lr in COMPARE.items()})
     for s, lr in COMPARE.items():
         assert next(line for line in text.splitlines() if line.startswith(s + " ")).split()[1] == f"{lr:g}", text
+
+
+def test_a_demo_dir_without_the_recipe_marker_is_refused_and_nothing_deleted(tmp_path, capsys):
+    """Folders named like the demo's caches but without its RECIPE marker are the user's: one line, exit 2,
+    nothing deleted; with a marker of another recipe they are the demo's own and are rebuilt."""
+    from mmln.demo.stages import check_recipe
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        check_recipe(tmp_path, "2")
+    assert exit_.value.code == 2 and (tmp_path / "data" / "mine.json").is_file()
+    assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "RECIPE").write_text("1\n")
+    check_recipe(tmp_path, "2")
+    assert not (tmp_path / "data").exists() and (tmp_path / "RECIPE").read_text() == "2\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,10 +28,15 @@ def demo_dir() -> Path:
 
 
 def check_recipe(root: Path, recipe: str) -> None:
-    """Caches built by another recipe (an older demo, or --quick vs full) are deleted, not reused."""
+    """Caches built by another recipe (an older demo, or --quick vs full) are deleted, not reused. Without
+    the `RECIPE` marker the demo did not make them: refused in one line (exit 2), nothing deleted."""
     marker = root / "RECIPE"
     built = marker.read_text().strip() if marker.is_file() else None
     stale = [d for d in CACHES if (root / d).exists()]
+    if built is None and stale:
+        print(f"{root} holds {', '.join(stale)} but no RECIPE marker, so the demo did not write them: set "
+              "MMLN_DEMO_DIR to an empty or demo-made folder (nothing was deleted)", file=sys.stderr)
+        raise SystemExit(2)
     if built != recipe and stale:
         say(f"{root} holds {', '.join(stale)} built by demo recipe {built or '(unknown)'}, not {recipe}: rebuilding")
         for d in stale:
