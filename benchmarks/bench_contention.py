@@ -8,7 +8,8 @@ machine load hits every setting alike.
 
 Settings: `default` (torch's intra-op threads = the cores it sees, OpenMP's default wait policy),
 `threads1` (one intra-op thread), `passive` (OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of
-spinning), `passive1` (both). Prints one JSON line per
+spinning), `passive1` (both), `spin10k` / `spin1k` (libgomp's GOMP_SPINCOUNT: spin that many rounds
+before sleeping; its default is 300k, a fraction of a millisecond). Prints one JSON line per
 setting: median seconds per step and every round's figure, plus the machine's core count and load.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ SETTINGS = {
     "threads1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "passive1": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},  # libgomp: spin 10k rounds (default 300k), then sleep
+    "spin1k": {"GOMP_SPINCOUNT": "1000"},
 }
 
 
@@ -40,11 +43,11 @@ def child(steps: int) -> None:
     sys.path.insert(0, str(ROOT))
     from mmln.config import load_config
     from mmln.demo.pretrain import CONF
-    from mmln.model.vision import VisionEncoder, _hf_clip_config
+    from mmln.model.vision import VisionEncoder, hf_clip_config
 
     torch.manual_seed(0)
     vcfg = load_config(CONF / "base.yaml", ["model.vision.path=null"]).model.vision
-    backbone = CLIPVisionModel(_hf_clip_config(vcfg))
+    backbone = CLIPVisionModel(hf_clip_config(vcfg))
     n = VisionEncoder(vcfg, backbone).num_patches
     head = torch.nn.Linear(n * vcfg.hidden_size, 64)
     x = torch.randn(256, 3, vcfg.image_size, vcfg.image_size)
@@ -84,7 +87,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for c in args.configs:
                 env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                                         "OMP_WAIT_POLICY")}
+                                                                         "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
                 out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps)],
                                      env={**env, **SETTINGS[c]}, capture_output=True, text=True, check=True)
                 results[c].append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -183,7 +183,6 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
 
     from mmln.run.build import build_model
     from mmln.data import BadSampleLog
-    from mmln.families import native_family
     from mmln.data.templates import missing_chat_template
     from mmln.lit.datamodule import MMLNDataModule
     from mmln.lit.module import module_for
@@ -194,10 +193,6 @@ def build_parts(cfg, plan: RunPlan, stop_at: Optional[Callable[[int], int]]) -> 
     tokenizer = load_tokenizer(cfg.model.llm)
     if problem := missing_chat_template(cfg.data.template, tokenizer):
         raise ConfigError(problem)  # before any model is built, not from the first batch
-    if cfg.train.strategy == "fsdp2" and (family := native_family(cfg.model)) is not None:
-        raise ConfigError(f"train.strategy=fsdp2 is not supported for model family {family.name!r} (a rank whose "
-                          "micro-batch has no image skips the vision unit's collectives and the ranks hang): "
-                          "use train.strategy=ddp")
     mllm = build_model(cfg)  # seeds train.seed again, as every command that rebuilds this model does
     counts = count_params(mllm)
     dm = MMLNDataModule(cfg, tokenizer, num_image_tokens=getattr(mllm.vision, "num_patches", None))
@@ -351,6 +346,24 @@ def write_outputs(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker,
     return metrics
 
 
+def error_line(e: BaseException) -> Optional[tuple[str, int]]:
+    """(the one line, the exit code) for an error a user can act on: bad input (2; no traceback: the line
+    names it), a non-finite loss or an unreachable tracking server (1), a full disk (2: the run is FAILED
+    with it, and resumable). None for anything else: a bug, whose traceback is shown."""
+    if isinstance(e, (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError, OutputError)):
+        return f"error: {e}", 2
+    from mmln.data.dataset import BadSampleError  # these errors live with torch-importing modules
+    from mmln.data.records import DataError
+    from mmln.lit.safety import NonFiniteError
+    from mmln.tracking import TrackingUnreachable
+
+    if isinstance(e, (NonFiniteError, TrackingUnreachable)):
+        return f"error: {e}", 1
+    if (full := as_disk_full(e)) is not None or isinstance(e, (DataError, BadSampleError)):
+        return f"error: {full or e}", 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.fit", description="Train one mmln run from a config.")
     ap.add_argument("--config", required=True, help="run config YAML, e.g. conf/vicuna7b_ln.yaml")
@@ -359,21 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, require=("model", "data", "resume"))
         result = fit(cfg, args.config)
-    except (ConfigError, MissingWeightsError, FileNotFoundError, CheckpointError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)  # bad input: the one line that names it, no traceback
-        return 2
-    except Exception as e:  # these errors live with torch-importing modules: imported only now
-        from mmln.data.dataset import BadSampleError
-        from mmln.data.records import DataError
-        from mmln.lit.safety import NonFiniteError
-        from mmln.tracking import TrackingUnreachable
-        if isinstance(e, (NonFiniteError, TrackingUnreachable)):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        if (full := as_disk_full(e)) is None and not isinstance(e, (DataError, BadSampleError)):
+    except Exception as e:
+        if (said := error_line(e)) is None:
             raise
-        print(f"error: {full or e}", file=sys.stderr)  # a full disk: the run is FAILED with it, and resumable
-        return 2
+        print(said[0], file=sys.stderr)
+        return said[1]
     except KeyboardInterrupt as e:
         from mmln.lit.safety import RunInterrupted
 

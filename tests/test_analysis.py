@@ -330,3 +330,24 @@ def test_analysis_callbacks_factory_follows_the_config(tmp_path):
     assert cbs[0].out_dir == tmp_path / "analysis" and cbs[0].every == 10
     assert analysis_callbacks(tiny_config("analysis.grad_every_n_steps=0", "analysis.similarity=false"), tmp_path) == []
     json.dumps(cbs[0].norms)  # plain list, not a ListConfig
+
+
+def test_gradient_callback_warns_of_a_missing_norm_but_not_of_norms_a_strategy_freezes(tmp_path):
+    """LoRA freezes every norm: nothing to record is no news (the quiet demo and sweeps printed a
+    'skipping 3 of the configured norms' warning for every LoRA run); a norm the model lacks is."""
+    import types
+    import warnings
+
+    from mmln.callbacks.analysis import LayerNormGradients
+
+    _, mllm = _model("tune.strategy=lora")
+    trainer = types.SimpleNamespace(global_step=0)
+    module = types.SimpleNamespace(mllm=mllm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb = LayerNormGradients(["layers.0.input_layernorm", "layers.1.post_attention_layernorm"], every_n_steps=1)
+        cb.on_train_start(trainer, module)
+    assert cb.params == {}
+    cb = LayerNormGradients(["layers.0.input_layernorm", "layers.20.input_layernorm"], every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"not in this model: \['layers.20.input_layernorm'\]"):
+        cb.on_train_start(trainer, module)

@@ -200,8 +200,11 @@ def test_vision_norms_train_with_their_own_lr(family_dirs, family):
     ("gemma3_4b", 4_300_079_472, 34 * (4 * 2560 + 2 * 256) + 2560),  # 4 block norms + q/k norms (head_dim 256)
 ])
 def test_presets_count_real_sizes_from_config_json_alone(preset, total, norms):
-    """Totals are the published parameter counts of Qwen2.5-VL-7B-Instruct, SmolVLM-Instruct,
-    llava-onevision-qwen2-7b-ov-hf and gemma-3-4b-it; norms from the configs' shapes."""
+    """Totals: Qwen2.5-VL-7B-Instruct's and gemma-3-4b-it's equal their published exact counts (the Hub's
+    `numParameters`, 8,292,166,656; KerasHub's gemma3 preset metadata and scripts asserting
+    `sum(p.numel())` of Gemma3ForConditionalGeneration, 4,300,079,472). SmolVLM-Instruct's and
+    llava-onevision-qwen2-7b-ov-hf's are the transformers class built from their public config.json
+    on the meta device (no published exact count was found to check them against). Norms: the configs' shapes."""
     out = subprocess.run([sys.executable, "-m", "mmln.params", "--config", f"conf/{preset}_ln.yaml", "--strategy",
                           "all", "--json"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -80,6 +80,20 @@ def test_importing_mmln_makes_openmp_threads_sleep_not_spin_unless_the_user_chos
     assert kept.strip() == "ACTIVE"
 
 
+def test_the_contention_benchmark_still_runs_every_setting():
+    """benchmarks/bench_contention.py is the evidence behind the default above; a rename in mmln broke it
+    once without any test noticing (1 step per setting, no busy processes: seconds)."""
+    import json
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_contention.py"), "--busy", "0", "--steps", "1",
+                           "--rounds", "1"], cwd=ROOT, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [r["setting"] for r in rows] == ["default", "threads1", "passive", "passive1", "spin10k", "spin1k"]
+    assert all(r["median_s_per_step"] > 0 for r in rows)
+    assert rows[1]["threads"] == rows[3]["threads"] == 1
+
+
 def test_the_demos_verdict_names_exactly_the_benchmarks_it_beats():
     from mmln.demo.tables import judge
 

@@ -85,3 +85,27 @@ def test_two_concurrent_sweeps_of_one_config_train_each_point_once(world, tmp_pa
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
         assert sorted(steps) == sorted(set(steps)) and len(steps) == 3, steps  # max_steps=3, each once
         assert set(r.data.tags["sweeps"].split(",")) == {p.data.tags["sweep_id"] for p in parents}  # both sweeps
+
+
+def test_sigterm_stops_a_sweep_in_one_line_and_marks_it_killed(world, tmp_path):
+    """A real SIGTERM to `python -m mmln.sweep` while its first point trains (as SLURM sends before a
+    preemption): the point saves a resumable checkpoint, the sweep prints one `stopped:` line and no
+    traceback, exits 128 + SIGTERM, and both the point's run and the sweep's parent run are KILLED."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    proc = start(sweep_args(world, db) + ["train.max_steps=60"], tmp_path)
+    deadline = time.time() + 600
+    while not list((tmp_path / "outputs").glob("**/checkpoints/last.ckpt")) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stopped = [x for x in err.splitlines() if "stopped" in x]
+    assert len(stopped) == 1 and "SIGTERM received: checkpoint saved at step" in stopped[0], err[-3000:]
+    statuses = sorted(r.info.status for r in child_runs(MlflowClient(f"sqlite:///{db}")).values())
+    assert statuses.count("KILLED") == 2 and "RUNNING" not in statuses, statuses

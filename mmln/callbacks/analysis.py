@@ -100,7 +100,7 @@ class LayerNormGradients(Callback):
         params, missing = resolve_params(llm_decoder(pl_module.mllm), self.norms)
         self.params = {n: p for n, p in params.items() if p.requires_grad}
         frozen = [n for n, p in params.items() if not p.requires_grad]
-        if missing or frozen:
+        if missing:  # a configured norm this model lacks; a frozen one (lora, attn_qv, ...) has no gradient to record
             rank_zero_warn(f"LayerNorm gradients: skipping {len(missing) + len(frozen)} of the configured norms "
                            f"(not in this model: {missing}; not trained by this strategy: {frozen}); "
                            f"recording {sorted(self.params)}")

@@ -182,6 +182,16 @@ class ProcessorDataset(LlavaDataset):
             return bad.reason, bad.detail, False
         return None, "", False
 
+    def blank_image_inputs(self, size: int = 64) -> dict[str, torch.Tensor]:
+        """The processor's image outputs (pixel_values, image_grid_thw, ...) for one blank image: what
+        `train.strategy=fsdp2` runs through the vision unit on a micro-batch without images, so that
+        every rank takes part in its collectives (`NativeVLM.forward`, `blank_image`)."""
+        from PIL import Image
+
+        messages, _ = record_messages([{"from": "human", "value": f"{IMAGE}\n?"}, {"from": "gpt", "value": "."}])
+        out = self.run_processor(self.render(messages), [Image.new("RGB", (size, size))])
+        return {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask", *self.text_aligned)}
+
     def lengths(self) -> list[int]:
         """Every sample's length after the processor's image expansion (images decoded: exact, slower
         than LLaVA's text-only count); a bad record counts 0."""
@@ -204,8 +214,9 @@ class ProcessorCollator:
     concatenates every other processor output along its first dimension, zero-padding the other
     dimensions to the batch's largest (as the processor pads a batch it is given whole)."""
 
-    def __init__(self, pad_token_id: int, text_aligned: Sequence[str] = ()):
+    def __init__(self, pad_token_id: int, text_aligned: Sequence[str] = (), blank_image: Optional[dict] = None):
         self.base, self.text_aligned = Collator(pad_token_id), tuple(text_aligned)
+        self.blank_image = blank_image  # fsdp2: a blank image's inputs for a batch without images
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "bad" not in s]
@@ -226,4 +237,6 @@ class ProcessorCollator:
             shape = [max(p.shape[d] for p in parts) for d in range(parts[0].dim())]
             out[k] = torch.cat([_pad_to(p, [p.shape[0], *shape[1:]]) for p in parts])
         batch["pixel_values"] = out or None
+        if self.blank_image is not None and "pixel_values" not in out:
+            batch["blank_image"] = self.blank_image
         return batch

@@ -45,10 +45,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        return run(args)
+    except Exception as e:  # bad input (e.g. a demo dir copied from elsewhere): one line, as mmln.fit says it
+        from mmln.fit import error_line
+
+        if (said := error_line(e)) is None:
+            raise
+        print(f"mmln.demo: {said[0]}", file=sys.stderr)
+        return said[1]
+
+
+def run(args: argparse.Namespace) -> int:
     from mmln.demo.compare import compare, print_comparison
     from mmln.demo.tables import judge, table
 
-    args, t_start = parse(argv), time.time()
+    t_start = time.time()
     root = prepare_dir(args.quick, args.fresh, args.prepare_only)
     setup_env()
     make_data(root, args.quick)

@@ -98,11 +98,14 @@ class MMLNDataModule(L.LightningDataModule):
         if family is None:
             return None
         processor = AutoProcessor.from_pretrained(self.cfg.model.init_from)
-        self.collate = ProcessorCollator(pad_token_id(processor.tokenizer), family.text_aligned)
         kw = dict(text_aligned=family.text_aligned, max_length=self.cfg.model.max_length,
                   on_bad_sample=self.cfg.data.on_bad_sample)
         train, val = load_train_val(self.cfg.data)
-        return ProcessorDataset(train, processor, **kw), (ProcessorDataset(val, processor, **kw) if val else None)
+        train_set = ProcessorDataset(train, processor, **kw)
+        # fsdp2: every rank runs the vision unit on every micro-batch (a blank image where it has none)
+        blank = train_set.blank_image_inputs() if self.cfg.train.strategy == "fsdp2" else None
+        self.collate = ProcessorCollator(pad_token_id(processor.tokenizer), family.text_aligned, blank)
+        return train_set, (ProcessorDataset(val, processor, **kw) if val else None)
 
     def _world(self) -> int:
         if self.world_size is not None:

@@ -63,6 +63,25 @@ def fsdp2_module(cls):
             bf16 = str(self.trainer.precision).startswith("bf16")
             shard_mllm(self.mllm, self.device_mesh["data_parallel"], bf16)
 
+        def on_train_batch_start(self, batch, batch_idx):
+            super().on_train_batch_start(batch, batch_idx)
+            px = batch.get("pixel_values") if isinstance(batch, dict) else None
+            self._saw_image = getattr(self, "_saw_image", False) or (isinstance(px, dict) and "pixel_values" in px)
+
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            if getattr(self.mllm, "family", None) is None:
+                return  # mmln's LLaVA assembly runs its vision unit on every micro-batch
+            # a native family's blank image gave the image path's trainables a 0 gradient on every rank;
+            # when no rank saw a real image this step they had none, as in one process (or DDP, which
+            # leaves a globally unused parameter's grad None): AdamW then skips them, not decays them
+            seen = torch.tensor([float(getattr(self, "_saw_image", False))], device=self.device)
+            torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+            self._saw_image = False
+            if seen.item() == 0:
+                for p in (*self.mllm.vision.parameters(), *self.mllm.connector.parameters()):
+                    p.grad = None
+
         def on_train_end(self):
             from torch.distributed.fsdp import FSDPModule
 

@@ -73,8 +73,9 @@ class MLLMModule(L.LightningModule):
         return batch
 
     def forward(self, batch):
+        blank = {"blank_image": batch["blank_image"]} if batch.get("blank_image") is not None else {}
         return self.mllm(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"],
-                         host=batch.get("host"))
+                         host=batch.get("host"), **blank)
 
     def training_step(self, batch, batch_idx):
         if self.bad_log is not None and batch.get("bad"):

@@ -276,10 +276,12 @@ def execute(args, points: list[Point], base, halving, experiment: str, uri: str,
         final_failed = run_final_benches(best, run.client, args.final_bench)
         if run.parent_id:
             log_summary(run.client, run.parent_id, points, best, args.select_metric)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (a point's fit saved a resumable checkpoint first)
         if run.parent_id and whole:
             run.client.end(run.parent_id, "KILLED")
-        raise
+        print(f"mmln.sweep: stopped: {e or 'interrupted'}; the same sweep command continues where it stopped",
+              file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)  # what a shell reports for a process ended by that signal
     return finish(points, best, final_failed, run, header, outputs_line(points, run, experiment, uri))
 
 

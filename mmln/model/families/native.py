@@ -120,9 +120,22 @@ class NativeVLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, pixel_values: Optional[dict] = None,
-                image_features=None, host=None) -> MLLMOutput:
+                image_features=None, host=None, blank_image: Optional[dict] = None) -> MLLMOutput:
         """`pixel_values`: the processor's other outputs for the batch (pixel_values, image_grid_thw,
-        token_type_ids, ...) as a dict, or None for a text-only batch."""
+        token_type_ids, ...) as a dict, or None for a text-only batch. `blank_image` (fsdp2, a batch
+        without images): a blank image's inputs, run through the vision tower and projector and added
+        to the loss times 0, so this rank joins the vision unit's all-gathers and gradient
+        reduce-scatters as the ranks with images do (the loss and every gradient stay the same)."""
+        if blank_image is None or labels is None:
+            return self._forward(input_ids, attention_mask, labels, pixel_values)
+        # first, as the ranks with images run their vision unit before the decoder's (the collectives'
+        # order must match across ranks; backward then reaches it last, as theirs does)
+        feats = self.model.get_image_features(**blank_image)  # pooler_output: the projected features the model uses
+        zero = sum(t.float().sum() for t in _tensors(getattr(feats, "pooler_output", feats)) if t.is_floating_point()) * 0.0
+        out = self._forward(input_ids, attention_mask, labels, pixel_values)
+        return MLLMOutput(out.loss + zero, out.logits, out.n_tokens)
+
+    def _forward(self, input_ids, attention_mask, labels, pixel_values) -> MLLMOutput:
         extra = dict(pixel_values or {})
         out = resolve(self.model, "model")(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                                            **extra)
@@ -155,6 +168,15 @@ class NativeVLM(nn.Module):
                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
                                   **dict(pixel_values or {}), **kwargs)
         return out[:, input_ids.shape[1]:]
+
+
+def _tensors(x):
+    """Every tensor inside a tensor, tuple or list (nested)."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for v in x:
+            yield from _tensors(v)
 
 
 def build_native(cfg, family: Family, dtype: torch.dtype, load_weights: bool = True) -> NativeVLM:
