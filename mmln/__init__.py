@@ -4,9 +4,10 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# Before torch loads OpenMP: waiting threads sleep instead of spinning. Spinning threads make a CPU step
-# 20-70x slower when other processes compete for the cores (benchmarks/bench_contention.py,
-# docs/measured.md); OMP_WAIT_POLICY=ACTIVE (or any value) set by the user is kept.
+# Before torch loads OpenMP: waiting threads sleep instead of spinning. Spinning threads made a demo step
+# 20-70x slower when other jobs loaded the cores (load 11-14), and the whole demo at least 2x slower beside
+# two busy processes; sleeping costs ~34% of a small step on an idle machine (docs/demo.md, "On a busy
+# machine"; benchmarks/bench_contention.py). OMP_WAIT_POLICY=ACTIVE (or any value) set by the user is kept.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -173,3 +173,23 @@ def test_quiet_drops_the_java_tokenizers_line_and_keeps_everything_else(quiet):
     assert "['a', 'red', 'cat']" in out.stdout.replace('"', "'") or "a red cat" in out.stdout, out.stdout
     assert ("PTBTokenizer tokenized" in out.stderr) == (quiet == "0"), out.stderr
     assert "kept line" in out.stderr
+
+
+def test_the_demo_says_bad_input_in_one_line(monkeypatch, capsys):
+    """A demo dir copied from elsewhere: its stage-1 checkpoint was trained on the old dir's paths, and
+    resuming it is refused (mmln.fit's ConfigError). The demo printed that as a traceback; now one line
+    naming it, exit 2, as `mmln.fit` says it. A bug (any other error) still shows its traceback."""
+    import mmln.demo.__main__ as demo
+    from mmln.config import ConfigError
+
+    def refused(args):
+        raise ConfigError("resume: /x/outputs/demo_stage1/stage1/checkpoints/last.ckpt was trained with other settings")
+
+    monkeypatch.setattr(demo, "run", refused)
+    assert demo.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["mmln.demo: error: resume: /x/outputs/demo_stage1/stage1/checkpoints/last.ckpt was "
+                                "trained with other settings"]
+    monkeypatch.setattr(demo, "run", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        demo.main([])

@@ -46,7 +46,8 @@ class Efficiency(Callback):
         pad = sampler.pad_fraction() if sampler is not None and hasattr(sampler, "pad_fraction") else None
         if pad is not None:  # padded share of all positions this epoch (see mmln.data.sampler)
             self.pad_fraction = pad
-            pl_module.log("data/pad_fraction", pad, on_step=False, on_epoch=True, prog_bar=False)
+            # the same on every rank (all ranks' batches): sync_dist's mean is that value, and Lightning stays quiet
+            pl_module.log("data/pad_fraction", pad, on_step=False, on_epoch=True, prog_bar=False, sync_dist=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.t0 is None:  # the first micro-batch: start the clock once the device is idle

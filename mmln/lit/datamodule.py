@@ -102,7 +102,7 @@ class MMLNDataModule(L.LightningDataModule):
                   on_bad_sample=self.cfg.data.on_bad_sample)
         train, val = load_train_val(self.cfg.data)
         train_set = ProcessorDataset(train, processor, **kw)
-        # fsdp2: every rank runs the vision unit on every micro-batch (a blank image where it has none)
+        # fsdp2: every rank runs the image path on every micro-batch (a blank image where it has none)
         blank = train_set.blank_image_inputs() if self.cfg.train.strategy == "fsdp2" else None
         self.collate = ProcessorCollator(pad_token_id(processor.tokenizer), family.text_aligned, blank)
         return train_set, (ProcessorDataset(val, processor, **kw) if val else None)

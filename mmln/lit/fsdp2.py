@@ -3,8 +3,10 @@ Lightning's ModelParallelStrategy, for the baselines whose trainable state does 
 (full finetuning, MLP tuning at 7B / 13B). FSDP2 shards per parameter, so frozen and trainable
 tensors may share a block (FSDP1's flat parameters cannot mix them).
 
-Sharding: each decoder layer is its own FSDP unit, the vision tower another, the rest of the
-MLLM (embeddings, final norm, head, connector) the root unit. Under bf16-mixed the units gather
+Sharding: each decoder layer is its own FSDP unit, the vision tower another (a native family's
+stays in the root unit), the rest of the MLLM (embeddings, final norm, head, connector) the root
+unit. On a native family, a rank whose micro-batch has no image runs the vision tower and
+projector on a blank image (times 0 in the loss) so that its collectives match the other ranks'. Under bf16-mixed the units gather
 their parameters in bf16 and reduce gradients in fp32 (`MixedPrecisionPolicy`): the fp32 master
 weights and AdamW state stay sharded in fp32. Every rank is one data-parallel replica of the
 global batch (the same samples in the same order as DDP).
@@ -47,7 +49,11 @@ def shard_mllm(mllm, mesh, bf16: bool) -> None:
     register_outputs()
     for layer in mllm.decoder_layers():
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(mllm.vision, mesh=mesh, mp_policy=mp)
+    if getattr(mllm, "family", None) is None:
+        fully_shard(mllm.vision, mesh=mesh, mp_policy=mp)
+    # else the tower stays in the root unit: fully_shard swaps a module's class, and transformers looks up
+    # which outputs a model can record by class name, so a sharded LLaVA-OneVision tower recorded no
+    # hidden states for its feature layer (decoder layers are no such models: sharding them is safe)
     fully_shard(mllm, mesh=mesh, mp_policy=mp)
 
 

@@ -124,8 +124,8 @@ class NativeVLM(nn.Module):
         """`pixel_values`: the processor's other outputs for the batch (pixel_values, image_grid_thw,
         token_type_ids, ...) as a dict, or None for a text-only batch. `blank_image` (fsdp2, a batch
         without images): a blank image's inputs, run through the vision tower and projector and added
-        to the loss times 0, so this rank joins the vision unit's all-gathers and gradient
-        reduce-scatters as the ranks with images do (the loss and every gradient stay the same)."""
+        to the loss times 0, so this rank's collectives (all-gathers, the gradient reduce-scatter of the
+        image path's trainables) match the ranks with images (the loss and every gradient stay the same)."""
         if blank_image is None or labels is None:
             return self._forward(input_ids, attention_mask, labels, pixel_values)
         # first, as the ranks with images run their vision unit before the decoder's (the collectives'
