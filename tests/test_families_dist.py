@@ -43,20 +43,26 @@ def trained(out, name):
     return load_file(str(next((out).glob(f"*/{name}/trainable.safetensors"))))
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", pytest.param("gemma3", marks=pytest.mark.slow)])
-def test_ddp_two_processes_train_a_family_like_one(family, data_root, tmp_path):  # noqa: F811
+def two_ranks_like_one(family, root, tmp_path, strategy) -> None:
+    """`family`'s tiny checkpoint trained on `root`'s data by one process and by 2 gloo ranks under
+    `strategy`, same global batch: the same trained tensors (allclose: another summation order)."""
     from mmln.fit import fit
     from mmln.model.families.tiny import write_tiny
 
     ckpt = write_tiny(family, tmp_path / "base")
-    one = fit(load_config(None, overrides(ckpt, data_root, tmp_path / "out", "run_name=one")))
-    proc = two_ranks(ckpt, data_root, tmp_path / "out", tmp_path, "run_name=two", "train.strategy=ddp")
+    one = fit(load_config(None, overrides(ckpt, root, tmp_path / "out", "run_name=one")))
+    proc = two_ranks(ckpt, root, tmp_path / "out", tmp_path, "run_name=two", f"train.strategy={strategy}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = load_file(str(one.run_dir / "trainable.safetensors"))
     b = trained(tmp_path / "out", "two")
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", pytest.param("gemma3", marks=pytest.mark.slow)])
+def test_ddp_two_processes_train_a_family_like_one(family, data_root, tmp_path):  # noqa: F811
+    two_ranks_like_one(family, data_root, tmp_path, "ddp")
 
 
 def text_heavy(tmp_path):
@@ -85,18 +91,7 @@ def text_heavy(tmp_path):
 def test_fsdp2_two_processes_train_a_family_like_one(family, tmp_path):
     """FSDP2 on a native family: a rank whose micro-batch has no image runs the vision unit on a blank
     image (times 0) so that its collectives match the ranks with images; the tensors equal one process."""
-    from mmln.fit import fit
-    from mmln.model.families.tiny import write_tiny
-
-    ckpt, root = write_tiny(family, tmp_path / "base"), text_heavy(tmp_path)
-    one = fit(load_config(None, overrides(ckpt, root, tmp_path / "out", "run_name=one")))
-    proc = two_ranks(ckpt, root, tmp_path / "out", tmp_path, "run_name=two", "train.strategy=fsdp2")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a = load_file(str(one.run_dir / "trainable.safetensors"))
-    b = trained(tmp_path / "out", "two")
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    two_ranks_like_one(family, text_heavy(tmp_path), tmp_path, "fsdp2")
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3"])
