@@ -87,7 +87,8 @@ def text_heavy(tmp_path):
 # SmolVLM (idefics3) and LLaVA-OneVision also train under fsdp2, and end 7e-5 / 4e-5 from one process on their
 # projector weights (scale 0.09): ddp ends 5e-5 off for SmolVLM too, so it is 2-rank summation order that
 # AdamW amplifies on near-zero gradients, beyond this test's 1e-5 (docs/families.md)
-@pytest.mark.parametrize("family", ["qwen2_5_vl", *(pytest.param(f, marks=pytest.mark.slow) for f in ("gemma3", "qwen2_vl"))])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", *(pytest.param(f, marks=pytest.mark.slow)
+                                                   for f in ("gemma3", "qwen2_vl"))])
 def test_fsdp2_two_processes_train_a_family_like_one(family, tmp_path):
     """FSDP2 on a native family: a rank whose micro-batch has no image runs the vision unit on a blank
     image (times 0) so that its collectives match the ranks with images; the tensors equal one process."""

@@ -6,9 +6,9 @@ tensors may share a block (FSDP1's flat parameters cannot mix them).
 Sharding: each decoder layer is its own FSDP unit, the vision tower another (a native family's
 stays in the root unit), the rest of the MLLM (embeddings, final norm, head, connector) the root
 unit. On a native family, a rank whose micro-batch has no image runs the vision tower and
-projector on a blank image (times 0 in the loss) so that its collectives match the other ranks'. Under bf16-mixed the units gather
-their parameters in bf16 and reduce gradients in fp32 (`MixedPrecisionPolicy`): the fp32 master
-weights and AdamW state stay sharded in fp32. Every rank is one data-parallel replica of the
+projector on a blank image (times 0 in the loss) so that its collectives match the other ranks'.
+Under bf16-mixed the units gather their parameters in bf16 and reduce gradients in fp32
+(`MixedPrecisionPolicy`): the fp32 master weights and AdamW state stay sharded in fp32. Every rank is one data-parallel replica of the
 global batch (the same samples in the same order as DDP).
 
 Checkpoints hold the trainable tensors only, as every mmln checkpoint: the full (unsharded)

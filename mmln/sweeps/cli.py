@@ -279,7 +279,7 @@ def execute(args, points: list[Point], base, halving, experiment: str, uri: str,
     except KeyboardInterrupt as e:  # SIGTERM / SIGINT (a point's fit saved a resumable checkpoint first)
         if run.parent_id and whole:
             run.client.end(run.parent_id, "KILLED")
-        print(f"mmln.sweep: stopped: {e or 'interrupted'}; the same sweep command continues where it stopped",
+        print(f"mmln.sweep: stopped: {str(e) or 'interrupted'}; the same sweep command continues where it stopped",
               file=sys.stderr)
         return 128 + getattr(e, "signum", 2)  # what a shell reports for a process ended by that signal
     return finish(points, best, final_failed, run, header, outputs_line(points, run, experiment, uri))

@@ -130,8 +130,9 @@ class NativeVLM(nn.Module):
             return self._forward(input_ids, attention_mask, labels, pixel_values)
         # first, as the ranks with images run their vision unit before the decoder's (the collectives'
         # order must match across ranks; backward then reaches it last, as theirs does)
-        feats = self.model.get_image_features(**blank_image)  # pooler_output: the projected features the model uses
-        zero = sum(t.float().sum() for t in _tensors(getattr(feats, "pooler_output", feats)) if t.is_floating_point()) * 0.0
+        feats = self.model.get_image_features(**blank_image)
+        used = getattr(feats, "pooler_output", feats)  # the projected features the model splices in
+        zero = sum(t.float().sum() for t in _tensors(used) if t.is_floating_point()) * 0.0
         out = self._forward(input_ids, attention_mask, labels, pixel_values)
         return MLLMOutput(out.loss + zero, out.logits, out.n_tokens)
 
