@@ -1,6 +1,7 @@
 #!/bin/bash
 # The whole demo under a fixed background load (docs/demo.md, "On a busy machine"): two spinning processes
-# beside `MMLN_QUIET=1 python -m mmln.demo --strict` in a fresh demo dir under OUT; the log, the 1-minute
+# beside `MMLN_QUIET=1 python -m mmln.demo --strict` in a fresh demo dir under OUT (a new folder:
+# an existing one is refused); the log, the 1-minute
 # load average each minute, and the wall time land in OUT.
 #   benchmarks/demo_under_load.sh OUT                      # mmln's default (OMP_WAIT_POLICY=PASSIVE)
 #   benchmarks/demo_under_load.sh OUT OMP_WAIT_POLICY=     # libgomp's own policy, as before mmln set PASSIVE
@@ -8,7 +9,8 @@
 set -u
 out=$1; shift
 cd "$(dirname "$0")/.." && export PYTHONPATH=$PWD MMLN_QUIET=1
-rm -rf "$out" && mkdir -p "$out"
+if [ -e "$out" ]; then echo "demo_under_load.sh: $out exists: name a new folder (nothing was touched)" >&2; exit 2; fi
+mkdir -p "$out"
 python -c 'while 1: pass' & b1=$!
 python -c 'while 1: pass' & b2=$!
 (while sleep 60; do echo "$(date +%T) $(cut -d' ' -f1-3 /proc/loadavg)"; done) > "$out/load.txt" & lp=$!

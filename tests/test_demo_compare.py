@@ -86,17 +86,19 @@ def test_the_comparison_table_prints_each_lr_as_chosen():
         assert next(line for line in text.splitlines() if line.startswith(s + " ")).split()[1] == f"{lr:g}", text
 
 
-def test_a_demo_dir_without_the_recipe_marker_is_refused_and_nothing_deleted(tmp_path, capsys):
+def test_a_demo_dir_without_the_recipe_marker_is_refused_and_nothing_deleted(tmp_path, capsys, monkeypatch):
     """Folders named like the demo's caches but without its RECIPE marker are the user's: one line, exit 2,
-    nothing deleted; with a marker of another recipe they are the demo's own and are rebuilt."""
+    nothing deleted (through the demo's own main); with a marker of another recipe they are the demo's
+    own and are rebuilt."""
+    import mmln.demo.__main__ as demo
     from mmln.demo.stages import check_recipe
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.json").write_text("{}")
-    with pytest.raises(SystemExit) as exit_:
-        check_recipe(tmp_path, "2")
-    assert exit_.value.code == 2 and (tmp_path / "data" / "mine.json").is_file()
-    assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setenv("MMLN_DEMO_DIR", str(tmp_path))
+    assert demo.main([]) == 2 and (tmp_path / "data" / "mine.json").is_file()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mmln.demo: error: ") and "no RECIPE marker" in err, err
     (tmp_path / "RECIPE").write_text("1\n")
     check_recipe(tmp_path, "2")
     assert not (tmp_path / "data").exists() and (tmp_path / "RECIPE").read_text() == "2\n"

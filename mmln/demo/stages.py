@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 
+from mmln.config import ConfigError
 from mmln.demo.pretrain import CONF, HEARTBEAT_S, say
 from mmln.base.io import write_text
 from mmln.base.progress import quiet_third_party, steps_line
@@ -33,10 +33,9 @@ def check_recipe(root: Path, recipe: str) -> None:
     marker = root / "RECIPE"
     built = marker.read_text().strip() if marker.is_file() else None
     stale = [d for d in CACHES if (root / d).exists()]
-    if built is None and stale:
-        print(f"{root} holds {', '.join(stale)} but no RECIPE marker, so the demo did not write them: set "
-              "MMLN_DEMO_DIR to an empty or demo-made folder (nothing was deleted)", file=sys.stderr)
-        raise SystemExit(2)
+    if built is None and stale:  # said in one line by the demo's main (exit 2), as every bad input is
+        raise ConfigError(f"{root} holds {', '.join(stale)} but no RECIPE marker, so the demo did not write them: "
+                          "set MMLN_DEMO_DIR to an empty or demo-made folder (nothing was deleted)")
     if built != recipe and stale:
         say(f"{root} holds {', '.join(stale)} built by demo recipe {built or '(unknown)'}, not {recipe}: rebuilding")
         for d in stale:
