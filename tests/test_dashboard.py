@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from mmln.tracking import get_or_create_experiment, serve_ui, tracking_uri, ui_links
+from mmln.tracking import get_or_create_experiment, serve_ui, tracking_uri, ui_base, ui_links
+from mmln.tracking.views import loopback
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -29,6 +30,13 @@ def dom(url: str, profile, budget_ms: int = 20000) -> str:
     return proc.stdout
 
 
+def ui_port() -> int:
+    """A port free now on the loopback the dashboard serves on."""
+    with socket.socket(socket.AF_INET6 if ":" in loopback() else socket.AF_INET) as s:
+        s.bind((loopback(), 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make install / .ci/run install it)")
 def test_headless_chromium_finds_the_runs_and_their_mme_score(tmp_path):
     uri = tracking_uri()
@@ -40,20 +48,18 @@ def test_headless_chromium_finds_the_runs_and_their_mme_score(tmp_path):
         c.log_batch(run, metrics=[Metric("eval/mme_perception", mme, 0, 0)])
         c.set_terminated(run, "FINISHED")
         ids.append(run)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = ui_port()
     proc = serve_ui(uri, port)
     try:
         deadline = time.time() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                urllib.request.urlopen(f"{ui_base(port)}/health", timeout=5)
                 break
             except OSError:
                 assert proc.poll() is None and time.time() < deadline, "MLflow server did not start"
                 time.sleep(0.5)
-        links = ui_links(f"http://127.0.0.1:{port}", exp, ids)
+        links = ui_links(ui_base(port), exp, ids)
         page = dom(links["compare"], tmp_path / "profile")
         assert "layernorm-lr0.003" in page and "finetune-lr2e-05" in page, page[-2000:]
         assert "eval/mme_perception" in page
@@ -155,9 +161,7 @@ def test_the_link_a_finished_sweep_prints_shows_strategies_x_lrs_sorted_by_its_m
 
     uri, runs, printed = finished_sweep
     printed_link = re.search(r"^dashboard \(serve it with `[^`]+`\): (http://\S+)$", printed, re.M).group(1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = ui_port()
     ui = subprocess.Popen([sys.executable, "-m", "mmln.ui", "--tracking-uri", uri, "--port", str(port)],
                           stdout=subprocess.PIPE, text=True)
     try:
@@ -167,7 +171,7 @@ def test_the_link_a_finished_sweep_prints_shows_strategies_x_lrs_sorted_by_its_m
             if line.startswith("mmln.ui: ready"):
                 break
         link = lines[-1].split(": ", 2)[-1].split()[0]
-        assert link == printed_link.replace("http://127.0.0.1:5000/", f"http://127.0.0.1:{port}/"), (link, printed_link)
+        assert link == printed_link.replace(f"{ui_base(5000)}/", f"{ui_base(port)}/"), (link, printed_link)
         pgid = _pgid_of_server(ui.pid)
         group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid]
         assert len(group) == 2, [open(f"/proc/{p}/cmdline").read() for p in group]
@@ -186,6 +190,8 @@ def test_the_link_a_finished_sweep_prints_shows_strategies_x_lrs_sorted_by_its_m
     assert {cells[r]["tags.`strategy`"] for r in runs} == set(STRATEGIES)
     assert {float(cells[r]["tags.`lr`"]) for r in runs} == {float(x) for x in LRS}
     assert f"Sort: {METRIC}" in page  # the sort control names the selection metric (best first: orderByAsc false)
+    if loopback() == "::1":  # served on [::1], MLflow's Assistant panel (it opens itself on 127.0.0.1) stays shut
+        assert "data-assistant-ui" not in page
 
 
 def _pgid(pid: str) -> int:

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from mmln.tracking import ui_base
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Demo took" in proc.stdout and f"dashboard (serve it with `python -m mmln.ui --tracking-uri sqlite:///{db}`): " \
-        "http://127.0.0.1:5000/#/experiments/" in proc.stdout
+        f"{ui_base(5000)}/#/experiments/" in proc.stdout
 
     rows = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     tuned, untuned = rows["layernorm (stage 2)"], rows["untuned (stage 1)"]

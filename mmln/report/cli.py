@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     ap.add_argument("--open", action="store_true",
-                    help="then serve the MLflow UI on 127.0.0.1:--port (as `make ui`: linking the strategies x learning "
+                    help="then serve the MLflow UI on --port (as `make ui`: linking the strategies x learning "
                          "rates view) and print MLflow's compare page of the runs; Ctrl-C stops it")
     ap.add_argument("--port", type=int, default=5000, help="port of --open's UI (default: %(default)s)")
     ev = Evidence()
@@ -88,11 +88,11 @@ def open_ui(client, uri: str, experiments: list[str], references, port: int, sel
     """Print MLflow's compare page of the runs, then serve the dashboard until Ctrl-C (`mmln.ui`: its
     ready line links the strategies x learning rates view)."""
     from mmln import ui
-    from mmln.tracking import ui_links
+    from mmln.tracking import ui_base, ui_links
 
     exp = client.find_experiment(experiments[0])
     runs = sorted(reference(load_runs(client, [exp.experiment_id], references)), key=lambda r: (strategy_key(r.strategy), -r.lr))
-    links = ui_links(f"http://127.0.0.1:{port}", exp.experiment_id, [r.run_id for r in runs])
+    links = ui_links(ui_base(port), exp.experiment_id, [r.run_id for r in runs])
     print(f"its {len(runs)} runs (strategies x learning rates) on MLflow's compare page: {links['compare']}", flush=True)
     return ui.main(["--tracking-uri", uri, "--port", str(port), "--experiment", experiments[0], "--select-metric",
                     select_metric])

@@ -26,9 +26,9 @@ from mmln.tracking.runs import log_file_or_reference
 from mmln.tracking.store import (LOCK_RETRIES, SQLITE, RetryingClient, TrackingUnreachable, artifact_root,
                                  check_reachable, offline_uri, relocate_artifacts, store_lock, tracking_uri)
 from mmln.tracking.tags import EXPERIMENT_TAGS, SweepContext, Tags
-from mmln.tracking.views import serve_ui, ui_links
+from mmln.tracking.views import serve_ui, ui_base, ui_links
 
 __all__ = ["EXPERIMENT_TAGS", "LOCK_RETRIES", "SQLITE", "RetryingClient", "SweepContext", "Tags", "Tracker",
            "TrackingUnreachable", "artifact_root", "check_reachable", "get_or_create_experiment",
-           "log_file_or_reference", "make_logger", "offline_uri", "relocate_artifacts", "serve_ui", "store_lock",
+           "log_file_or_reference", "make_logger", "offline_uri", "relocate_artifacts", "serve_ui", "store_lock", "ui_base",
            "tracking_uri", "ui_links"]

@@ -1,8 +1,10 @@
 """The dashboard: `mlflow server` for a store, and links into its UI."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,32 @@ def ui_links(base: str, experiment_id: str, run_ids: list[str]) -> dict[str, str
             "compare": f"{base}/#/compare-runs?runs={quote(runs)}&experiments={quote(exp)}"}
 
 
-def serve_ui(uri: str, port: int = 5000, host: str = "127.0.0.1", log=None):
-    """Start `mlflow server` for this store on host:port (a subprocess in its own process group; the caller
-    waits or stops it): one worker, no job runner (its 7 huey workers serve GenAI jobs); output to `log`."""
+@functools.cache
+def loopback() -> str:
+    """The host `serve_ui` listens on: the IPv6 loopback `::1` where this machine has one, else `127.0.0.1`.
+    MLflow's UI (3.17) opens its Assistant panel over the right third of the page by itself on a
+    browser's first visit to a server it takes for local: it compares the page's hostname with
+    "localhost", "127.0.0.1" and "::1", and a browser spells the IPv6 loopback "[::1]". On [::1] the
+    comparison opens whole; MLflow's host and origin checks accept [::1] as they accept 127.0.0.1."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return "::1"
+    except OSError:
+        return "127.0.0.1"
+
+
+def ui_base(port: int, host: str | None = None) -> str:
+    """The dashboard's address: `http://[::1]:PORT` (`loopback`), or on `host`."""
+    host = host or loopback()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve_ui(uri: str, port: int = 5000, host: str | None = None, log=None):
+    """Start `mlflow server` for this store on host:port (default host: `loopback()`; a subprocess in its
+    own process group, the caller waits or stops it): one worker, no job runner (its 7 huey workers
+    serve GenAI jobs); output to `log`."""
+    host = host or loopback()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host",
                              host, "--port", str(port), "--workers", "1"], start_new_session=True, env=env, stdout=log, stderr=log)
