@@ -55,11 +55,13 @@ def test_demo_quick_learns_and_tracks_everything(tmp_path):
 
     # --compare: one row per strategy, trained from the same connector, each row from its own run
     compared = rows["comparison"]
-    assert set(compared) == set(COMPARE) and all(compared[k]["lr"] == lr for k, lr in COMPARE.items())
+    assert set(compared) == set(COMPARE) | {"layernorm (stage 2)"}  # the sweep's 3e-4 and the demo's own 3e-3
+    assert all(compared[k]["lr"] == lr for k, lr in COMPARE.items()) and compared["layernorm (stage 2)"]["lr"] == 3e-3
+    assert compared["layernorm (stage 2)"]["eval/mme_perception"] == tuned["eval/mme_perception"]
     share = {k: r["trainable %"] for k, r in compared.items()}
     assert share["layernorm_simple"] < share["layernorm"] < share["finetune"], share
     for k, r in compared.items():
-        run = by_point[(k, r["lr"])]
+        run = by_point[(k.split()[0], r["lr"])]
         assert run.info.status == "FINISHED"
         assert r["eval/pope_random_accuracy"] == pytest.approx(run.data.metrics["eval/pope_random_accuracy"])
         assert r["layer sim"] == pytest.approx(run.data.metrics["analysis/layer_similarity"])
