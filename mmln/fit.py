@@ -304,7 +304,13 @@ def execute(cfg, plan: RunPlan, parts: RunParts, trainer, logger, tracker, effic
             logger.end("KILLED")  # paused, not finished: a sweep decides whether it continues
             return RunResult(plan.run_dir, logger.run_id, plan.experiment, plan.name, {}, parts.total,
                              trainer.global_step)
-        metrics = write_outputs(cfg, plan, parts, trainer, logger, tracker, efficiency, time.time() - t0)
+        done = plan.run_dir / "efficiency.json"
+        if plan.resume and efficiency.steps == 0 and done.is_file():  # a finished run again: nothing trained
+            metrics = json.loads(done.read_text())  # its outputs and figures stay, not a no-op's
+            print(f"fit: {plan.run_dir} had finished (its checkpoint is at step {trainer.global_step}): nothing "
+                  "trained, its outputs kept (resume=never starts over)", file=sys.stderr)
+        else:
+            metrics = write_outputs(cfg, plan, parts, trainer, logger, tracker, efficiency, time.time() - t0)
     except BaseException as e:  # the run is FINISHED only when everything above was written
         if isinstance(e, StopRequested):
             e = RunInterrupted(e.signum, e.step, e.ckpt)

@@ -50,6 +50,31 @@ def race(spec: str, n: int, tmp_path) -> None:
     assert sorted(out) == ["lost"] * (n - 1) + ["won"], out
 
 
+CONNECT = r"""
+import os, sys, time
+import optuna, sqlalchemy
+from mmln.sweeps.study import storage_of
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+storage_of(sys.argv[1]).get_all_studies()
+print("connected", flush=True)
+"""
+
+
+def test_workers_starting_at_once_on_a_new_database_all_connect(rdb_storage, tmp_path):
+    """A cluster's first launch: each worker creates Optuna's schema where it is missing. On PostgreSQL
+    two at once collided (a duplicate enum type), and that worker exited 1."""
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONNECT, rdb_storage, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 6
+    go.touch()  # all at once
+    done = [p.communicate(timeout=120) for p in procs]
+    assert [out.strip() for out, _ in done] == ["connected"] * 6, [err[-1500:] for _, err in done]
+
+
 def test_dead_holders_are_found_and_taken_over(tmp_path, monkeypatch):
     storage = storage_of(str(tmp_path / "c.journal"))
     # same host: a holder whose process is gone is dead at once

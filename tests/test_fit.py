@@ -103,6 +103,28 @@ def test_resume_after_a_kill_is_bit_exact(tiny_world, tmp_path):
     assert again.run_id == (again.run_dir / "mlflow_run_id").read_text()  # the same MLflow run continued
 
 
+def test_a_finished_run_run_again_keeps_its_outputs_and_figures(tiny_world, tmp_path, capsys):
+    """A finished run's last.ckpt is at its final step, not at its last periodic save (step 2 of 3 here),
+    so resume=auto on it trains nothing, and its efficiency.json, weights and MLflow figures stay
+    those of the run that trained (they were rewritten: from the retrained tail, or from the no-op's
+    empty clock)."""
+    base = ["tune.strategy=layernorm", "train.lr=1e-3", "train.max_steps=3", "train.save_every_n_steps=2",
+            "run_name=done"]
+    first = fit(cfg_for(tiny_world, tmp_path, "instruct", *base))
+    assert torch.load(first.run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    files = {f: (first.run_dir / f).read_bytes() for f in ("efficiency.json", "trainable.safetensors")}
+    logged = MlflowClient().get_run(first.run_id).data.metrics
+    assert "perf/tokens_per_s" in first.metrics
+    again = fit(cfg_for(tiny_world, tmp_path, "instruct", *base, "resume=auto"))
+    assert "had finished" in capsys.readouterr().err
+    assert again.run_id == first.run_id and again.metrics == json.loads(files["efficiency.json"])
+    assert {f: (first.run_dir / f).read_bytes() for f in files} == files
+    run = MlflowClient().get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("perf/tokens_per_s", "train/wall_s", "train/steps"):
+        assert run.data.metrics[key] == logged[key], key
+
+
 def test_ddp_two_processes_equal_one_process(tiny_world, tmp_path):
     base = ["tune.strategy=layernorm", "train.lr=1e-3", "train.global_batch_size=8", "train.micro_batch_size=2",
             "train.max_steps=4", "train.accelerator=cpu"]

@@ -130,12 +130,22 @@ def step_checkpoint(**kwargs):
     """A ModelCheckpoint that saves only at the micro-batch that closes a gradient-accumulation
     window. Lightning's own check (`global_step % n == 0`, not saved at this step yet) forgets, after
     a resume, that the restored step was saved, and would save again after the next micro-batch: a
-    checkpoint in the middle of an accumulation, whose partial gradients it does not hold."""
+    checkpoint in the middle of an accumulation, whose partial gradients it does not hold.
+
+    A run that reaches its end also saves `last.ckpt` at its final step. Lightning (2.6) saves at the
+    end only when it saved nothing before, so a finished 5,292-step run kept its step-5,250 checkpoint,
+    and `resume=auto` on it trained the last 42 steps again and rewrote its outputs."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class StepCheckpoint(ModelCheckpoint):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches) == 0:
                 super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+        def on_train_end(self, trainer, pl_module):
+            super().on_train_end(trainer, pl_module)
+            # the end, not a stop (a signal or a pause sets should_stop and saves its own checkpoint)
+            if not trainer.should_stop and not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     return StepCheckpoint(**kwargs)

@@ -5,6 +5,7 @@ SuccessiveHalvingPruner), the grid's trials and the pruner's decisions at a rung
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -78,10 +79,28 @@ def storage_of(spec: Optional[str]):
         return None
     optuna = quiet_optuna()
     if "://" in spec:
-        return optuna.storages.get_storage(spec)
+        return rdb_storage(optuna, spec)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def rdb_storage(optuna, spec: str, attempts: int = 10):
+    """Optuna's RDB storage at `spec`. In a new database each worker creates the schema, and workers
+    started at once collide there (a table, PostgreSQL enum type or schema-version row another one
+    created a moment before: 5 of 6 processes failed on sqlite): such a worker tries again, and
+    finds the schema made."""
+    import random
+
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.get_storage(spec)
+        except (IntegrityError, OperationalError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + 0.5 * random.random())
 
 
 def study_groups(points: list) -> dict[str, list]:
