@@ -58,7 +58,8 @@ def print_comparison(compared: dict[str, dict], untuned: dict, chance: dict) -> 
     from mmln.demo.tables import comparison_table
 
     print("\n" + comparison_table({**compared, "untuned (stage 1)": untuned, "chance": chance}))
-    print(f"({HOW}; layernorm (stage 2): the demo's own run at its stage-2 lr; same data, epochs and stage-1 connector for every strategy; plan GB: mmln.plan's peak for a "
+    print(f"({HOW}; layernorm (stage 2): the demo's own run at its stage-2 lr; same data, epochs and stage-1 "
+          "connector for every strategy; plan GB: mmln.plan's peak for a "
           "micro-batch padded to model.max_length, fp32; step ms: mean micro-step; layer sim: mean off-diagonal "
           "similarity of the blocks' outputs; LN grad var: mean variance of the tracked norms' gradients, none "
           "where norms are frozen)")

@@ -30,5 +30,5 @@ from mmln.tracking.views import serve_ui, ui_base, ui_links
 
 __all__ = ["EXPERIMENT_TAGS", "LOCK_RETRIES", "SQLITE", "RetryingClient", "SweepContext", "Tags", "Tracker",
            "TrackingUnreachable", "artifact_root", "check_reachable", "get_or_create_experiment",
-           "log_file_or_reference", "make_logger", "offline_uri", "relocate_artifacts", "serve_ui", "store_lock", "ui_base",
-           "tracking_uri", "ui_links"]
+           "log_file_or_reference", "make_logger", "offline_uri", "relocate_artifacts", "serve_ui", "store_lock",
+           "tracking_uri", "ui_base", "ui_links"]
