@@ -36,9 +36,9 @@ def loopback() -> str:
         return "127.0.0.1"
 
 
-def ui_base(port: int, host: str | None = None) -> str:
-    """The dashboard's address: `http://[::1]:PORT` (`loopback`), or on `host`."""
-    host = host or loopback()
+def ui_base(port: int) -> str:
+    """The dashboard's address: `http://[::1]:PORT`, else `http://127.0.0.1:PORT` (`loopback`)."""
+    host = loopback()
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
